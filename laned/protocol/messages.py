@@ -1,0 +1,271 @@
+"""Typed RSU messages and the machinery that lays them out on the wire.
+
+A message type is a frozen dataclass whose fields are declared with :func:`wire` and a
+field :mod:`kind <laned.protocol.fields>`; the :func:`message` decorator turns the field
+list into a *layout*: construct structs, compiled once, for the complete frame and for
+the short forms the protocol allows. The profiles (``laned/protocol/profiles/``) declare
+their messages this way, so adding a vendor variant is one file of declarations.
+
+Short forms (RSU_PROTOCOL.md): an RSU frame whose ErrorCode (its *status field*) is not
+00 may end right after it — the heartbeat B2 is ``B2 00000000 80``. Fields that are
+absent are ``None`` and are not sent when the message is encoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import MISSING, dataclass, field
+from typing import Any, Callable, ClassVar, TypeVar
+
+import construct as cs
+
+from laned.protocol.errors import EncodeError, FieldError, LayoutError, ProtocolError
+from laned.protocol.fields import Kind, Rest, to_jsonable
+
+
+class Sender(enum.StrEnum):
+    RSU = "rsu"
+    PC = "pc"
+
+
+def wire(kind: Kind, default: Any = MISSING) -> Any:
+    """Declare a dataclass field that is on the wire, with its kind."""
+    return field(default=default, metadata={"kind": kind})
+
+
+class Message:
+    """Base of every message. Subclasses are built by :func:`message`."""
+
+    __slots__ = ()
+    TYPE: ClassVar[int]
+    SENDER: ClassVar[Sender]
+    LAYOUT: ClassVar["Layout"]
+    PROFILE: ClassVar[str] = ""
+
+    @property
+    def frame_type(self) -> int:
+        return self.TYPE
+
+    @property
+    def type_name(self) -> str:
+        return f"{self.frame_type:02X}"
+
+    @property
+    def sender(self) -> Sender:
+        return self.SENDER
+
+    def fields(self) -> dict[str, Any]:
+        """The wire fields present in this message, in wire order."""
+        return {name: getattr(self, name) for name in self.LAYOUT.form_of(self)[0]}
+
+    def json_fields(self) -> dict[str, Any]:
+        return {k: to_jsonable(v) for k, v in self.fields().items()}
+
+    def encode(self) -> bytes:
+        """TYPE + DATA (the envelope adds the rest)."""
+        return bytes((self.frame_type,)) + self.LAYOUT.build(self)
+
+    @classmethod
+    def decode_data(cls, data: bytes) -> "Message":
+        """Decode DATA (the bytes after TYPE)."""
+        return cls.LAYOUT.parse(data)
+
+
+M = TypeVar("M", bound=type)
+
+
+class Layout:
+    """The wire layout of one message class, with its compiled structs."""
+
+    def __init__(self, cls: type, status_field: str | None, optional_from: str | None) -> None:
+        self.cls = cls
+        self.label = f"{cls.TYPE:02X} ({cls.PROFILE or 'common'})"
+        fs = [f for f in dataclasses.fields(cls) if "kind" in f.metadata]
+        self.names: tuple[str, ...] = tuple(f.name for f in fs)
+        self.kinds: dict[str, Kind] = {f.name: f.metadata["kind"] for f in fs}
+        self.required = frozenset(f.name for f in fs if f.default is MISSING)
+        self.status_field = status_field
+        # Prefix forms: (names, fixed length or None, compiled struct, converters).
+        self.forms: list[tuple[tuple[str, ...], int | None, Any, list[tuple[str, Callable[[Any], Any]]]]] = []
+        self.full = self._form(self.names)
+        self.head = self._form(self.names[: self.names.index(status_field) + 1]) if status_field else None
+        self.pre_optional = self._form(self.names[: self.names.index(optional_from)]) if optional_from else None
+        # Kinds that encode None themselves (all-zero dates) do not make a field absent.
+        self._nullable = frozenset(n for n, k in self.kinds.items() if k.nullable)
+
+    def _form(self, names: tuple[str, ...]) -> tuple[tuple[str, ...], int | None, Any, list[tuple[str, Callable[[Any], Any]]]]:
+        kinds = [self.kinds[n] for n in names]
+        size = None if any(k.size is None for k in kinds) else sum(k.size for k in kinds)  # type: ignore[misc]
+        struct = cs.Struct(*[n / self.kinds[n].con for n in names], cs.Terminated)
+        try:
+            struct = struct.compile()
+        except Exception:  # pragma: no cover - construct falls back per field already
+            pass
+        convs = [(n, self.kinds[n].decode) for n in names if self.kinds[n].decode is not None]
+        return names, size, struct, convs  # type: ignore[return-value]
+
+    def _min_len(self) -> int:
+        return sum(k.size or 0 for k in self.kinds.values())
+
+    # -- decoding --------------------------------------------------------------------
+    def parse(self, data: bytes) -> Message:
+        n = len(data)
+        form = self.full
+        if n != form[1]:
+            if self.head is not None and n == self.head[1]:
+                form = self.head
+            elif self.pre_optional is not None and n == self.pre_optional[1]:
+                form = self.pre_optional
+            elif form[1] is not None:
+                raise LayoutError(self._length_message(n), data)
+        names, _, struct, convs = form
+        try:
+            c = struct.parse(data)
+        except cs.ConstructError as err:
+            raise LayoutError(f"{self.label}: {n} data bytes do not fit the layout ({err})", data) from None
+        values = {name: c[name] for name in names}
+        for name, conv in convs:
+            try:
+                values[name] = conv(values[name])
+            except FieldError as err:
+                raise FieldError(f"{self.label} {name}: {err.detail}", data) from None
+        if form is self.head and values[self.status_field] == 0:  # type: ignore[index]
+            raise LayoutError(f"{self.label}: frame ends after {self.status_field} 00; only an error frame may", data)
+        return self.cls(**values)
+
+    def _length_message(self, n: int) -> str:
+        allowed = [str(self.full[1])]
+        if self.head is not None:
+            allowed.insert(0, f"{self.head[1]} (error frame)")
+        if self.pre_optional is not None:
+            allowed.insert(0, str(self.pre_optional[1]))
+        return f"{self.label} needs {' or '.join(allowed)} data bytes after TYPE, got {n}"
+
+    # -- encoding --------------------------------------------------------------------
+    def form_of(self, msg: Message) -> tuple[tuple[str, ...], int | None, Any, list[tuple[str, Callable[[Any], Any]]]]:
+        """Which form ``msg`` takes: the shortest whose omitted fields are all None."""
+        for form in (self.head, self.pre_optional):
+            if form is not None and all(getattr(msg, n) is None for n in self.names[len(form[0]):]):
+                return form
+        return self.full
+
+    def build(self, msg: Message) -> bytes:
+        form = self.form_of(msg)
+        missing = [n for n in form[0] if getattr(msg, n) is None and n not in self._nullable]
+        if missing:
+            raise EncodeError(f"{self.label}: fields {', '.join(missing)} are missing")
+        if form is self.head and getattr(msg, self.status_field) == 0:  # type: ignore[arg-type]
+            raise EncodeError(f"{self.label}: only an error frame ({self.status_field} not 00) may omit the fields after it")
+        values: dict[str, Any] = {}
+        for name in form[0]:
+            kind = self.kinds[name]
+            value = getattr(msg, name)
+            try:
+                values[name] = kind.encode(value) if kind.encode is not None else value
+            except FieldError as err:
+                raise EncodeError(f"{self.label} {name}: {err.detail}") from None
+        try:
+            return form[2].build(values)
+        except (cs.ConstructError, ValueError, TypeError, OverflowError) as err:
+            raise EncodeError(f"{self.label}: {err}") from None
+
+
+def message(type_code: int, sender: Sender, *, profile: str = "", status_field: str | None = None,
+            optional_from: str | None = None) -> Callable[[M], M]:
+    """Make ``cls`` a frozen message dataclass of frame type ``type_code``.
+
+    ``status_field`` names the RSU ErrorCode/Status field after which a non-zero value
+    may end the frame; ``optional_from`` the first field of a tail that may be absent.
+    """
+
+    def wrap(cls: M) -> M:
+        cls = dataclass(frozen=True, slots=True, kw_only=True)(cls)  # type: ignore[assignment]
+        cls.TYPE = type_code  # type: ignore[attr-defined]
+        cls.SENDER = sender  # type: ignore[attr-defined]
+        cls.PROFILE = profile  # type: ignore[attr-defined]
+        cls.LAYOUT = Layout(cls, status_field, optional_from)  # type: ignore[attr-defined]
+        return cls
+
+    return wrap
+
+
+# -- messages every profile shares ----------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class EmptyReply(Message):
+    """The classic envelope's empty reply ``FF FF | RSCTL | BCC | FF``: no TYPE, no DATA."""
+
+    origin: Sender = Sender.PC
+
+    @property
+    def frame_type(self) -> int:  # type: ignore[override]
+        return -1
+
+    @property
+    def type_name(self) -> str:
+        return "empty"
+
+    @property
+    def sender(self) -> Sender:
+        return self.origin
+
+    def fields(self) -> dict[str, Any]:
+        return {}
+
+    def encode(self) -> bytes:
+        return b""
+
+
+@dataclass(frozen=True, slots=True)
+class OpaqueMessage(Message):
+    """A frame type the profile knows but whose layout is not confirmed: DATA kept raw."""
+
+    type_code: int
+    data: bytes
+
+    @property
+    def frame_type(self) -> int:  # type: ignore[override]
+        return self.type_code
+
+    @property
+    def sender(self) -> Sender:
+        return Sender.RSU if self.type_code >> 4 in (0xA, 0xB) else Sender.PC
+
+    def fields(self) -> dict[str, Any]:
+        return {"data": self.data}
+
+    def encode(self) -> bytes:
+        return bytes((self.type_code,)) + self.data
+
+
+def rest_field() -> Any:
+    return wire(Rest)
+
+
+def decode_payload(messages: dict[int, type[Message]], payload: bytes, opaque: frozenset[int]) -> Message:
+    """Dispatch TYPE + DATA to the profile's message class."""
+    from laned.protocol.errors import UnknownTypeError
+
+    if not payload:
+        return EmptyReply()
+    t = payload[0]
+    cls = messages.get(t)
+    if cls is not None:
+        return cls.LAYOUT.parse(payload[1:])
+    if t in opaque:
+        return OpaqueMessage(type_code=t, data=payload[1:])
+    raise UnknownTypeError(f"frame type {t:02X} is not in this profile", payload)
+
+
+__all__ = [
+    "EmptyReply",
+    "Layout",
+    "Message",
+    "OpaqueMessage",
+    "ProtocolError",
+    "Sender",
+    "decode_payload",
+    "message",
+    "wire",
+]
