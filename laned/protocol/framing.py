@@ -172,7 +172,9 @@ class ClassicDeframer(Deframer):
     (a valid two-byte empty reply aside); runaways over ``max_wire`` bytes are
     ``too_long``. After a frame that failed, an ``FF FF`` starting at its end byte is
     taken as the next start: a frame whose end byte was lost in noise would otherwise
-    swallow the start of the next one.
+    swallow the start of the next one. The same holds after a good frame: "end FF, FF,
+    not FF" is a lost end byte far more often than a lone noise FF, while frames sent
+    back to back ("end FF, FF FF, RSCTL") are unaffected.
     """
 
     envelope = "classic"
@@ -181,11 +183,11 @@ class ClassicDeframer(Deframer):
         super().__init__(escaping=escaping)
         self.max_wire = max_wire
         self._start = -1  # index in _buf of the current frame's first FF, or -1
-        self._after_failure = False  # _buf[0] is the end FF of a failed frame
+        self._after_frame = False  # _buf[0] is the end FF of the previous frame
 
     def _reset(self) -> None:
         self._start = -1
-        self._after_failure = False
+        self._after_frame = False
 
     def _pending_start(self) -> int | None:
         return self._start if self._start >= 0 else None
@@ -194,11 +196,11 @@ class ClassicDeframer(Deframer):
         buf = self._buf
         while True:
             if self._start < 0:
-                if self._after_failure:
-                    # buf[0] ended a failed frame: is it the first FF of "FF FF x"?
+                if self._after_frame:
+                    # buf[0] ended the previous frame: is it also the first FF of "FF FF x"?
                     if len(buf) < 3:
                         return
-                    self._after_failure = False
+                    self._after_frame = False
                     if buf[1] == 0xFF and buf[2] != 0xFF:
                         self._start = 0
                     else:
@@ -229,11 +231,10 @@ class ClassicDeframer(Deframer):
             self._start = -1
             if isinstance(event, RawFrame):
                 self.frames += 1
-                self._discard(end + 1)
             else:
                 self._drop(event)
-                self._discard(end)
-                self._after_failure = True
+            self._discard(end)
+            self._after_frame = True
 
     def _frame(self, wire: bytes, offset: int) -> Event:
         if len(wire) > self.max_wire:

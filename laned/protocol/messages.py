@@ -14,6 +14,7 @@ absent are ``None`` and are not sent when the message is encoded.
 from __future__ import annotations
 
 import dataclasses
+import struct
 import enum
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Callable, ClassVar, TypeVar
@@ -165,9 +166,13 @@ class Layout:
                 values[name] = kind.encode(value) if kind.encode is not None else value
             except FieldError as err:
                 raise EncodeError(f"{self.label} {name}: {err.detail}") from None
+        for name in form[0]:
+            src = self.kinds[name].length_from
+            if src is not None and len(values[name]) != values[src]:
+                raise EncodeError(f"{self.label} {name}: {len(values[name])} bytes but {src} says {values[src]}")
         try:
             return form[2].build(values)
-        except (cs.ConstructError, ValueError, TypeError, OverflowError) as err:
+        except (cs.ConstructError, struct.error, ValueError, TypeError, OverflowError) as err:
             raise EncodeError(f"{self.label}: {err}") from None
 
 

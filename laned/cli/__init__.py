@@ -1,0 +1,60 @@
+"""The ``laned`` command line."""
+
+from __future__ import annotations
+
+import enum
+import sys
+from typing import Optional
+
+import typer
+
+from laned.protocol.profiles import PROFILES
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="laned — the lane controller of an ETC toll lane.")
+
+
+class SenderChoice(str, enum.Enum):
+    auto = "auto"
+    rsu = "rsu"
+    pc = "pc"
+
+
+@app.callback()
+def _root() -> None:
+    """laned — the lane controller of an ETC toll lane."""
+
+
+def _check_profile(value: str) -> str:
+    if value not in PROFILES:
+        raise typer.BadParameter(f"{value!r} is not a profile; expected one of {', '.join(PROFILES)}")
+    return value
+
+
+@app.command()
+def decode(
+    hex_data: Optional[list[str]] = typer.Argument(None, metavar="[HEX]...",
+                                                   help="Hex bytes (spaces, 0x prefixes and log text allowed)."),
+    file: Optional[str] = typer.Option(None, "--file", "-f", help="Read hex from this file ('-' for stdin)."),
+    profile: str = typer.Option("national", "--profile", "-p", callback=_check_profile,
+                                help=f"RSU profile: {', '.join(PROFILES)}."),
+    sender: SenderChoice = typer.Option(SenderChoice.auto, "--sender", help="Expect frames from rsu, pc, or auto."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per frame, one per line."),
+) -> None:
+    """Decode captured RSU bytes into readable frames. Exit status 2 if any bytes were bad."""
+    from laned.cli import decode_cmd as tool
+
+    try:
+        code = tool.main(hex_data or [], file, profile, sender.value, as_json)
+    except tool.InputError as err:
+        typer.echo(f"laned decode: {err}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app(prog_name="laned")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

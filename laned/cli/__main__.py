@@ -1,0 +1,3 @@
+from laned.cli import main
+
+main()
