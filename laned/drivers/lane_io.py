@@ -1,0 +1,97 @@
+"""The lane-IO interface every IO backend implements (Modbus DI/DO module, GPIO, sim).
+
+The lane logic only ever sees *samples*: a signal's state together with the time it was
+read, so staleness is visible to the barrier interlock. ``active`` means "the physical
+condition is present" (loop occupied, limit switch reached) after NO/NC polarity has been
+applied; ``None`` means the state is unknown (read failed, device offline), which the
+interlock treats as occupied.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import AsyncIterator, Protocol, runtime_checkable
+
+
+class Signal(enum.StrEnum):
+    """Inputs of a lane."""
+
+    ENTRY_LOOP = "entry_loop"
+    SAFETY_LOOP = "safety_loop"  # the loop under the barrier arm
+    BARRIER_UP = "barrier_up"  # limit switch: arm fully raised
+    BARRIER_DOWN = "barrier_down"  # limit switch: arm fully lowered
+
+
+class Output(enum.StrEnum):
+    """Outputs of a lane."""
+
+    BARRIER_RAISE = "barrier_raise"
+    BARRIER_LOWER = "barrier_lower"
+    LIGHT_GREEN = "light_green"
+    LIGHT_RED = "light_red"
+    ALARM = "alarm"
+
+
+class Light(enum.StrEnum):
+    RED = "red"
+    GREEN = "green"
+    OFF = "off"
+
+
+@dataclass(frozen=True, slots=True)
+class InputSample:
+    """One reading of one input. ``at`` is the monotonic time of the read, in seconds."""
+
+    signal: Signal
+    active: bool | None
+    at: float
+
+    def is_fresh(self, now: float, max_age: float) -> bool:
+        return self.active is not None and (now - self.at) <= max_age
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceHealth:
+    """What a driver reports about its device, for diagnostics and alarms."""
+
+    device: str
+    online: bool
+    detail: str = ""
+    errors: int = 0
+    last_ok_at: float | None = None
+
+
+@runtime_checkable
+class LaneIO(Protocol):
+    """Barrier, loops, traffic light and alarm output of one lane."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def sample(self, signal: Signal) -> InputSample | None:
+        """The latest sample of ``signal`` (``None`` before the first read)."""
+        ...
+
+    def samples(self) -> AsyncIterator[InputSample]:
+        """Every new sample whose ``active`` differs from the previous one."""
+        ...
+
+    async def raise_barrier(self) -> None: ...
+
+    async def lower_barrier(self) -> None:
+        """Only ever called by the barrier interlock (laned/lane/barrier.py)."""
+        ...
+
+    async def stop_barrier(self) -> None:
+        """Drop both barrier outputs (a lowering arm that must reverse calls raise next)."""
+        ...
+
+    async def set_light(self, light: Light) -> None: ...
+
+    async def set_alarm(self, on: bool) -> None: ...
+
+    def health(self) -> DeviceHealth: ...
