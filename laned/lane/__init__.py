@@ -1,0 +1,1 @@
+"""The lane's business logic, sans-IO: transactions, barrier interlock, fees, status lists."""

@@ -1,0 +1,709 @@
+"""The lane state machine: ETC transactions, passage accounting and the barrier, sans-IO.
+
+Events go in (:class:`FrameIn`, :class:`InputIn`, :class:`Tick`, journal confirmations),
+actions come out (:class:`Send`, :class:`Show`, :class:`MoveBarrier`, journal records…),
+and time is passed in with every call: ``handle(event, now, wall)`` where ``now`` is the
+monotonic clock (timers) and ``wall`` the local civil time (contract dates, C6 purchase
+time). Nothing here reads a clock or touches a port.
+
+The two rules, and how this module keeps them:
+
+* **The barrier never moves down onto a vehicle.** Only :class:`BarrierInterlock` emits a
+  lower command; the machine merely *wants* the barrier down once every paid vehicle has
+  left the safety loop.
+* **No charged transaction is lost or charged twice.** C6 goes out only after the
+  executor confirms the intent is durable (:class:`IntentRecorded`); the barrier rises only
+  after the B5 result is durable (:class:`ChargeRecorded`); an OBU or card that completed
+  a charge within the re-detection window is let through on its record, never charged
+  again; after a B5 error or a lost B5 the TAC is re-fetched (C8) where the profile can,
+  otherwise the outcome is recorded as unknown for reconciliation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Union
+
+from laned.drivers.fee_display import DisplayContent
+from laned.drivers.lane_io import InputSample, Light, Signal
+from laned.lane.barrier import BarrierCommand, BarrierInterlock, BarrierPosition, InterlockSettings
+from laned.lane.dialect import CardView, Dialect, ObuView, VehicleView
+from laned.lane.outcomes import IDLE, OUTCOMES, Reason
+from laned.protocol import Message, ObuFlag, ProtocolError
+from laned.protocol.records import CardIssueFile, CardType, StationRecord, is_known_vehicle_class
+
+# B5 error codes (RSU_PROTOCOL.md, profile network2019) raised before the card was asked
+# to debit: the vehicle certainly did not pay. Any other error may follow a debit.
+NOT_DEBITED_CODES = frozenset({0x10, 0x11, 0x13, 0x17})
+
+
+# -- ports the machine reads synchronously (in-memory lookups, no I/O) ---------------------
+
+class StatusLookup(Protocol):
+    version: int
+
+    def is_listed_card(self, network: str, card_number: str) -> int | None: ...
+
+    def is_listed_obu(self, obu: bytes) -> int | None: ...
+
+
+class FeeLookup(Protocol):
+    version: int
+
+    def fee(self, entry_station: str, vehicle_class: int) -> int | None: ...
+
+    def max_fee(self, vehicle_class: int) -> int | None: ...
+
+
+class EmptyStatusList:
+    version = 0
+
+    def is_listed_card(self, network: str, card_number: str) -> int | None:
+        return None
+
+    def is_listed_obu(self, obu: bytes) -> int | None:
+        return None
+
+
+# -- events ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class FrameIn:
+    message: Message
+    rsctl: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InputIn:
+    sample: InputSample
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class IntentRecorded:
+    tx_id: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class IntentFailed:
+    tx_id: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeRecorded:
+    tx_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeRecordFailed:
+    tx_id: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkLost:
+    """The RSU link dropped (unplugged, silent): an in-flight transaction fails safely."""
+
+
+Event = Union[FrameIn, InputIn, Tick, IntentRecorded, IntentFailed, ChargeRecorded, ChargeRecordFailed, LinkLost]
+
+
+# -- actions --------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    message: Message
+    reply_to: int | None = None  # RSCTL of the RSU frame answered; None = lane-initiated
+
+
+@dataclass(frozen=True, slots=True)
+class Show:
+    content: DisplayContent
+
+
+@dataclass(frozen=True, slots=True)
+class MoveBarrier:
+    command: BarrierCommand
+
+
+@dataclass(frozen=True, slots=True)
+class SetLight:
+    light: Light
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseAlarm:
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class JournalIntent:
+    """Write the intent durably, then feed back IntentRecorded (or IntentFailed)."""
+
+    tx_id: str
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class JournalCharged:
+    """Write the B5 result durably, then feed back ChargeRecorded (or ChargeRecordFailed)."""
+
+    tx_id: str
+    seq: int
+    result: dict[str, Any]
+    entry: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class JournalUnknown:
+    tx_id: str
+    seq: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRefusal:
+    tx_id: str
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEvent:
+    kind: str
+    record: dict[str, Any]
+
+
+Action = Union[Send, Show, MoveBarrier, SetLight, RaiseAlarm, JournalIntent, JournalCharged, JournalUnknown,
+               JournalRefusal, JournalEvent]
+
+
+# -- settings and state ------------------------------------------------------------------------
+
+class Direction(enum.StrEnum):
+    ENTRY = "entry"
+    EXIT = "exit"
+
+
+class MissingEntryPolicy(enum.StrEnum):
+    MAX_FEE = "max_fee"
+    REFUSE = "refuse"
+
+
+@dataclass(frozen=True)
+class LaneSettings:
+    lane_id: str = "G0001-01"
+    direction: Direction = Direction.EXIT
+    network: str = "3701"  # BCD, 4 digits
+    station: bytes = b"\x01\x02"
+    lane_number: int = 1
+    accepted_issuers: frozenset[bytes] = frozenset()  # empty: every issuer
+    redetect_window: float = 300.0  # s an OBU/card that paid is recognised
+    b5_timeout: float = 1.0  # s after C6
+    refetch_attempts: int = 1
+    missing_entry_policy: MissingEntryPolicy = MissingEntryPolicy.MAX_FEE
+    allow_credit_cards: bool = True
+    interlock: InterlockSettings = field(default_factory=InterlockSettings)
+
+
+class Stage(enum.StrEnum):
+    OBU = "obu"  # B2 accepted, C1 sent
+    VEHICLE = "vehicle"  # B3 accepted, C1 sent
+    INTENT = "intent"  # B4 accepted, intent being written
+    CHARGING = "charging"  # C6 sent, awaiting B5
+    REFETCHING = "refetching"  # C8 sent, awaiting B5
+    RECORDING = "recording"  # B5 success being journalled
+
+
+@dataclass
+class Tx:
+    tx_id: str
+    obu: ObuView
+    started: float
+    stage: Stage = Stage.OBU
+    vehicle: VehicleView | None = None
+    card: CardView | None = None
+    card_file: CardIssueFile | None = None
+    entry: StationRecord | None = None
+    fee: int = 0
+    seq: int | None = None
+    deadline: float | None = None
+    refetches: int = 0
+    b4_rsctl: int | None = None
+    purchase_time: dt.datetime | None = None
+    balance_after: int | None = None
+
+
+@dataclass
+class Paid:
+    """An OBU/card that paid: recognised again within the re-detection window."""
+
+    obu_id: bytes
+    card_key: str | None
+    at: float
+    seq: int | None
+
+
+class LaneMachine:
+    def __init__(self, settings: LaneSettings, dialect: Dialect, *, fees: FeeLookup | None = None,
+                 status: StatusLookup | None = None, recent: list[Paid] | None = None) -> None:
+        self.s = settings
+        self.d = dialect
+        self.fees = fees
+        self.status = status or EmptyStatusList()
+        self.barrier = BarrierInterlock(settings.interlock)
+        self.tx: Tx | None = None
+        self.paid: list[Paid] = list(recent or [])
+        self.credits = 0  # vehicles allowed through and not yet past the safety loop
+        self.want_down = True
+        self.safety_occupied: bool | None = None
+        self.counters: Counter[str] = Counter()
+        self.display = DisplayContent(line1=IDLE.line1, line2=IDLE.line2)
+        self.light = Light.RED
+        self.c6_sent: list[tuple[bytes, float, str]] = []  # (obu_id, now, tx_id), for invariant checks
+
+    # -- entry point -----------------------------------------------------------------------
+    def handle(self, event: Event, now: float, wall: dt.datetime) -> list[Action]:
+        out: list[Action] = []
+        if isinstance(event, FrameIn):
+            self._frame(event, now, wall, out)
+        elif isinstance(event, InputIn):
+            self._input(event.sample, now, out)
+        elif isinstance(event, IntentRecorded):
+            self._intent_recorded(event, now, wall, out)
+        elif isinstance(event, IntentFailed):
+            self._intent_failed(event, now, out)
+        elif isinstance(event, ChargeRecorded):
+            self._charge_recorded(event, now, out)
+        elif isinstance(event, ChargeRecordFailed):
+            self._charge_record_failed(event, now, out)
+        elif isinstance(event, LinkLost):
+            self._link_lost(now, out)
+        self._timers(now, out)
+        self._barrier(now, out)
+        return out
+
+    # -- RSU frames ------------------------------------------------------------------------
+    def _frame(self, ev: FrameIn, now: float, wall: dt.datetime, out: list[Action]) -> None:
+        msg = ev.message
+        kind = self.d.kind(msg)
+        if kind == "B2":
+            if self.d.is_heartbeat(msg):
+                self.counters["heartbeat"] += 1
+                return
+            self._b2(self.d.obu(msg), ev.rsctl, now, wall, out)
+        elif kind == "B3":
+            self._b3(self.d.vehicle(msg), ev.rsctl, now, out)
+        elif kind == "B4":
+            self._b4(msg, ev.rsctl, now, wall, out)
+        elif kind == "B5":
+            self._b5(msg, ev.rsctl, now, out)
+        elif kind == "B0":
+            self.counters["rsu_status"] += 1
+        else:
+            self.counters["frame_ignored"] += 1
+
+    def _b2(self, obu: ObuView, rsctl: int | None, now: float, wall: dt.datetime, out: list[Action]) -> None:
+        if self.tx is not None:
+            if self.tx.obu.obu_id == obu.obu_id and self.tx.stage is Stage.OBU:
+                out.append(Send(self.d.continue_(obu.obu_id), rsctl))  # the RSU repeated B2: same answer
+                return
+            self._abandon(now, out, "a new OBU was reported")
+        if obu.error_code != 0:
+            self.counters["b2_error"] += 1
+            out.append(Send(self.d.stop(obu.obu_id), rsctl))
+            return
+        tx = Tx(tx_id=str(uuid.uuid4()), obu=obu, started=now)
+        if self._paid_recently(obu.obu_id, None, now):
+            self._pass_on_record(tx, rsctl, now, out)
+            return
+        reason = self._check_obu(obu, wall.date())
+        if reason is not None:
+            self._refuse(tx, reason, rsctl, now, out)
+            return
+        self.tx = tx
+        out.append(Send(self.d.continue_(obu.obu_id), rsctl))
+
+    def _check_obu(self, obu: ObuView, today: dt.date) -> Reason | None:
+        flags = self.d.profile.obu_flags(obu.obu_status or b"\x00\x00")
+        if ObuFlag.CARD_ABSENT in flags:
+            return Reason.NO_CARD
+        if ObuFlag.OBU_REMOVED in flags:
+            return Reason.OBU_TAMPERED
+        if ObuFlag.OBU_LOCKED in flags:
+            return Reason.OBU_LOCKED
+        if ObuFlag.CARD_ERROR in flags:
+            return Reason.CARD_ERROR
+        if obu.contract_expiry is not None and obu.contract_expiry < today:
+            return Reason.OBU_EXPIRED
+        if obu.contract_start is not None and obu.contract_start > today:
+            return Reason.OBU_NOT_YET_VALID
+        if self.s.accepted_issuers and (obu.issuer or b"") not in self.s.accepted_issuers:
+            return Reason.ISSUER_NOT_ACCEPTED
+        if self.status.is_listed_obu(obu.obu_id) is not None or (
+                obu.serial_number is not None and self.status.is_listed_obu(obu.serial_number) is not None):
+            return Reason.OBU_LISTED
+        return None
+
+    def _current(self, obu_id: bytes, stage: Stage, rsctl: int | None, out: list[Action]) -> Tx | None:
+        """The transaction a B3/B4 belongs to, or None after answering C2 to a stray frame."""
+        tx = self.tx
+        if tx is None or tx.obu.obu_id != obu_id:
+            self.counters["frame_out_of_sequence"] += 1
+            if tx is None or tx.stage not in (Stage.CHARGING, Stage.REFETCHING, Stage.RECORDING, Stage.INTENT):
+                out.append(Send(self.d.stop(obu_id), rsctl))
+            return None
+        if tx.stage is not stage:
+            self.counters["frame_repeated"] += 1
+            return None
+        return tx
+
+    def _b3(self, veh: VehicleView, rsctl: int | None, now: float, out: list[Action]) -> None:
+        tx = self.tx
+        if tx is not None and tx.obu.obu_id == veh.obu_id and tx.stage is Stage.VEHICLE:
+            out.append(Send(self.d.continue_(veh.obu_id), rsctl))  # repeated B3: same answer
+            return
+        tx = self._current(veh.obu_id, Stage.OBU, rsctl, out)
+        if tx is None:
+            return
+        tx.vehicle = veh
+        if veh.error_code != 0:
+            self._refuse(tx, Reason.VEHICLE_READ_FAILED, rsctl, now, out)
+            return
+        if veh.vehicle_class is None or not is_known_vehicle_class(veh.vehicle_class):
+            self._refuse(tx, Reason.CLASS_INVALID, rsctl, now, out)
+            return
+        tx.stage = Stage.VEHICLE
+        out.append(Send(self.d.continue_(veh.obu_id), rsctl))
+
+    def _b4(self, msg: Message, rsctl: int | None, now: float, wall: dt.datetime, out: list[Action]) -> None:
+        card = self.d.card(msg)
+        tx = self._current(card.obu_id, Stage.VEHICLE, rsctl, out)
+        if tx is None:
+            return
+        tx.card = card
+        if card.error_code != 0 or card.issuer_info is None:
+            self._refuse(tx, Reason.CARD_READ_FAILED, rsctl, now, out)
+            return
+        try:
+            tx.card_file = CardIssueFile.decode(card.issuer_info)
+        except ProtocolError:
+            self._refuse(tx, Reason.CARD_ERROR, rsctl, now, out)
+            return
+        cf = tx.card_file
+        if self._paid_recently(tx.obu.obu_id, cf.card_key, now):
+            self._pass_on_record(tx, rsctl, now, out)
+            return
+        reason = self._check_card(tx, cf, wall.date())
+        if reason is None and self.s.direction is Direction.EXIT:
+            reason = self._price(tx, card)
+        if reason is not None:
+            self._refuse(tx, reason, rsctl, now, out)
+            return
+        tx.stage = Stage.INTENT
+        tx.b4_rsctl = rsctl
+        tx.purchase_time = wall.replace(microsecond=0, tzinfo=None)
+        out.append(JournalIntent(tx.tx_id, self._record(tx, "intent")))
+
+    def _check_card(self, tx: Tx, cf: CardIssueFile, today: dt.date) -> Reason | None:
+        if cf.expiry_date is not None and cf.expiry_date < today:
+            return Reason.CARD_EXPIRED
+        if cf.start_date is not None and cf.start_date > today:
+            return Reason.CARD_NOT_YET_VALID
+        if self.status.is_listed_card(cf.network, cf.card_number) is not None:
+            return Reason.CARD_LISTED
+        veh = tx.vehicle
+        if veh is not None and veh.plate and cf.plate and veh.plate != cf.plate:
+            return Reason.PLATE_MISMATCH
+        if veh is not None and cf.vehicle_class and veh.vehicle_class != cf.vehicle_class:
+            return Reason.CLASS_MISMATCH
+        if cf.card_type == CardType.CREDIT and not self.s.allow_credit_cards:
+            return Reason.CREDIT_CARD_REFUSED
+        return None
+
+    def _price(self, tx: Tx, card: CardView) -> Reason | None:
+        vclass = tx.vehicle.vehicle_class if tx.vehicle and tx.vehicle.vehicle_class else 0
+        fee: int | None = None
+        try:
+            tx.entry = StationRecord.decode(card.last_station) if card.last_station is not None else None
+        except ProtocolError:
+            tx.entry = None
+        if tx.entry is not None and not tx.entry.is_empty and self.fees is not None:
+            fee = self.fees.fee(tx.entry.station_key, vclass)
+        if fee is None:
+            if self.s.missing_entry_policy is MissingEntryPolicy.REFUSE or self.fees is None:
+                return Reason.NO_ENTRY_RECORD if tx.entry is None or tx.entry.is_empty else Reason.NO_FEE
+            fee = self.fees.max_fee(vclass)
+            if fee is None:
+                return Reason.NO_FEE
+            self.counters["charged_max_fee"] += 1
+        tx.fee = fee
+        cf = tx.card_file
+        # Stored-value cards must cover the fee; a balance equal to the fee is enough.
+        if cf is not None and cf.card_type != CardType.CREDIT and (card.rest_money or 0) < fee:
+            return Reason.INSUFFICIENT_BALANCE
+        return None
+
+    def _intent_recorded(self, ev: IntentRecorded, now: float, wall: dt.datetime, out: list[Action]) -> None:
+        tx = self.tx
+        if tx is None or tx.tx_id != ev.tx_id or tx.stage is not Stage.INTENT:
+            self.counters["late_intent"] += 1
+            return
+        tx.seq = ev.seq
+        tx.stage = Stage.CHARGING
+        tx.deadline = now + self.s.b5_timeout
+        entry_lane = self.s.direction is Direction.ENTRY
+        assert tx.purchase_time is not None
+        out.append(Send(self.d.charge(tx.obu.obu_id, 0 if entry_lane else tx.fee, tx.purchase_time,
+                                      self._station_record(tx), entry_lane=entry_lane), tx.b4_rsctl))
+        self.c6_sent.append((tx.obu.obu_id, now, tx.tx_id))
+
+    def _intent_failed(self, ev: IntentFailed, now: float, out: list[Action]) -> None:
+        tx = self.tx
+        if tx is None or tx.tx_id != ev.tx_id:
+            return
+        out.append(RaiseAlarm("journal_failed", f"intent could not be written: {ev.error}"))
+        self._refuse(tx, Reason.JOURNAL_FAILED, tx.b4_rsctl, now, out, journal=False)
+
+    def _b5(self, msg: Message, rsctl: int | None, now: float, out: list[Action]) -> None:
+        res = self.d.result(msg)
+        tx = self.tx
+        if tx is None or tx.obu.obu_id != res.obu_id or tx.stage not in (Stage.CHARGING, Stage.REFETCHING):
+            self.counters["b5_unexpected"] += 1
+            if tx is None or tx.stage not in (Stage.RECORDING,):
+                out.append(Send(self.d.stop(res.obu_id), rsctl))
+            return
+        assert tx.seq is not None
+        if res.error_code == 0:
+            tx.stage = Stage.RECORDING
+            tx.balance_after = res.balance_after
+            out.append(Send(self.d.continue_(res.obu_id), rsctl))
+            out.append(JournalCharged(tx.tx_id, tx.seq, {
+                "tac": res.tac, "psam_no": res.psam_no, "psam_trans_serial": res.psam_trans_serial,
+                "icc_pay_serial": res.icc_pay_serial, "trans_type": res.trans_type,
+                "balance_after": res.balance_after, "trans_time": res.trans_time,
+            }, entry=self.s.direction is Direction.ENTRY))
+            return
+        self.counters[f"b5_error_{res.error_code:02x}"] += 1
+        if res.error_code in NOT_DEBITED_CODES and tx.stage is Stage.CHARGING:
+            out.append(JournalUnknown(tx.tx_id, tx.seq, f"not debited: B5 error {res.error_code:02x}"))
+            self._refuse(tx, Reason.CHARGE_FAILED, rsctl, now, out, journal=False)
+            return
+        if self._refetch(tx, now, out):
+            return
+        out.append(Send(self.d.stop(res.obu_id), rsctl))
+        self._unknown(tx, f"B5 error {res.error_code:02x}", now, out)
+
+    def _refetch(self, tx: Tx, now: float, out: list[Action]) -> bool:
+        if tx.refetches >= self.s.refetch_attempts:
+            return False
+        c8 = self.d.refetch_tac(tx.obu.obu_id)
+        if c8 is None:
+            return False
+        tx.refetches += 1
+        tx.stage = Stage.REFETCHING
+        tx.deadline = now + self.s.b5_timeout
+        self.counters["tac_refetch"] += 1
+        out.append(Send(c8))
+        return True
+
+    def _charge_recorded(self, ev: ChargeRecorded, now: float, out: list[Action]) -> None:
+        tx = self.tx
+        if tx is None or tx.tx_id != ev.tx_id or tx.stage is not Stage.RECORDING:
+            return
+        entry = self.s.direction is Direction.ENTRY
+        reason = Reason.ENTRY_WRITTEN if entry else Reason.CHARGED
+        self.paid.append(Paid(tx.obu.obu_id, tx.card_file.card_key if tx.card_file else None, now, tx.seq))
+        self.tx = None
+        self._let_through(tx, reason, now, out, fee=None if entry else tx.fee, balance=tx.balance_after)
+
+    def _charge_record_failed(self, ev: ChargeRecordFailed, now: float, out: list[Action]) -> None:
+        tx = self.tx
+        if tx is None or tx.tx_id != ev.tx_id:
+            return
+        # The card paid but the journal cannot say so: keep the lane closed for the operator.
+        out.append(RaiseAlarm("journal_failed", f"charge seq {tx.seq} could not be completed: {ev.error}"))
+        self.tx = None
+        self._show(Reason.JOURNAL_FAILED, tx, out)
+        self.counters[Reason.JOURNAL_FAILED] += 1
+
+    def _link_lost(self, now: float, out: list[Action]) -> None:
+        if self.tx is not None:
+            self._abandon(now, out, "the RSU link was lost")
+
+    # -- outcomes ---------------------------------------------------------------------------
+    def _refuse(self, tx: Tx, reason: Reason, rsctl: int | None, now: float, out: list[Action], *,
+                journal: bool = True) -> None:
+        out.append(Send(self.d.stop(tx.obu.obu_id), rsctl))
+        if journal:
+            out.append(JournalRefusal(tx.tx_id, self._record(tx, reason)))
+        self.counters[reason] += 1
+        self.tx = None
+        self._show(reason, tx, out)
+        if OUTCOMES[reason].alarm:
+            out.append(RaiseAlarm(str(reason), f"OBU {tx.obu.obu_id.hex()}"))
+        if self.credits == 0:
+            self._set_light(Light.RED, out)
+
+    def _pass_on_record(self, tx: Tx, rsctl: int | None, now: float, out: list[Action]) -> None:
+        out.append(Send(self.d.stop(tx.obu.obu_id), rsctl))
+        out.append(JournalEvent(str(Reason.PAID_ON_RECORD), self._record(tx, Reason.PAID_ON_RECORD)))
+        self.tx = None
+        if self.credits == 0 and self.barrier.position is not BarrierPosition.UP:
+            # Paid and still in the zone in front of a closed barrier: let it through again.
+            self._let_through(tx, Reason.PAID_ON_RECORD, now, out)
+        else:
+            self.counters[Reason.PAID_ON_RECORD] += 1
+
+    def _let_through(self, tx: Tx, reason: Reason, now: float, out: list[Action], *, fee: int | None = None,
+                     balance: int | None = None) -> None:
+        self.counters[reason] += 1
+        self.credits += 1
+        self.want_down = False
+        self._show(reason, tx, out, fee=fee, balance=balance)
+        out.append(MoveBarrier(self.barrier.command_raise()))
+        self._set_light(Light.GREEN, out)
+
+    def _unknown(self, tx: Tx, why: str, now: float, out: list[Action]) -> None:
+        assert tx.seq is not None
+        out.append(JournalUnknown(tx.tx_id, tx.seq, why))
+        out.append(RaiseAlarm(str(Reason.OUTCOME_UNKNOWN), f"seq {tx.seq} OBU {tx.obu.obu_id.hex()}: {why}"))
+        self.counters[Reason.OUTCOME_UNKNOWN] += 1
+        # Recognised as possibly paid: a second C6 for it inside the window could charge twice.
+        self.paid.append(Paid(tx.obu.obu_id, tx.card_file.card_key if tx.card_file else None, now, tx.seq))
+        self.tx = None
+        self._show(Reason.OUTCOME_UNKNOWN, tx, out)
+        if self.credits == 0:
+            self._set_light(Light.RED, out)
+
+    def _abandon(self, now: float, out: list[Action], why: str) -> None:
+        tx = self.tx
+        assert tx is not None
+        if tx.stage in (Stage.CHARGING, Stage.REFETCHING):
+            self._unknown(tx, why, now, out)
+        elif tx.stage is Stage.RECORDING:
+            # B5 success is being journalled; the executor's confirmation will finish it.
+            return
+        else:
+            self.counters["abandoned"] += 1
+            self.tx = None
+
+    def _paid_recently(self, obu_id: bytes, card_key: str | None, now: float) -> bool:
+        window = self.s.redetect_window
+        self.paid = [p for p in self.paid if now - p.at <= window]
+        return any(p.obu_id == obu_id or (card_key is not None and p.card_key == card_key) for p in self.paid)
+
+    # -- timers --------------------------------------------------------------------------------
+    def _timers(self, now: float, out: list[Action]) -> None:
+        tx = self.tx
+        if tx is None or tx.deadline is None or now < tx.deadline:
+            return
+        if tx.stage in (Stage.CHARGING, Stage.REFETCHING):
+            self.counters["b5_timeout"] += 1
+            if self._refetch(tx, now, out):
+                return
+            self._unknown(tx, "no B5 within the timeout", now, out)
+
+    # -- inputs and barrier --------------------------------------------------------------------
+    def _input(self, sample: InputSample, now: float, out: list[Action]) -> None:
+        self.barrier.update(sample)
+        if sample.signal is not Signal.SAFETY_LOOP:
+            if sample.signal is Signal.BARRIER_DOWN and sample.active and self.credits == 0:
+                self._set_light(Light.RED, out)
+            return
+        was = self.safety_occupied
+        self.safety_occupied = sample.active
+        if sample.active and was is not True:
+            if self.credits == 0 and self.barrier.position is not BarrierPosition.DOWN:
+                self._follow_car(now, out)
+        elif sample.active is False and was is True:
+            if self.credits > 0:
+                self.credits -= 1
+            if self.credits == 0:
+                self.want_down = True
+
+    def _follow_car(self, now: float, out: list[Action]) -> None:
+        """A vehicle under the open arm that nobody paid for: never trap it, report it."""
+        self.counters[Reason.FOLLOW_CAR] += 1
+        self.want_down = False
+        out.append(MoveBarrier(self.barrier.command_raise()))
+        o = OUTCOMES[Reason.FOLLOW_CAR]
+        self._display(DisplayContent(line1=o.line1, line2=o.line2, light=Light.RED), out)
+        self._set_light(Light.RED, out)
+        out.append(RaiseAlarm(str(Reason.FOLLOW_CAR), "a vehicle entered the safety loop without paying"))
+        out.append(JournalEvent(str(Reason.FOLLOW_CAR), {"lane_id": self.s.lane_id, "reason": str(Reason.FOLLOW_CAR)}))
+
+    def _barrier(self, now: float, out: list[Action]) -> None:
+        reverse = self.barrier.tick(now)
+        if reverse is not None:
+            out.append(MoveBarrier(reverse))
+            return
+        if self.want_down and self.credits == 0 and self.barrier.position is not BarrierPosition.DOWN:
+            decision, cmd = self.barrier.request_lower(now)
+            if cmd is not None:
+                out.append(MoveBarrier(cmd))
+                self._set_light(Light.RED, out)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _show(self, reason: Reason, tx: Tx, out: list[Action], *, fee: int | None = None,
+              balance: int | None = None) -> None:
+        o = OUTCOMES[reason]
+        veh = tx.vehicle
+        if balance is None and tx.card is not None:
+            balance = tx.card.rest_money
+        if fee is None and reason is Reason.INSUFFICIENT_BALANCE:
+            fee = tx.fee
+        self._display(DisplayContent(
+            plate=veh.plate if veh else None, vehicle_class=veh.vehicle_class if veh else None,
+            fee_fen=fee, balance_fen=balance, line1=o.line1, line2=o.line2,
+            light=Light.GREEN if o.passes else Light.RED), out)
+
+    def _display(self, content: DisplayContent, out: list[Action]) -> None:
+        if content != self.display:
+            self.display = content
+            out.append(Show(content))
+
+    def _set_light(self, light: Light, out: list[Action]) -> None:
+        if light is not self.light:
+            self.light = light
+            out.append(SetLight(light))
+
+    def _station_record(self, tx: Tx) -> bytes:
+        """The 40-byte station record C6 writes into card file 0019 (see records.StationRecord)."""
+        veh = tx.vehicle
+        plate = (veh.plate or "") if veh else ""
+        ts = int(tx.purchase_time.replace(tzinfo=dt.timezone.utc).timestamp()) if tx.purchase_time else 0
+        rec = (bytes.fromhex(self.s.network) + self.s.station + bytes((self.s.lane_number,)) + ts.to_bytes(4, "big")
+               + bytes(((veh.vehicle_class or 0) if veh else 0, 1 if self.s.direction is Direction.ENTRY else 2))
+               + bytes(12) + plate.encode("gbk", "replace")[:12].ljust(12, b"\x00") + bytes(5))
+        return rec
+
+    def _record(self, tx: Tx, state: str) -> dict[str, Any]:
+        cf, veh, obu = tx.card_file, tx.vehicle, tx.obu
+        return {
+            "tx_id": tx.tx_id, "lane_id": self.s.lane_id, "state": str(state), "direction": str(self.s.direction),
+            "obu_id": obu.obu_id, "issuer": obu.issuer, "obu_serial": obu.serial_number,
+            "contract_start": obu.contract_start, "contract_expiry": obu.contract_expiry,
+            "obu_status": obu.obu_status,
+            "plate": veh.plate if veh else None, "plate_colour": veh.plate_colour if veh else None,
+            "vehicle_class": veh.vehicle_class if veh else None,
+            "card_network": cf.network if cf else None, "card_number": cf.card_number if cf else None,
+            "card_type": cf.card_type if cf else None,
+            "balance_before": tx.card.rest_money if tx.card else None,
+            "entry_station": tx.entry.station_key if tx.entry and not tx.entry.is_empty else None,
+            "fee": tx.fee if self.s.direction is Direction.EXIT else 0,
+            "purchase_time": tx.purchase_time,
+            "fee_table_version": getattr(self.fees, "version", None),
+            "status_list_version": getattr(self.status, "version", None),
+            "reason": str(state),
+        }

@@ -1,0 +1,279 @@
+"""Scenarios of the lane state machine with a fake clock: what a toll operator expects."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from laned.drivers.lane_io import Light
+from laned.lane.barrier import BarrierCommand, BarrierPosition
+from laned.lane.machine import (
+    Direction, IntentFailed, JournalIntent, LaneSettings, LinkLost, MissingEntryPolicy, SetLight, Show, Tick,
+)
+from laned.lane.outcomes import Reason
+from laned.protocol.profiles.base import ObuFlag
+from tests.lane_harness import Fees, Lane, Listed, card_file, station_record
+
+OBU = b"\xa1\xfe\x33\xff"
+
+
+@pytest.fixture
+def lane() -> Lane:
+    ln = Lane()
+    ln.advance(4.0)  # inputs sampled clear long enough to release the start-up latch
+    return ln
+
+
+def shown(actions) -> list[tuple[str, str]]:
+    return [(a.content.line1, a.content.line2) for a in actions if isinstance(a, Show)]
+
+
+def test_a_vehicle_that_pays_gets_the_barrier_raised_after_the_charge_is_journalled(lane):
+    out = lane.b2()
+    assert lane.sent(out) == ["C1"]
+    assert lane.sent(lane.b3()) == ["C1"]
+    out = lane.b4()
+    kinds = [type(a).__name__ for a in out]
+    assert kinds.index("JournalIntent") < kinds.index("Send")  # intent durable before C6
+    assert lane.sent(out) == ["C6"]
+    c6 = [a for a in out if type(a).__name__ == "Send"][0]
+    assert c6.message.consume_money == 3500 and c6.reply_to == 0x48
+    out = lane.b5()
+    kinds = [type(a).__name__ for a in out]
+    assert kinds.index("JournalCharged") < kinds.index("MoveBarrier")  # journalled before the barrier rises
+    assert lane.barrier(out) == [BarrierCommand.RAISE]
+    assert ("欢迎通行", "一路顺风") in shown(out)
+    assert SetLight(Light.GREEN) in out
+    assert lane.machine.counters[Reason.CHARGED] == 1
+
+
+def test_the_barrier_lowers_only_after_the_paid_vehicle_left_the_safety_loop_for_the_hold_off(lane):
+    out = lane.pay() + lane.advance(2.0)
+    assert BarrierCommand.LOWER not in lane.barrier(out)  # paid, not yet arrived at the arm
+    lane.loop(True)
+    out = lane.advance(3.0)
+    assert BarrierCommand.LOWER not in lane.barrier(out)  # still on the loop
+    lane.loop(False)
+    out = lane.advance(0.5)
+    assert BarrierCommand.LOWER not in lane.barrier(out)  # inside the hold-off
+    out = lane.advance(1.0)
+    assert lane.barrier(out) == [BarrierCommand.LOWER]
+
+
+def test_a_vehicle_with_low_balance_is_refused_and_the_barrier_stays_down(lane):
+    out = lane.b2() + lane.b3() + lane.b4(balance=3499)
+    assert lane.sent(out) == ["C1", "C1", "C2"]
+    assert ("余额不足", "请走人工车道") in shown(out)
+    assert BarrierCommand.RAISE not in lane.barrier(out)
+    assert lane.machine.counters[Reason.INSUFFICIENT_BALANCE] == 1
+    assert lane.journal[-1][0] == "JournalRefusal"
+
+
+def test_a_balance_exactly_equal_to_the_fee_is_enough(lane):
+    out = lane.pay(balance=3500)
+    assert lane.machine.counters[Reason.CHARGED] == 1
+    assert BarrierCommand.RAISE in lane.barrier(out)
+
+
+@pytest.mark.parametrize("flags,reason,text", [
+    (bytes([0x80, 0]), Reason.NO_CARD, "无卡"),
+    (bytes([0x02, 0]), Reason.OBU_TAMPERED, "标签拆卸"),
+    (bytes([0x04, 0]), Reason.OBU_LOCKED, "标签锁定"),
+    (bytes([0x08, 0]), Reason.CARD_ERROR, "卡片异常"),
+])
+def test_an_obu_with_a_bad_status_is_refused_at_b2(lane, flags, reason, text):
+    out = lane.b2(status=flags)
+    assert lane.sent(out) == ["C2"]
+    assert shown(out)[0][0] == text
+    assert lane.machine.counters[reason] == 1
+
+
+def test_an_expired_obu_and_a_not_yet_valid_obu_are_refused(lane):
+    assert lane.sent(lane.b2(expiry=dt.date(2026, 11, 21))) == ["C2"]
+    assert lane.sent(lane.b2(start=dt.date(2026, 11, 23))) == ["C2"]
+    assert lane.machine.counters[Reason.OBU_EXPIRED] == 1
+    assert lane.machine.counters[Reason.OBU_NOT_YET_VALID] == 1
+
+
+def test_an_obu_on_the_status_list_is_refused_with_tag_invalid():
+    ln = Lane(status=Listed(obus={OBU}))
+    out = ln.b2()
+    assert ln.sent(out) == ["C2"] and shown(out)[0] == ("标签失效", "请走人工车道")
+
+
+def test_a_card_on_the_status_list_is_refused_at_b4():
+    ln = Lane(status=Listed(cards={"37012301000012345678"}))
+    out = ln.b2() + ln.b3() + ln.b4()
+    assert ln.sent(out) == ["C1", "C1", "C2"]
+    assert ln.machine.counters[Reason.CARD_LISTED] == 1
+
+
+def test_an_expired_card_is_refused(lane):
+    out = lane.b2() + lane.b3() + lane.b4(card=card_file(expiry=dt.date(2025, 1, 1)))
+    assert lane.sent(out)[-1] == "C2" and ("卡片过期", "请走人工车道") in shown(out)
+
+
+def test_plate_and_class_must_agree_with_the_card(lane):
+    lane.b2(), lane.b3(plate="鲁B99999")
+    lane.b4()
+    assert lane.machine.counters[Reason.PLATE_MISMATCH] == 1
+    lane.b2(), lane.b3(vclass=2)
+    lane.b4()
+    assert lane.machine.counters[Reason.CLASS_MISMATCH] == 1
+
+
+def test_a_missing_entry_record_charges_the_maximum_fee_by_policy(lane):
+    out = lane.b2() + lane.b3() + lane.b4(station=station_record(empty=True))
+    c6 = [a for a in out if type(a).__name__ == "Send"][-1]
+    assert c6.message.consume_money == 12000
+
+
+def test_a_missing_entry_record_is_refused_to_the_manual_lane_by_policy():
+    ln = Lane(settings=LaneSettings(missing_entry_policy=MissingEntryPolicy.REFUSE))
+    out = ln.b2() + ln.b3() + ln.b4(station=station_record(empty=True))
+    assert ln.sent(out)[-1] == "C2" and ln.machine.counters[Reason.NO_ENTRY_RECORD] == 1
+
+
+def test_credit_cards_are_refused_when_the_policy_says_so():
+    ln = Lane(settings=LaneSettings(allow_credit_cards=False))
+    out = ln.b2() + ln.b3() + ln.b4(card=card_file(card_type=0x17))
+    assert ln.sent(out)[-1] == "C2" and ln.machine.counters[Reason.CREDIT_CARD_REFUSED] == 1
+
+
+def test_a_credit_card_with_no_balance_is_charged_when_allowed(lane):
+    lane.pay(card=card_file(card_type=0x17), balance=0)
+    assert lane.machine.counters[Reason.CHARGED] == 1
+
+
+def test_an_obu_seen_again_after_paying_is_let_through_on_its_record_not_charged_again(lane):
+    lane.pay()
+    out = lane.b2()
+    assert lane.sent(out) == ["C2"]
+    out += lane.b3() + lane.b4()
+    assert "C6" not in lane.sent(out)
+    assert len(lane.machine.c6_sent) == 1
+    assert any(j[0] == "JournalEvent" for j in lane.journal)
+
+
+def test_a_card_moved_to_another_obu_after_paying_is_not_charged_again(lane):
+    lane.pay()
+    out = lane.b2(obu_id=b"\x01\x02\x03\x04") + lane.b3(obu_id=b"\x01\x02\x03\x04") + lane.b4(obu_id=b"\x01\x02\x03\x04")
+    assert "C6" not in lane.sent(out)
+
+
+def test_a_lost_b5_on_the_national_profile_is_recorded_unknown_and_the_barrier_stays_down(lane):
+    lane.b2(), lane.b3(), lane.b4()
+    out = lane.advance(1.5)
+    unknown = [j for j in lane.journal if j[0] == "JournalUnknown"]
+    assert len(unknown) == 1
+    assert BarrierCommand.RAISE not in lane.barrier(out)
+    assert ("交易异常", "请走人工车道") in shown(out)
+    # The RSU reports it again: it may have paid, so no second C6.
+    out = lane.b2() + lane.b3() + lane.b4()
+    assert "C6" not in lane.sent(out)
+
+
+def test_a_lost_b5_on_network2019_re_fetches_the_tac_and_completes_the_charge():
+    ln = Lane(profile="network2019")
+    ln.advance(4.0)
+    ln.b2(), ln.b3(), ln.b4()
+    out = ln.advance(1.1)
+    assert "C8" in ln.sent(out)
+    out = ln.b5()
+    assert BarrierCommand.RAISE in ln.barrier(out)
+    assert ln.machine.counters[Reason.CHARGED] == 1
+
+
+def test_a_b5_error_before_the_debit_is_a_failed_charge_not_an_unknown(lane):
+    lane.b2(), lane.b3(), lane.b4()
+    out = lane.b5(error=0x17)
+    assert lane.sent(out) == ["C2"]
+    assert ("交易失败", "请走人工车道") in shown(out)
+    assert lane.machine.counters[Reason.OUTCOME_UNKNOWN] == 0
+
+
+def test_a_b5_error_after_a_possible_debit_is_unknown_for_reconciliation(lane):
+    lane.b2(), lane.b3(), lane.b4()
+    lane.b5(error=0x19)
+    assert lane.machine.counters[Reason.OUTCOME_UNKNOWN] == 1
+
+
+def test_no_c6_is_sent_when_the_intent_cannot_be_journalled():
+    ln = Lane(auto_journal=False)
+    ln.advance(4.0)
+    ln.b2(), ln.b3()
+    out = ln.b4()
+    intent = [a for a in out if isinstance(a, JournalIntent)][0]
+    out = ln.feed(IntentFailed(intent.tx_id, "disk full"))
+    assert "C6" not in ln.sent(out) and ln.sent(out) == ["C2"]
+    assert ("ETC暂停使用", "请走人工车道") in shown(out)
+
+
+def test_losing_the_rsu_link_after_c6_records_the_outcome_as_unknown(lane):
+    lane.b2(), lane.b3(), lane.b4()
+    lane.feed(LinkLost())
+    assert lane.machine.counters[Reason.OUTCOME_UNKNOWN] == 1
+
+
+def test_a_follow_car_under_the_open_barrier_is_never_trapped_and_is_reported(lane):
+    lane.pay()
+    lane.loop(True), lane.advance(1.0), lane.loop(False)
+    out = lane.advance(0.3)
+    out += lane.loop(True)  # the second vehicle, which did not pay, reaches the loop
+    assert ("跟车违章", "请停车缴费") in shown(out)
+    assert any(type(a).__name__ == "RaiseAlarm" for a in out)
+    out = lane.advance(5.0)
+    assert BarrierCommand.LOWER not in lane.barrier(out)
+    lane.loop(False)
+    out = lane.advance(2.0)
+    assert BarrierCommand.LOWER in lane.barrier(out)
+
+
+def test_a_stale_safety_loop_keeps_the_barrier_up():
+    ln = Lane()
+    ln.advance(4.0)
+    ln.pay()
+    ln.loop(True), ln.advance(1.0), ln.loop(False)
+    del ln.loop_state[ln.machine.s.interlock.presence[0]]  # the input stops updating
+    out = []
+    for _ in range(40):
+        ln.now += 0.1
+        out += ln.feed(Tick())
+    assert BarrierCommand.LOWER not in ln.barrier(out)
+    assert ln.machine.barrier.fault is not None
+
+
+def test_a_lowering_arm_reverses_when_the_loop_sees_a_vehicle(lane):
+    lane.pay()
+    lane.loop(True), lane.advance(1.0), lane.loop(False)
+    out = lane.advance(1.5)
+    assert lane.barrier(out) == [BarrierCommand.LOWER]
+    assert lane.machine.barrier.position is BarrierPosition.LOWERING
+    out = lane.loop(True)
+    assert BarrierCommand.RAISE in lane.barrier(out)
+
+
+def test_an_unknown_input_counts_as_occupied(lane):
+    lane.pay()
+    lane.loop(True), lane.advance(1.0)
+    lane.loop(None)
+    out = lane.advance(5.0)
+    assert BarrierCommand.LOWER not in lane.barrier(out)
+
+
+def test_an_entry_lane_writes_the_entry_record_instead_of_charging():
+    ln = Lane(settings=LaneSettings(direction=Direction.ENTRY))
+    ln.advance(4.0)
+    out = ln.b2() + ln.b3() + ln.b4(station=station_record(empty=True), balance=0)
+    c6 = [a for a in out if type(a).__name__ == "Send"][-1]
+    assert c6.message.consume_money == 0 and c6.message.station[:2] == bytes.fromhex("3701")
+    out = ln.b5()
+    assert ln.machine.counters[Reason.ENTRY_WRITTEN] == 1 and BarrierCommand.RAISE in ln.barrier(out)
+
+
+def test_heartbeats_are_not_answered(lane):
+    from laned.protocol.profiles import national
+    from laned.lane.machine import FrameIn
+    out = lane.feed(FrameIn(national.ObuInfo(obu_id=bytes(4), error_code=0x80), 0x28))
+    assert lane.sent(out) == []
