@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from laned.protocol.errors import ProtocolError
 from laned.protocol.framing import Deframer, RawFrame, encode_frame, make_deframer
@@ -17,9 +17,8 @@ from laned.protocol.profiles import Profile
 from laned.protocol.rsctl import is_pc_rsctl, is_rsu_rsctl
 
 
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    """A decoded frame: the message and what the envelope said about it."""
+class Decoded(NamedTuple):
+    """A decoded frame: the message and what the envelope said about it (immutable)."""
 
     message: Message
     raw: RawFrame
@@ -43,6 +42,7 @@ class FrameDecoder:
         self.deframer: Deframer = make_deframer(profile.envelope, escaping=profile.escaping if escaping is None else escaping)
         self.errors: Counter[str] = Counter()  # message-level errors (layout, field, unknown type)
         self.rsctl_anomalies = 0
+        self._messages = dict(profile.messages)
 
     @property
     def drops(self) -> Counter[str]:
@@ -58,8 +58,13 @@ class FrameDecoder:
     def _decode(self, event: RawFrame | ProtocolError) -> Decoded | ProtocolError:
         if isinstance(event, ProtocolError):
             return event
+        payload = event.payload
         try:
-            msg = decode_payload(self.profile.messages, event.payload, self.profile.opaque)  # type: ignore[arg-type]
+            cls = self._messages.get(payload[0]) if payload else None
+            if cls is not None:
+                msg = cls.LAYOUT.parse(payload[1:])
+            else:
+                msg = decode_payload(self._messages, payload, self.profile.opaque)  # type: ignore[arg-type]
         except ProtocolError as err:
             err.offset = event.offset
             err.data = event.wire

@@ -13,6 +13,7 @@ zero meaning "no date"; plates GBK padded with ``00``.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -44,6 +45,7 @@ def Hex(n: int) -> Kind:
     return Kind(f"hex{n}", n, cs.Bytes(n))
 
 
+@functools.lru_cache(maxsize=8192)  # contract and card dates repeat across vehicles
 def _bcd_date(raw: bytes) -> dt.date | None:
     if raw == b"\x00\x00\x00\x00":
         return None

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from dataclasses import dataclass
-from typing import Iterable, Union
+from typing import Iterable, NamedTuple, Union
 
 from laned.protocol.checks import bcc, crc16_x25
 from laned.protocol.errors import (
@@ -91,13 +90,14 @@ def _first_bad_escape(body: bytes) -> int:
     return -1  # pragma: no cover - only called when one exists
 
 
-@dataclass(frozen=True, slots=True)
-class RawFrame:
+class RawFrame(NamedTuple):
     """One frame as the envelope delivered it.
 
     ``payload`` is TYPE + DATA, unescaped, without check bytes; it is empty for a classic
     empty reply. ``rsctl`` (classic) or ``seq`` (gb2019tcp) is set where the envelope has
-    one. ``offset`` is the position of the frame's first byte in the stream.
+    one. ``offset`` is the position of the frame's first byte in the stream. A named
+    tuple: immutable like the messages, and built several times faster than a frozen
+    dataclass on the path of every frame.
     """
 
     envelope: str
@@ -188,6 +188,26 @@ class ClassicDeframer(Deframer):
     def _reset(self) -> None:
         self._start = -1
         self._after_frame = False
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        # Fast path for the common case of one whole frame per read: the same rules as
+        # _scan (a previous end FF followed by "FF FF x" is not a start), without copying
+        # through the buffer.
+        buf = self._buf
+        if self._start < 0 and (not buf or (self._after_frame and len(buf) == 1)) \
+                and len(data) > 3 and data[0] == 0xFF and data[1] == 0xFF and data[2] != 0xFF \
+                and data.find(b"\xff", 2) == len(data) - 1 and len(data) <= self.max_wire:
+            base = self._base + len(buf)
+            event = self._frame(bytes(data), base)
+            if isinstance(event, RawFrame):
+                self.frames += 1
+            else:
+                self._drop(event)
+            self._buf = bytearray(b"\xff")
+            self._base = base + len(data) - 1
+            self._after_frame = True
+            return [event]
+        return super().feed(data)
 
     def _pending_start(self) -> int | None:
         return self._start if self._start >= 0 else None

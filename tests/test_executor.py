@@ -1,0 +1,90 @@
+"""The executor carries out the machine's actions in the order the two rules need."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+from laned.drivers.lane_io import InputSample, Signal
+from laned.executor import LaneExecutor
+from laned.lane.dialect import Dialect
+from laned.lane.machine import FrameIn, InputIn, LaneMachine, LaneSettings
+from laned.masking import mask_card, mask_plate
+from laned.protocol import get_profile
+from tests.lane_harness import Fees, Lane
+
+
+class FakeRsu:
+    def __init__(self):
+        self.sent = []
+
+    def send_nowait(self, message, reply_to=None):
+        self.sent.append(message.type_name)
+
+
+class FakeJournal:
+    def __init__(self, fail_intent=False):
+        self.fail_intent = fail_intent
+        self.rows = []
+
+    def record_intent(self, record, now):
+        if self.fail_intent:
+            raise OSError("disk full")
+        self.rows.append(("intent", record["obu_id"]))
+        return len(self.rows)
+
+    def complete(self, seq, result, now, *, entry):
+        self.rows.append(("charged", seq))
+
+    def mark_unknown(self, seq, reason, now):
+        self.rows.append(("unknown", seq))
+
+    def record_refusal(self, record, now):
+        self.rows.append(("refused", record["reason"]))
+
+    def record_event(self, kind, record, now):
+        self.rows.append(("event", kind))
+
+
+def make(journal):
+    clock = [100.0]
+    machine = LaneMachine(LaneSettings(), Dialect(get_profile("national")), fees=Fees())
+    rsu = FakeRsu()
+    ex = LaneExecutor(machine, rsu, None, None, journal, monotonic=lambda: clock[0],
+                      wall=lambda: dt.datetime(2026, 11, 22, 10, 0, 0))
+    return ex, rsu, clock
+
+
+def frames():
+    lane = Lane()  # only used to build the frames
+    built = []
+    lane.feed = lambda ev: built.append(ev) or []
+    lane.b2(), lane.b3(), lane.b4(), lane.b5()
+    return built
+
+
+def test_the_intent_is_journalled_before_c6_goes_out_and_the_charge_before_the_barrier():
+    journal = FakeJournal()
+    ex, rsu, _ = make(journal)
+    b2, b3, b4, b5 = frames()
+    for f in (b2, b3, b4):
+        ex.handle(f)
+    assert rsu.sent == ["C1", "C1", "C6"]
+    assert journal.rows == [("intent", b"\xa1\xfe\x33\xff")]
+    ex.handle(b5)
+    assert journal.rows[-1] == ("charged", 1)
+    assert ex._io_queue.qsize() >= 1  # the raise, queued only after the charge was journalled
+
+
+def test_a_journal_that_cannot_write_the_intent_stops_the_charge():
+    ex, rsu, _ = make(FakeJournal(fail_intent=True))
+    b2, b3, b4, _ = frames()
+    for f in (b2, b3, b4):
+        ex.handle(f)
+    assert rsu.sent == ["C1", "C1", "C2"]
+    assert any(code == "journal_failed" for _, code, _ in ex.alarms)
+
+
+def test_card_numbers_and_plates_are_masked_for_people():
+    assert mask_card("37012301000012345678") == "3701************5678"
+    assert mask_plate("鲁A12345") == "鲁A*****"
