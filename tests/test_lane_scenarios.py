@@ -277,3 +277,21 @@ def test_heartbeats_are_not_answered(lane):
     from laned.lane.machine import FrameIn
     out = lane.feed(FrameIn(national.ObuInfo(obu_id=bytes(4), error_code=0x80), 0x28))
     assert lane.sent(out) == []
+
+
+def test_the_rsu_is_initialised_on_connect_and_told_to_search_after_b0(lane):
+    from laned.lane.machine import FrameIn, LinkUp
+    from laned.protocol.profiles import national
+    out = lane.feed(LinkUp())
+    assert lane.sent(out) == ["C0"] and out[0].message.lane_mode == 4 and out[0].reply_to is None
+    b0 = national.RsuInfo(rsu_status=0, psam_num=1, rsu_terminal_id1=bytes(6), rsu_terminal_id2=bytes(6),
+                          rsu_alg_id=0, rsu_manu_id=0, rsu_id=bytes(3), rsu_version=bytes(2), reserved=bytes(5))
+    out = lane.feed(FrameIn(b0, 0x98))
+    assert lane.sent(out) == ["C1"] and out[0].reply_to == 0x98
+
+
+def test_an_rsu_reporting_a_psam_fault_raises_an_alarm(lane):
+    from laned.lane.machine import FrameIn, RaiseAlarm
+    from laned.protocol.profiles import national
+    out = lane.feed(FrameIn(national.RsuInfo(rsu_status=1), 0x08))
+    assert lane.sent(out) == [] and any(isinstance(a, RaiseAlarm) and "PSAM reset failed" in a.detail for a in out)

@@ -117,6 +117,18 @@ class Dialect:
         return national.Charge(obu_id=obu_id, card_div_factor=self.card_div_factor, reserved=bytes(4),
                                consume_money=amount, purchase_time=purchase_time, station=station)
 
+    def init(self, wall: dt.datetime, *, exit_lane: bool, tx_power: int = 10, channel: int = 0) -> Message:
+        """C0: clock, lane mode (3 entry, 4 exit, as (1) numbers them) and radio settings."""
+        unix = int(wall.replace(tzinfo=dt.timezone.utc).timestamp()) if wall.tzinfo is None else int(wall.timestamp())
+        when = wall.replace(microsecond=0, tzinfo=None)
+        mode = 4 if exit_lane else 3
+        if self.n2019:
+            return network2019.Init(unix_time=unix, date_time=when, lane_mode=mode, bst_interval=10,
+                                    tx_power=tx_power, pll_channel_id=channel, ef04_opt=0, ef04_offset=0,
+                                    ef04_length=0)
+        return national.Init(unix_time=unix, date_time=when, lane_mode=mode, wait_time=2, tx_power=tx_power,
+                             pll_channel_id=channel, trans_mode=2)
+
     def refetch_tac(self, obu_id: bytes) -> Message | None:
         if not self.n2019:
             return None

@@ -111,11 +111,17 @@ class ChargeRecordFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class LinkUp:
+    """The RSU link (re)connected: initialise the RSU with C0."""
+
+
+@dataclass(frozen=True, slots=True)
 class LinkLost:
     """The RSU link dropped (unplugged, silent): an in-flight transaction fails safely."""
 
 
-Event = Union[FrameIn, InputIn, Tick, IntentRecorded, IntentFailed, ChargeRecorded, ChargeRecordFailed, LinkLost]
+Event = Union[FrameIn, InputIn, Tick, IntentRecorded, IntentFailed, ChargeRecorded, ChargeRecordFailed, LinkUp,
+              LinkLost]
 
 
 # -- actions --------------------------------------------------------------------------------
@@ -213,6 +219,8 @@ class LaneSettings:
     refetch_attempts: int = 1
     missing_entry_policy: MissingEntryPolicy = MissingEntryPolicy.MAX_FEE
     allow_credit_cards: bool = True
+    tx_power: int = 10
+    pll_channel: int = 0
     interlock: InterlockSettings = field(default_factory=InterlockSettings)
 
 
@@ -289,6 +297,9 @@ class LaneMachine:
             self._charge_record_failed(event, now, out)
         elif isinstance(event, LinkLost):
             self._link_lost(now, out)
+        elif isinstance(event, LinkUp):
+            out.append(Send(self.d.init(wall, exit_lane=self.s.direction is Direction.EXIT,
+                                        tx_power=self.s.tx_power, channel=self.s.pll_channel)))
         self._timers(now, out)
         self._barrier(now, out)
         return out
@@ -309,7 +320,15 @@ class LaneMachine:
         elif kind == "B5":
             self._b5(msg, ev.rsctl, now, out)
         elif kind == "B0":
-            self.counters["rsu_status"] += 1
+            # RSU_PROTOCOL.md, "The transaction": after B0 the lane's C1 starts the search.
+            status = getattr(msg, "rsu_status", 0)
+            if status == 0:
+                self.counters["rsu_ready"] += 1
+                out.append(Send(self.d.continue_(bytes(4)), ev.rsctl))
+            else:
+                self.counters["rsu_fault"] += 1
+                out.append(RaiseAlarm("rsu_fault", f"RSU status {status:02x}: "
+                                      f"{self.d.profile.error_meaning(0xB0, status)}"))
         else:
             self.counters["frame_ignored"] += 1
 
