@@ -1,64 +1,164 @@
 """The daemon's configuration: one TOML file, validated into typed models at start.
 
 A bad file stops the start with a :class:`ConfigError` naming the key (dotted path), the
-value and what was expected — a field engineer fixes it from the message alone.
-Device register maps are data here ("device profiles"), because real lanes mix vendors.
-Secrets are paths to files that must not be world-readable.
+value and what was expected — a field engineer fixes it from the message alone::
+
+    /etc/laned/laned.toml: rsu.baud = 12345: expected one of 9600, 19200, 38400, 57600, 115200
+    /etc/laned/laned.toml: barrier.hold_of_s is not a known setting (value 1.0); did you mean hold_off_s?
+    /etc/laned/laned.toml, line 7, column 10: not valid TOML: Invalid value
+
+Unknown keys are refused, so a typo never silently falls back to a default. Device register
+maps are data here ("device profiles", validated by ``laned.drivers.device_profiles`` and
+``laned.drivers.gpio_profile``), because real lanes mix vendors. Relative paths are relative
+to the config file. Secrets are paths to files that must not be readable by others.
+
+The simulator's configuration ships in the package: :func:`load_sim_config`.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import stat
 import tomllib
+import types
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from laned.drivers.device_profiles import (
+    DEFAULT_FEE_DISPLAY_PROFILE, DEFAULT_IO_MODULE_PROFILE, FeeDisplayProfile, IoModuleProfile,
+)
+from laned.drivers.gpio_profile import GpioPinMap
+from laned.drivers.hotplug import UdevMatch
+from laned.drivers.modbus_bus import BusSettings, RtuLink, TcpLink
+from laned.lane.barrier import InterlockSettings
+from laned.lane.machine import Direction, LaneSettings, MissingEntryPolicy
 from laned.protocol.profiles import PROFILES
+
+DEFAULT_PATH = Path("/etc/laned/laned.toml")
+SIM_CONFIG = Path(__file__).parent / "data" / "sim.toml"  # package data
+SERIAL_BAUDS = (9600, 19200, 38400, 57600, 115200)  # RSU_PROTOCOL.md: 9600–115200 must all work
 
 
 class ConfigError(ValueError):
     """The configuration cannot be used; the message says where and why."""
 
 
+# -- value types ------------------------------------------------------------------------------
+
+def _key_error(key: str, message: str) -> PydanticCustomError:
+    """An error about ``key`` inside the model being validated (see :func:`_format`)."""
+    return PydanticCustomError("config_key", "{message}", {"key": key, "message": message})
+
+
+def _hex_bytes(size: int, what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if len(value) != 2 * size or not all(c in "0123456789abcdefABCDEF" for c in value):
+            raise ValueError(f"expected {what}: {2 * size} hex digits")
+        return value.lower()
+    return AfterValidator(check)
+
+
+def _digits(n: int, what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if len(value) != n or not value.isdigit():
+            raise ValueError(f"expected {what}: {n} digits")
+        return value
+    return AfterValidator(check)
+
+
+def _config_path(value: Path, info: ValidationInfo) -> Path:
+    """Relative paths are relative to the config file's folder."""
+    base = (info.context or {}).get("base")
+    return value if value.is_absolute() or base is None else Path(base) / value
+
+
+def _secret(value: Path) -> Path:
+    try:
+        mode = value.stat().st_mode
+    except FileNotFoundError:
+        return value  # checked when it is opened; a missing file is not a leak
+    except OSError as err:
+        raise ValueError(f"cannot check the file's mode: {err.strerror}") from None
+    if mode & stat.S_IRWXO:
+        raise ValueError(f"{value} is accessible by others (mode {stat.S_IMODE(mode):04o}); chmod 600 it")
+    return value
+
+
+def _lane_id(value: str) -> str:
+    if not 1 <= len(value) <= 32 or not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+        raise ValueError("expected 1–32 letters, digits, '-', '_' or '.' (e.g. G0001-0201-03)")
+    return value
+
+
+IssuerId = Annotated[str, _hex_bytes(8, "an 8-byte issuer id")]
+DivFactor = Annotated[str, _hex_bytes(8, "an 8-byte diversification factor")]
+ConfigPath = Annotated[Path, AfterValidator(_config_path)]
+SecretPath = Annotated[Path, AfterValidator(_config_path), AfterValidator(_secret)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# -- [lane] -------------------------------------------------------------------------------------
+
 class LaneSection(_Model):
-    lane_id: str = Field(min_length=1, max_length=32)
-    network: str = Field(pattern=r"^\d{4}$", description="station network, 4 digits")
-    station: str = Field(pattern=r"^[0-9a-fA-F]{4}$", description="station code, 4 hex digits")
+    lane_id: Annotated[str, AfterValidator(_lane_id)]
+    network: Annotated[str, _digits(4, "the station network")]
+    station: Annotated[str, _hex_bytes(2, "the station code")]
     lane_number: int = Field(ge=0, le=255)
     direction: Literal["entry", "exit"]
     redetect_window_s: float = Field(300.0, gt=0, le=3600)
+    transaction_timeout_s: float = Field(3.0, gt=0, le=30)  # B2 to B5, the whole exchange
     b5_timeout_s: float = Field(1.0, gt=0, le=1.1)
     missing_entry_policy: Literal["max_fee", "refuse"] = "max_fee"
     credit_card_policy: Literal["allow", "refuse"] = "allow"
-    accepted_issuers: list[str] = Field(default_factory=list, description="8-byte issuer ids, hex")
-    obu_div_factor: str = Field("0000000000000000", pattern=r"^[0-9a-fA-F]{16}$")
+    accepted_issuers: list[IssuerId] = Field(default_factory=list)  # empty: every issuer
+    obu_div_factor: DivFactor = "0000000000000000"  # for issuers without their own
+    obu_div_factors: dict[IssuerId, DivFactor] = Field(default_factory=dict)  # issuer -> factor (C1)
 
-    @field_validator("accepted_issuers")
-    @classmethod
-    def _issuers(cls, v: list[str]) -> list[str]:
-        for item in v:
-            if len(item) != 16 or any(c not in "0123456789abcdefABCDEF" for c in item):
-                raise ValueError(f"issuer {item!r} is not 16 hex digits")
-        return v
+    @model_validator(mode="after")
+    def _timeouts(self) -> "LaneSection":
+        if self.transaction_timeout_s <= self.b5_timeout_s:
+            raise _key_error("transaction_timeout_s", f"{self.transaction_timeout_s:g} s is not longer than "
+                             f"b5_timeout_s = {self.b5_timeout_s:g} s; the whole exchange includes the B5 wait")
+        return self
 
+    @property
+    def station_key(self) -> str:
+        """The fee table's key of this station ("3701-0201")."""
+        return f"{self.network}-{self.station}"
+
+    def div_factor_for(self, issuer: bytes | None) -> bytes:
+        """The OBU diversification factor C1 carries for an OBU of ``issuer``."""
+        factor = self.obu_div_factors.get(issuer.hex()) if issuer else None
+        return bytes.fromhex(factor or self.obu_div_factor)
+
+
+# -- [rsu] ----------------------------------------------------------------------------------------
 
 class RsuSection(_Model):
     profile: str = "national"
     transport: Literal["serial", "tcp"] = "serial"
-    port: str | None = Field(None, description="serial device, e.g. /dev/laned-rsu")
+    port: str | None = None  # serial device, e.g. /dev/laned-rsu
     baud: int = 115200
     host: str | None = None
     tcp_port: int | None = Field(None, ge=1, le=65535)
-    silence_timeout_s: float = Field(70.0, gt=0)
+    silence_timeout_s: float = Field(70.0, gt=0, le=600)  # heartbeats come every 3–60 s
+    # C0 initialisation (RSU_PROTOCOL.md, C0 of each profile); LaneMode follows lane.direction.
     tx_power: int = Field(10, ge=0, le=31)
     pll_channel: int = Field(0, ge=0, le=1)
+    wait_time: int = Field(2, ge=0, le=255)  # national: minimum re-read interval for one OBU
+    trans_mode: int = Field(2, ge=0, le=255)  # national
+    bst_interval: int = Field(10, ge=0, le=255)  # network2019
 
     @field_validator("profile")
     @classmethod
@@ -70,61 +170,148 @@ class RsuSection(_Model):
     @field_validator("baud")
     @classmethod
     def _baud(cls, v: int) -> int:
-        if v not in (9600, 19200, 38400, 57600, 115200):
-            raise ValueError("expected one of 9600, 19200, 38400, 57600, 115200")
+        if v not in SERIAL_BAUDS:
+            raise ValueError(f"expected one of {', '.join(map(str, SERIAL_BAUDS))}")
         return v
 
     @model_validator(mode="after")
     def _transport(self) -> "RsuSection":
         if self.transport == "serial" and not self.port:
-            raise ValueError("transport 'serial' needs port (e.g. /dev/laned-rsu)")
-        if self.transport == "tcp" and (not self.host or not self.tcp_port):
-            raise ValueError("transport 'tcp' needs host and tcp_port")
+            raise _key_error("port", "missing: transport 'serial' needs port (e.g. /dev/laned-rsu)")
+        if self.transport == "tcp" and not self.host:
+            raise _key_error("host", "missing: transport 'tcp' needs host and tcp_port")
+        if self.transport == "tcp" and not self.tcp_port:
+            raise _key_error("tcp_port", "missing: transport 'tcp' needs host and tcp_port")
+        if self.profile == "network2019" and self.tx_power > 15:
+            raise _key_error("tx_power", "expected 0–15 with profile network2019")
         return self
 
 
-class PathSection(_Model):
-    path: Path
+# -- [devices] ------------------------------------------------------------------------------------
 
+class _DeviceLink(_Model):
+    """Where a Modbus device is: TCP host/port, or an RS-485 port; and its slave id."""
 
-class DeviceSection(_Model):
-    kind: Literal["modbus_tcp", "modbus_rtu", "gpio", "none"] = "none"
     host: str | None = None
-    port: int | None = Field(None, ge=1, le=65535)
-    serial_port: str | None = None
-    baud: int = 9600
+    port: int = Field(502, ge=1, le=65535)
+    serial_port: str | None = None  # /dev/ttyUSB0, or a udev name
+    baud: int = Field(9600, ge=1200, le=115200)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
     slave: int = Field(1, ge=1, le=247)
-    profile: dict[str, Any] = Field(default_factory=dict, description="device profile (register map)")
+    bus: BusSettings = BusSettings()
+
+    @model_validator(mode="after")
+    def _where(self) -> "_DeviceLink":
+        kind = getattr(self, "kind")
+        if kind == "modbus_tcp" and not self.host:
+            raise _key_error("host", "missing: kind 'modbus_tcp' needs host (and port, default 502)")
+        if kind == "modbus_rtu" and not self.serial_port:
+            raise _key_error("serial_port", "missing: kind 'modbus_rtu' needs serial_port (e.g. /dev/ttyUSB0)")
+        return self
+
+    def link(self) -> TcpLink | RtuLink | None:
+        """The Modbus link for ``laned.drivers.modbus_bus.ModbusBus``; None if not a Modbus device."""
+        kind = getattr(self, "kind")
+        if kind == "modbus_tcp":
+            assert self.host is not None
+            return TcpLink(host=self.host, port=self.port)
+        if kind == "modbus_rtu":
+            assert self.serial_port is not None
+            return RtuLink(port=self.serial_port, baudrate=self.baud, parity=self.parity, stopbits=self.stopbits)
+        return None
+
+
+def _profile_for(value: Any, info: ValidationInfo,
+                 models: Mapping[str, tuple[type[BaseModel], BaseModel | None, str]]) -> Any:
+    """Validate ``profile`` with the model its device's ``kind`` needs."""
+    kind = info.data.get("kind")
+    if kind is None or kind == "none":
+        return None  # no device (or the kind is wrong, which is reported already)
+    model, default, what = models[kind]
+    if value is None:
+        if default is None:
+            raise ValueError(f"missing: kind {kind!r} needs a profile, {what}")
+        return default
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a table ({what}), found {value!r}")
+    return model.model_validate(dict(value))
+
+
+class FeeDisplaySection(_DeviceLink):
+    kind: Literal["modbus_tcp", "modbus_rtu", "none"] = "none"
+    # Register map; the reference display's when left out.
+    profile: FeeDisplayProfile | None = Field(None, validate_default=True)
+
+    @field_validator("profile", mode="before")
+    @classmethod
+    def _typed(cls, value: Any, info: ValidationInfo) -> Any:
+        modbus = (FeeDisplayProfile, DEFAULT_FEE_DISPLAY_PROFILE, "the display's register map")
+        return _profile_for(value, info, {"modbus_tcp": modbus, "modbus_rtu": modbus})
+
+
+class IoSection(_DeviceLink):
+    kind: Literal["modbus_tcp", "modbus_rtu", "gpio", "none"] = "none"
+    # Modbus: coil and input map (a generic 8DI/8DO module's when left out). GPIO: the pin map.
+    profile: IoModuleProfile | GpioPinMap | None = Field(None, validate_default=True)
+
+    @field_validator("profile", mode="before")
+    @classmethod
+    def _typed(cls, value: Any, info: ValidationInfo) -> Any:
+        modbus = (IoModuleProfile, DEFAULT_IO_MODULE_PROFILE, "the module's coil and input map")
+        gpio = (GpioPinMap, None, "the pin map: [devices.io.profile.inputs] and [devices.io.profile.outputs]")
+        return _profile_for(value, info, {"modbus_tcp": modbus, "modbus_rtu": modbus, "gpio": gpio})
 
 
 class DevicesSection(_Model):
-    fee_display: DeviceSection = DeviceSection()
-    io: DeviceSection = DeviceSection()
+    fee_display: FeeDisplaySection = FeeDisplaySection()
+    io: IoSection = IoSection()
+
+
+# -- the rest ------------------------------------------------------------------------------------
+
+class PathSection(_Model):
+    path: ConfigPath
 
 
 class BarrierSection(_Model):
-    hold_off_s: float = Field(1.0, ge=0.2, le=10)
-    staleness_s: float = Field(0.25, gt=0, le=2)
-    release_after_s: float = Field(3.0, ge=0.5, le=60)
-    chatter_changes: int = Field(6, ge=3)
+    hold_off_s: float = Field(1.0, ge=0.2, le=10)  # clear this long after the vehicle left before lowering
+    staleness_s: float = Field(0.25, gt=0, le=2)  # an input sample older than this counts as occupied
+    release_after_s: float = Field(3.0, ge=0.5, le=60)  # sustained clear that releases a latched fault
+    chatter_changes: int = Field(6, ge=3, le=100)  # this many changes …
+    chatter_window_s: float = Field(1.0, gt=0, le=10)  # … within this long is chatter (a fault)
+    disagree_after_s: float = Field(0.5, gt=0, le=10)  # presence inputs may disagree this long
+    raise_travel_timeout_s: float = Field(6.0, gt=0, le=60)  # up limit switch not reached by then: alarm
+
+    def interlock(self) -> InterlockSettings:
+        return InterlockSettings(staleness=self.staleness_s, hold_off=self.hold_off_s,
+                                 release_after=self.release_after_s, chatter_changes=self.chatter_changes,
+                                 chatter_window=self.chatter_window_s, disagree_after=self.disagree_after_s)
 
 
 class HotplugSection(_Model):
+    """Re-open the RSU's serial adapter when it comes back after an unplug."""
+
     enabled: bool = False
-    match: dict[str, str] = Field(default_factory=dict, description="udev properties, e.g. ID_SERIAL")
-    devlink: str | None = None
+    match: UdevMatch | None = None
+
+    @model_validator(mode="after")
+    def _needs_match(self) -> "HotplugSection":
+        if self.enabled and self.match is None:
+            raise _key_error("match", "missing: enabled hotplug needs [hotplug.match] with properties "
+                             "(e.g. ID_SERIAL) or devlink")
+        return self
 
 
 class TlsSection(_Model):
-    ca_file: Path | None = None
-    key_file: Path | None = None
+    ca_file: ConfigPath | None = None
+    cert_file: ConfigPath | None = None
+    key_file: SecretPath | None = None
 
-    @field_validator("key_file")
-    @classmethod
-    def _private(cls, v: Path | None) -> Path | None:
-        if v is not None and v.exists() and v.stat().st_mode & (stat.S_IRWXO | stat.S_IRWXG):
-            raise ValueError(f"{v} is readable by group or others; chmod 600 it")
-        return v
+
+class LogSection(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
 
 
 class Config(_Model):
@@ -132,52 +319,164 @@ class Config(_Model):
     rsu: RsuSection
     journal: PathSection
     fee_table: PathSection
-    status_list: PathSection | None = None
+    status_list: PathSection | None = None  # no list: nothing is listed
     devices: DevicesSection = DevicesSection()
     barrier: BarrierSection = BarrierSection()
     hotplug: HotplugSection = HotplugSection()
     tls: TlsSection = TlsSection()
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log: LogSection = LogSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_log_level(cls, data: Any) -> Any:
+        """Early files set a top-level ``log_level``; it means ``[log] level``."""
+        if isinstance(data, Mapping) and "log_level" in data:
+            data = dict(data)
+            level = data.pop("log_level")
+            log = dict(data.get("log") or {})
+            if "level" in log:
+                raise _key_error("log_level", "given twice: keep [log] level and drop log_level")
+            data["log"] = {**log, "level": level}
+        return data
+
+    def lane_settings(self) -> LaneSettings:
+        """The lane machine's settings."""
+        lane = self.lane
+        return LaneSettings(
+            lane_id=lane.lane_id, direction=Direction(lane.direction), network=lane.network,
+            station=bytes.fromhex(lane.station), lane_number=lane.lane_number,
+            accepted_issuers=frozenset(bytes.fromhex(i) for i in lane.accepted_issuers),
+            redetect_window=lane.redetect_window_s, b5_timeout=lane.b5_timeout_s,
+            missing_entry_policy=MissingEntryPolicy(lane.missing_entry_policy),
+            allow_credit_cards=lane.credit_card_policy == "allow", tx_power=self.rsu.tx_power,
+            pll_channel=self.rsu.pll_channel, interlock=self.barrier.interlock())
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+def _unwrap(annotation: Any) -> type[BaseModel] | None:
+    """The model class inside ``X | None`` / ``Annotated[X, …]``, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, Annotated):
+        for arg in typing.get_args(annotation):
+            found = _unwrap(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The setting names valid where ``loc`` points (for "did you mean")."""
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        field = model.model_fields.get(str(part)) if model is not None else None
+        model = _unwrap(field.annotation) if field is not None else None
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _format(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(file)"
-        msg = e["msg"].removeprefix("Value error, ")
+        loc = tuple(str(p) for p in e["loc"])
+        is_key = loc[-1:] == ("[key]",)  # a table's key, not its value, is wrong
+        if is_key:
+            loc = loc[:-2]
+        value = e.get("input")
+        msg = e["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
+        if e["type"] == "config_key":
+            ctx = e.get("ctx") or {}
+            key_path = tuple(str(ctx.get("key", "")).split("."))
+            loc += key_path
+            for part in key_path:
+                value = value.get(part) if isinstance(value, Mapping) else None
+        key = ".".join(loc) or "(file)"
         if e["type"] == "missing":
             lines.append(f"{source}: {key} is missing")
+        elif msg.startswith("missing: "):
+            lines.append(f"{source}: {key} is missing: {msg.removeprefix('missing: ')}")
         elif e["type"] == "extra_forbidden":
-            lines.append(f"{source}: {key} is not a known setting (value {e.get('input')!r})")
+            close = difflib.get_close_matches(loc[-1], _known_keys(loc[:-1]), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            lines.append(f"{source}: {key} is not a known setting (value {_shown(value)}){hint}")
+        elif is_key:
+            lines.append(f"{source}: {key} has the key {_shown(value)}: {msg}")
+        elif isinstance(value, (Mapping, list)) or value is None:
+            lines.append(f"{source}: {key}: {msg}")
         else:
-            lines.append(f"{source}: {key} = {e.get('input')!r}: {msg}")
+            lines.append(f"{source}: {key} = {_shown(value)}: {msg}")
     return "\n".join(lines)
 
 
-def parse_config(data: dict[str, Any], *, source: str = "config", base: Path | None = None) -> Config:
+# -- loading -------------------------------------------------------------------------------------
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part} is a value, not a table")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_config(data: Mapping[str, Any], *, source: str = "config", base: Path | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> Config:
+    """Validate parsed TOML. ``overrides`` set dotted keys first (``{"rsu.port": "/dev/pts/3"}``)."""
+    merged = dict(data)
+    for key, value in (overrides or {}).items():
+        _set_dotted(merged, key, value)
     try:
-        cfg = Config.model_validate(data)
+        return Config.model_validate(merged, context={"base": base})
     except ValidationError as err:
         raise ConfigError(_format(err, source)) from None
-    if base is not None:  # relative paths are relative to the config file
-        def rel(p: Path) -> Path:
-            return p if p.is_absolute() else base / p
-        upd: dict[str, Any] = {"journal": PathSection(path=rel(cfg.journal.path)),
-                               "fee_table": PathSection(path=rel(cfg.fee_table.path))}
-        if cfg.status_list is not None:
-            upd["status_list"] = PathSection(path=rel(cfg.status_list.path))
-        cfg = cfg.model_copy(update=upd)
-    return cfg
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    p = Path(path)
+_TOML_WHERE = re.compile(r"^(?P<msg>.*?) \(at line (?P<line>\d+), column (?P<col>\d+)\)$")
+
+
+def read_toml(path: Path, what: str = "config") -> dict[str, Any]:
     try:
-        text = p.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
-        raise ConfigError(f"cannot read config {p}: {err.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{p}: not valid TOML: {err}") from None
-    return parse_config(data, source=str(p), base=p.parent)
+        m = _TOML_WHERE.match(str(err))
+        if m is None:
+            raise ConfigError(f"{path}: not valid TOML: {err}") from None
+        raise ConfigError(f"{path}, line {m['line']}, column {m['col']}: not valid TOML: {m['msg']}") from None
+
+
+def load_config(path: str | os.PathLike[str] = DEFAULT_PATH, *,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+    p = Path(path)
+    return parse_config(read_toml(p), source=str(p), base=p.parent, overrides=overrides)
+
+
+def load_sim_config(state_dir: str | os.PathLike[str], *, overrides: Mapping[str, Any] | None = None) -> Config:
+    """The simulator's configuration (``laned/data/sim.toml``), with its state in ``state_dir``.
+
+    The fee table comes from the package; the journal (and the status list) live in
+    ``state_dir``, never inside the installed package. ``overrides`` set dotted keys,
+    e.g. the pseudo-terminal the emulated RSU opened: ``{"rsu.port": "/dev/pts/4"}``.
+    """
+    state = Path(state_dir)
+    data = read_toml(SIM_CONFIG)
+    fee_table = SIM_CONFIG.parent / data["fee_table"]["path"]
+    settings: dict[str, Any] = {"journal.path": str(state / "journal.db"), "fee_table.path": str(fee_table)}
+    if "status_list" in data:
+        settings["status_list.path"] = str(state / "status_list.bin")
+    settings.update(overrides or {})
+    return parse_config(data, source="laned/data/sim.toml", base=state, overrides=settings)

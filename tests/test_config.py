@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 
 import pytest
 
-from laned.config import ConfigError, load_config
+from laned.config import Config, ConfigError, load_config, load_sim_config
+from laned.drivers.device_profiles import DEFAULT_IO_MODULE_PROFILE, IoModuleProfile
+from laned.drivers.gpio_profile import GpioPinMap
+from laned.drivers.modbus_bus import RtuLink, TcpLink
+from laned.journal import Journal
+from laned.lane.fee_table import FeeTable
+from laned.lane.machine import Direction, MissingEntryPolicy
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "laned.example.toml"
+
+GPIO_IO = """
+[devices.io]
+kind = "gpio"
+[devices.io.profile.inputs]
+entry_loop = { pin = "GPIO5" }
+safety_loop = { pin = "GPIO6", contact = "NC" }
+barrier_up = { pin = "GPIO13" }
+barrier_down = { pin = "GPIO19" }
+[devices.io.profile.outputs]
+barrier_raise = { pin = "GPIO20" }
+barrier_lower = { pin = "GPIO21" }
+"""
 
 
 def write(tmp_path, text):
@@ -18,48 +38,187 @@ def write(tmp_path, text):
     return p
 
 
-def test_the_documented_example_loads():
-    cfg = load_config(EXAMPLE)
-    assert cfg.lane.direction == "exit" and cfg.rsu.port == "/dev/laned-rsu" and cfg.devices.io.kind == "modbus_tcp"
+def example(old="", new=""):
+    text = EXAMPLE.read_text()
+    if old:
+        assert old in text, old
+    return text.replace(old, new, 1)
 
 
-@pytest.mark.parametrize("old,new,fragment", [
-    ('baud = 115200', 'baud = 12345', "rsu.baud = 12345: expected one of 9600"),
-    ('profile = "national"', 'profile = "wanji"', "rsu.profile = 'wanji': expected one of national"),
-    ('direction = "exit"', 'direction = "out"', "lane.direction = 'out'"),
-    ('station = "0201"', 'station = "02011"', "lane.station = '02011'"),
-    ('hold_off_s = 1.0', 'hold_of_s = 1.0', "barrier.hold_of_s is not a known setting"),
-    ('port = "/dev/laned-rsu"', '', "transport 'serial' needs port"),
-])
-def test_a_bad_value_names_key_value_and_expectation(tmp_path, old, new, fragment):
-    text = EXAMPLE.read_text().replace(old, new, 1)
+def error_of(tmp_path, text) -> str:
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, text))
-    assert fragment in str(err.value)
+    return str(err.value)
 
 
-def test_a_missing_section_is_named(tmp_path):
-    text = EXAMPLE.read_text().replace("[journal]\npath = \"/var/lib/laned/journal.db\"\n", "")
-    with pytest.raises(ConfigError, match="journal is missing"):
-        load_config(write(tmp_path, text))
+# -- good files -----------------------------------------------------------------------------------
+
+def test_the_documented_example_loads_with_defaults_filled_in():
+    cfg = load_config(EXAMPLE)
+    assert cfg.lane.direction == "exit" and cfg.rsu.port == "/dev/laned-rsu" and cfg.devices.io.kind == "modbus_tcp"
+    assert cfg.devices.io.profile == DEFAULT_IO_MODULE_PROFILE  # no profile given: the generic module's
+    assert cfg.devices.io.link() == TcpLink(host="192.0.2.10", port=502)
+    assert cfg.devices.fee_display.kind == "none" and cfg.devices.fee_display.profile is None
+    assert cfg.log.level == "info"  # the example's top-level log_level means [log] level
 
 
-def test_a_syntax_error_gives_the_line(tmp_path):
-    with pytest.raises(ConfigError, match="line 2"):
-        load_config(write(tmp_path, "[lane]\nlane_id = \n"))
+def test_the_simulator_config_ships_with_the_package_and_keeps_its_state_outside(tmp_path):
+    cfg = load_sim_config(tmp_path, overrides={"rsu.port": "/dev/pts/7"})
+    assert cfg.journal.path == tmp_path / "journal.db" and cfg.rsu.port == "/dev/pts/7"
+    table = FeeTable.load(cfg.fee_table.path)  # the shipped sim table, priced for every class
+    assert table.fee("3701-0102", 1) == 3500
+    settings = cfg.lane_settings()
+    assert (settings.direction, settings.station, settings.missing_entry_policy) == \
+        (Direction.EXIT, b"\x02\x01", MissingEntryPolicy.MAX_FEE)
+    assert settings.interlock.hold_off == cfg.barrier.hold_off_s
+    assert (cfg.devices.fee_display.slave, cfg.devices.io.slave) == (1, 2)  # laned.sim.modbus_devices' ids
+    with Journal.open(cfg.journal.path, cfg.lane.lane_id, now=dt.datetime(2026, 11, 22)) as j:
+        assert j.last_seq() == 0
 
 
-def test_a_world_readable_key_file_is_refused(tmp_path):
-    key = tmp_path / "lane.key"
-    key.write_text("secret")
-    os.chmod(key, 0o644)
-    text = EXAMPLE.read_text() + f'\n[tls]\nkey_file = "{key}"\n'
-    with pytest.raises(ConfigError, match="chmod 600"):
-        load_config(write(tmp_path, text))
-    os.chmod(key, 0o600)
-    assert load_config(write(tmp_path, text)).tls.key_file == key
+def test_a_gpio_lane_gets_its_pin_map_validated_and_typed(tmp_path):
+    cfg = load_config(write(tmp_path, example('[devices.io]\nkind = "modbus_tcp"\nhost = "192.0.2.10"\nport = 502\n'
+                                              'slave = 1\n', GPIO_IO)))
+    assert isinstance(cfg.devices.io.profile, GpioPinMap) and cfg.devices.io.link() is None
+    assert cfg.devices.io.profile.inputs["safety_loop"].pin == "GPIO6"
+
+
+def test_a_modbus_rtu_display_with_its_own_register_map(tmp_path):
+    text = example() + """
+[devices.fee_display]
+kind = "modbus_rtu"
+serial_port = "/dev/ttyUSB1"
+baud = 19200
+parity = "E"
+[devices.fee_display.profile]
+vendor = "acme"
+plate = { address = 0, registers = 6 }
+vehicle_class = { address = 6 }
+fee = { address = 7 }
+balance = { address = 9 }
+line1 = { address = 16, registers = 16 }
+line2 = { address = 32, registers = 16 }
+"""
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.devices.fee_display.profile.vendor == "acme"
+    assert cfg.devices.fee_display.link() == RtuLink(port="/dev/ttyUSB1", baudrate=19200, parity="E")
+
+
+def test_per_issuer_div_factors_and_the_default(tmp_path):
+    cfg = load_config(write(tmp_path, example('accepted_issuers = []', 'accepted_issuers = ["C9BDB6AB37010001"]\n'
+                                              'obu_div_factors = { "c9bdb6ab37010001" = "0102030405060708" }')))
+    lane = cfg.lane
+    assert lane.accepted_issuers == ["c9bdb6ab37010001"]
+    assert lane.div_factor_for(bytes.fromhex("c9bdb6ab37010001")) == bytes.fromhex("0102030405060708")
+    assert lane.div_factor_for(bytes(8)) == bytes(8) and lane.station_key == "3701-0201"
+
+
+def test_a_bad_table_key_is_named_as_a_key(tmp_path):
+    msg = error_of(tmp_path, example('accepted_issuers = []', 'obu_div_factors = { "zz" = "0102030405060708" }'))
+    assert "lane.obu_div_factors has the key 'zz': expected an 8-byte issuer id: 16 hex digits" in msg
+
+
+def test_overrides_set_dotted_keys_and_are_validated_like_the_file():
+    assert load_config(EXAMPLE, overrides={"barrier.hold_off_s": 2.5}).barrier.hold_off_s == 2.5
+    with pytest.raises(ConfigError, match=r"rsu.baud = 300: expected one of 9600"):
+        load_config(EXAMPLE, overrides={"rsu.baud": 300})
 
 
 def test_relative_paths_are_relative_to_the_config_file(tmp_path):
-    text = EXAMPLE.read_text().replace('"/var/lib/laned/journal.db"', '"journal.db"')
+    text = example('"/var/lib/laned/journal.db"', '"journal.db"')
     assert load_config(write(tmp_path, text)).journal.path == tmp_path / "journal.db"
+
+
+# -- bad files: every kind of mistake names key, value and expectation ---------------------------------
+
+@pytest.mark.parametrize("old,new,fragment", [
+    # a value outside a fixed set
+    ('baud = 115200', 'baud = 12345', "rsu.baud = 12345: expected one of 9600, 19200, 38400, 57600, 115200"),
+    ('profile = "national"', 'profile = "wanji"', "rsu.profile = 'wanji': expected one of national"),
+    ('direction = "exit"', 'direction = "out"', "lane.direction = 'out': expected 'entry' or 'exit'"),
+    # a number out of range, a wrong type
+    ('hold_off_s = 1.0', 'hold_off_s = 60', "barrier.hold_off_s = 60: expected less than or equal to 10"),
+    ('lane_number = 3', 'lane_number = "three"', "lane.lane_number = 'three': expected a valid integer"),
+    # a malformed code
+    ('station = "0201"', 'station = "02011"', "lane.station = '02011': expected the station code: 4 hex digits"),
+    ('network = "3701"', 'network = "37A1"', "lane.network = '37A1': expected the station network: 4 digits"),
+    ('lane_id = "G0001-0201-03"', 'lane_id = "lane 3"', "lane.lane_id = 'lane 3': expected 1–32 letters"),
+    ('accepted_issuers = []', 'accepted_issuers = ["c9bdb6ab37010001", "c9bd"]',
+     "lane.accepted_issuers.1 = 'c9bd': expected an 8-byte issuer id: 16 hex digits"),
+    # an unknown key (a typo), with a suggestion
+    ('hold_off_s = 1.0', 'hold_of_s = 1.0', "barrier.hold_of_s is not a known setting (value 1.0); did you mean "
+                                            "hold_off_s?"),
+    # settings that only make sense together
+    ('port = "/dev/laned-rsu"', '', "rsu.port is missing: transport 'serial' needs port"),
+    ('transport = "serial"', 'transport = "tcp"', "rsu.host is missing: transport 'tcp' needs host and tcp_port"),
+    ('profile = "national"', 'profile = "network2019"\ntx_power = 20',
+     "rsu.tx_power = 20: expected 0–15 with profile network2019"),
+    ('b5_timeout_s = 1.0', 'b5_timeout_s = 1.0\ntransaction_timeout_s = 0.5',
+     "lane.transaction_timeout_s = 0.5: 0.5 s is not longer than b5_timeout_s = 1 s"),
+    ('host = "192.0.2.10"', '', "devices.io.host is missing: kind 'modbus_tcp' needs host"),
+    ('kind = "modbus_tcp"', 'kind = "gpio"', "devices.io.profile is missing: kind 'gpio' needs a profile"),
+    ('kind = "modbus_tcp"', 'kind = "serial"', "devices.io.kind = 'serial': expected 'modbus_tcp', 'modbus_rtu', "
+                                               "'gpio' or 'none'"),
+])
+def test_a_bad_value_names_key_value_and_expectation(tmp_path, old, new, fragment):
+    assert fragment in error_of(tmp_path, example(old, new))
+
+
+def test_a_mistake_deep_in_a_device_profile_is_named_by_its_full_key(tmp_path):
+    text = example() + '\n[devices.io.profile.inputs]\nsafety_loop = { address = -1 }\n'
+    msg = error_of(tmp_path, text)
+    assert "devices.io.profile.inputs.safety_loop.address = -1: expected greater than or equal to 0" in msg
+    assert "devices.io.profile.outputs is missing" in msg
+
+
+def test_a_fee_display_is_never_a_gpio_device(tmp_path):
+    msg = error_of(tmp_path, example() + '\n[devices.fee_display]\nkind = "gpio"\n')
+    assert "devices.fee_display.kind = 'gpio': expected 'modbus_tcp', 'modbus_rtu' or 'none'" in msg
+
+
+def test_enabled_hotplug_needs_something_to_match(tmp_path):
+    assert "hotplug.match is missing: enabled hotplug needs [hotplug.match]" in \
+        error_of(tmp_path, example() + "\n[hotplug]\nenabled = true\n")
+    bad = example() + '\n[hotplug]\nenabled = true\n[hotplug.match]\nproperties = { id_serial = "FTDI_X" }\n'
+    assert "hotplug.match.properties: 'id_serial' is not a udev property name" in error_of(tmp_path, bad)
+    good = example() + '\n[hotplug]\nenabled = true\n[hotplug.match]\nproperties = { ID_SERIAL = "FTDI_X" }\n'
+    assert load_config(write(tmp_path, good)).hotplug.match.properties == {"ID_SERIAL": "FTDI_X"}
+
+
+def test_every_mistake_is_listed_at_once(tmp_path):
+    msg = error_of(tmp_path, example('baud = 115200', 'baud = 1').replace('direction = "exit"', 'direction = "x"'))
+    assert "rsu.baud = 1" in msg and "lane.direction = 'x'" in msg
+
+
+def test_a_missing_section_or_key_is_named(tmp_path):
+    assert "journal is missing" in error_of(tmp_path, example('[journal]\npath = "/var/lib/laned/journal.db"\n'))
+    assert "lane.lane_number is missing" in error_of(tmp_path, example('lane_number = 3\n'))
+
+
+def test_a_syntax_error_gives_the_line_and_column(tmp_path):
+    msg = error_of(tmp_path, "[lane]\nlane_id = \n")
+    assert "laned.toml, line 2, column 11: not valid TOML" in msg
+
+
+def test_the_log_level_is_given_once(tmp_path):
+    msg = error_of(tmp_path, example() + '\n[log]\nlevel = "debug"\n')
+    assert "log_level" in msg and "given twice" in msg
+    cfg = load_config(write(tmp_path, example('log_level = "info"\n', '') + '\n[log]\nlevel = "debug"\n'))
+    assert cfg.log.level == "debug"
+
+
+def test_a_key_file_readable_by_others_is_refused(tmp_path):
+    key = tmp_path / "lane.key"
+    key.write_text("secret")
+    os.chmod(key, 0o644)
+    text = example() + '\n[tls]\nkey_file = "lane.key"\n'  # relative to the config file
+    assert "tls.key_file" in error_of(tmp_path, text) and "chmod 600" in error_of(tmp_path, text)
+    os.chmod(key, 0o640)  # readable by laned's group only: fine
+    assert load_config(write(tmp_path, text)).tls.key_file == key
+
+
+def test_a_config_is_immutable_once_loaded():
+    cfg: Config = load_config(EXAMPLE)
+    with pytest.raises(Exception):
+        cfg.lane.direction = "entry"  # type: ignore[misc]
+    assert isinstance(cfg.devices.io.profile, IoModuleProfile)

@@ -52,6 +52,27 @@ def decode(
     raise typer.Exit(code)
 
 
+@app.command()
+def run(
+    config: str = typer.Option("/etc/laned/laned.toml", "--config", "-c", help="The lane's TOML configuration."),
+) -> None:
+    """Run the lane daemon with real drivers."""
+    import asyncio
+    import logging
+
+    from laned.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as err:
+        typer.echo(f"laned run: configuration refused:\n{err}", err=True)
+        raise typer.Exit(2) from None
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from laned.app import run_lane
+
+    asyncio.run(run_lane(cfg))
+
+
 def main() -> None:
     app(prog_name="laned")
 

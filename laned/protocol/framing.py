@@ -28,6 +28,7 @@ from typing import Iterable, NamedTuple, Union
 from laned.protocol.checks import bcc, crc16_x25
 from laned.protocol.errors import (
     ChecksumError,
+    EncodeError,
     EscapeError,
     FrameTooLongError,
     HeaderError,
@@ -114,6 +115,10 @@ class RawFrame(NamedTuple):
 
 Event = Union[RawFrame, ProtocolError]
 
+# ``RawFrame(...)`` goes through the named tuple's Python ``__new__``; the hot path builds
+# the tuple directly, all six fields in order.
+_tuple_new = tuple.__new__
+
 
 class Deframer:
     """Base of the streaming decoders: a buffer, its absolute offset, drop counters."""
@@ -184,29 +189,35 @@ class ClassicDeframer(Deframer):
         self.max_wire = max_wire
         self._start = -1  # index in _buf of the current frame's first FF, or -1
         self._after_frame = False  # _buf[0] is the end FF of the previous frame
+        self._runaway = False  # inside a frame already dropped as too_long: skip to its end FF
 
     def _reset(self) -> None:
         self._start = -1
         self._after_frame = False
+        self._runaway = False
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
         # Fast path for the common case of one whole frame per read: the same rules as
         # _scan (a previous end FF followed by "FF FF x" is not a start), without copying
         # through the buffer.
-        buf = self._buf
-        if self._start < 0 and (not buf or (self._after_frame and len(buf) == 1)) \
-                and len(data) > 3 and data[0] == 0xFF and data[1] == 0xFF and data[2] != 0xFF \
-                and data.find(b"\xff", 2) == len(data) - 1 and len(data) <= self.max_wire:
-            base = self._base + len(buf)
-            event = self._frame(bytes(data), base)
-            if isinstance(event, RawFrame):
-                self.frames += 1
-            else:
-                self._drop(event)
-            self._buf = bytearray(b"\xff")
-            self._base = base + len(data) - 1
-            self._after_frame = True
-            return [event]
+        if data.__class__ is not bytes:
+            data = bytes(data)
+        n = len(data)
+        if self._start < 0 and 3 < n <= self.max_wire and data[0] == 0xFF and data[1] == 0xFF \
+                and data[2] != 0xFF and data.find(b"\xff", 3) == n - 1:
+            buf = self._buf
+            if (not buf and not self._runaway) or (self._after_frame and len(buf) == 1):
+                base = self._base + len(buf)
+                event = self._frame(data, base)
+                if event.__class__ is RawFrame:
+                    self.frames += 1
+                else:
+                    self._drop(event)  # type: ignore[arg-type]
+                if not buf:  # else buf is already the previous end FF
+                    buf.append(0xFF)  # this end FF: it may start the next frame
+                self._base = base + n - 1
+                self._after_frame = True
+                return [event]
         return super().feed(data)
 
     def _pending_start(self) -> int | None:
@@ -215,6 +226,17 @@ class ClassicDeframer(Deframer):
     def _scan(self, out: list[Event]) -> None:
         buf = self._buf
         while True:
+            if self._runaway:
+                # The rest of a runaway belongs to the dropped frame up to its end FF,
+                # exactly as when the whole runaway is in the buffer at once: what comes
+                # out must not depend on how the stream was cut into reads.
+                end = buf.find(b"\xff")
+                if end < 0:
+                    self._discard(len(buf))
+                    return
+                self._discard(end)
+                self._runaway = False
+                self._after_frame = True
             if self._start < 0:
                 if self._after_frame:
                     # buf[0] ended the previous frame: is it also the first FF of "FF FF x"?
@@ -242,7 +264,8 @@ class ClassicDeframer(Deframer):
                     out.append(self._drop(FrameTooLongError(
                         f"no end byte within {self.max_wire} bytes", bytes(buf[: self.max_wire]), self._base)))
                     self._start = -1
-                    self._discard(len(buf) - 1 if buf[-1] == 0xFF else len(buf))
+                    self._runaway = True
+                    self._discard(len(buf))  # no FF after the start: all of it is the runaway's
                     continue
                 return
             wire = bytes(buf[: end + 1])
@@ -260,7 +283,7 @@ class ClassicDeframer(Deframer):
         if len(wire) > self.max_wire:
             return FrameTooLongError(f"{len(wire)} bytes between start and end, limit {self.max_wire}", wire, offset)
         body = wire[2:-1]
-        if self.escaping:
+        if self.escaping and b"\xfe" in body:
             try:
                 body = unescape(body, offset)
             except EscapeError as err:
@@ -271,7 +294,7 @@ class ClassicDeframer(Deframer):
             if bcc(body):
                 return ChecksumError(
                     f"BCC {body[-1]:02x} but the bytes XOR to {bcc(body[:-1]):02x}", wire, offset, reason="bcc")
-            return RawFrame(self.envelope, body[1:-1], wire, offset, rsctl=body[0])
+            return _tuple_new(RawFrame, (self.envelope, body[1:-1], wire, offset, body[0], None))
         if n == 2 and body[0] == body[1]:
             return RawFrame(self.envelope, b"", wire, offset, rsctl=body[0])  # empty reply
         return ShortFrameError(f"{n} byte(s) between start and end, need RSCTL, TYPE and BCC", wire, offset)
@@ -403,13 +426,24 @@ def make_deframer(envelope: str, *, escaping: bool | None = None) -> Deframer:
 
 def encode_frame(envelope: str, payload: bytes, *, rsctl: int | None = None, seq: int | None = None,
                  escaping: bool | None = None) -> bytes:
-    """Wrap ``payload`` (TYPE + DATA) in ``envelope``; see the module docstring."""
+    """Wrap ``payload`` (TYPE + DATA) in ``envelope``; see the module docstring.
+
+    A frame longer than the envelope allows (``CLASSIC_MAX_WIRE`` bytes on the wire,
+    ``LENGTH_MAX_PAYLOAD`` bytes of DATA) is refused with :class:`EncodeError`: the
+    RSU could not take it, and the deframers drop it as ``too_long``.
+    """
     if envelope == "classic":
         if rsctl is None:
             raise ValueError("the classic envelope needs an RSCTL byte")
         body = bytes((rsctl,)) + payload
         body += bytes((bcc(body),))
-        return START + (escape(body) if escaping is None or escaping else body) + b"\xff"
+        wire = START + (escape(body) if escaping is None or escaping else body) + b"\xff"
+        if len(wire) > CLASSIC_MAX_WIRE:
+            raise EncodeError(f"the frame is {len(wire)} bytes on the wire, the classic envelope's limit is "
+                              f"{CLASSIC_MAX_WIRE}")
+        return wire
+    if len(payload) > LENGTH_MAX_PAYLOAD:
+        raise EncodeError(f"{len(payload)} bytes of DATA, the {envelope} envelope's limit is {LENGTH_MAX_PAYLOAD}")
     if envelope == "jinyi":
         head = len(payload).to_bytes(2, "big")
     elif envelope == "gb2019tcp":

@@ -93,8 +93,8 @@ class Layout:
         self.full = self._form(self.names)
         self.head = self._form(self.names[: self.names.index(status_field) + 1]) if status_field else None
         self.pre_optional = self._form(self.names[: self.names.index(optional_from)]) if optional_from else None
-        self._full_convs = [(self.names.index(n), conv) for n, conv in self.full[3]]
-        self._make = _slot_maker(cls, self.names)
+        self._full_size = self.full[1]
+        self._parse_full = _full_parser(self)
         # Kinds that encode None themselves (all-zero dates) do not make a field absent.
         self._nullable = frozenset(n for n, k in self.kinds.items() if k.nullable)
 
@@ -115,6 +115,14 @@ class Layout:
 
     # -- decoding --------------------------------------------------------------------
     def parse(self, data: bytes) -> Message:
+        if len(data) == self._full_size and self._parse_full is not None:
+            return self._parse_full(data)  # hot path: the complete frame of a fixed layout
+        return self._parse_form(data)
+
+    def _field_error(self, name: str, err: FieldError, data: bytes) -> FieldError:
+        return FieldError(f"{self.label} {name}: {err.detail}", data)
+
+    def _parse_form(self, data: bytes) -> Message:
         n = len(data)
         form = self.full
         if n != form[1]:
@@ -126,16 +134,6 @@ class Layout:
                 raise LayoutError(self._length_message(n), data)
         names, _, compiled, convs = form
         fast = self._fast[names]
-        if fast is not None and form is self.full:
-            # Hot path: positional values straight into the slots.
-            vals = list(fast.unpack(data))
-            i = -1
-            try:
-                for i, conv in self._full_convs:
-                    vals[i] = conv(vals[i])
-            except FieldError as err:
-                raise FieldError(f"{self.label} {names[i]}: {err.detail}", data) from None
-            return self._make(vals)
         if fast is not None:
             values = dict(zip(names, fast.unpack(data)))
         else:
@@ -194,26 +192,39 @@ class Layout:
             raise EncodeError(f"{self.label}: {err}") from None
 
 
-def _slot_maker(cls: type, names: tuple[str, ...]) -> Callable[[list[Any]], Any]:
-    """Build a message from positional wire values, bypassing the frozen ``__init__``.
+def _full_parser(layout: Layout) -> Callable[[bytes], Any] | None:
+    """The hot path of a fixed-size layout: one generated function, DATA → message.
 
-    Only wire fields exist on message classes, so every slot is filled; the frozen
-    dataclass ``__init__`` (``object.__setattr__`` per field) is the slowest part of
-    decoding otherwise.
+    ``struct`` unpacks the complete frame (see :func:`_struct_of`), each value goes
+    through its kind's converter if it has one and straight into the message's slot,
+    bypassing the frozen dataclass ``__init__`` (``object.__setattr__`` per field, the
+    slowest part of decoding otherwise). Only wire fields exist on message classes, so
+    every slot is filled. Generated once per layout with one statement per field, as
+    ``dataclasses`` generates ``__init__``: a loop over the fields costs as much again.
+    None when the layout has no fixed size or the class has fields that are not on the
+    wire; :meth:`Layout._parse_form` handles those.
     """
-    setters = [getattr(cls, n).__set__ for n in names]
-    extra = [f.name for f in dataclasses.fields(cls) if f.name not in names]
-    if extra:
-        return lambda vals: cls(**dict(zip(names, vals)))
-    new = object.__new__
-
-    def make(vals: list[Any]) -> Any:
-        obj = new(cls)
-        for setter, v in zip(setters, vals):
-            setter(obj, v)
-        return obj
-
-    return make
+    cls, names = layout.cls, layout.names
+    fast = layout._fast[names]
+    if fast is None or any(f.name not in names for f in dataclasses.fields(cls)):
+        return None
+    env: dict[str, Any] = {"unpack": fast.unpack, "new": object.__new__, "cls": cls, "FieldError": FieldError,
+                           "fail": layout._field_error}
+    lines = ["def parse_full(data):", "    v = unpack(data)", "    obj = new(cls)"]
+    for i, name in enumerate(names):
+        env[f"set{i}"] = getattr(cls, name).__set__  # the slot's member descriptor
+        conv = layout.kinds[name].decode
+        if conv is None:
+            lines.append(f"    set{i}(obj, v[{i}])")
+        else:
+            env[f"conv{i}"] = conv
+            lines += ["    try:",
+                      f"        set{i}(obj, conv{i}(v[{i}]))",
+                      "    except FieldError as err:",
+                      f"        raise fail({name!r}, err, data) from None"]
+    lines.append("    return obj")
+    exec("\n".join(lines), env)  # noqa: S102 - source built above from the layout's field names
+    return env["parse_full"]  # type: ignore[no-any-return]
 
 
 _STRUCT_CODES = {id(cs.Int8ub): "B", id(cs.Int16ub): "H", id(cs.Int32ub): "I"}
