@@ -74,3 +74,19 @@ async def test_a_vehicle_with_too_little_balance_is_refused_and_not_charged(tmp_
     assert emu.charges == [] and emu.balance("0badcafe") == 34_99
     assert executor.machine.counters["insufficient_balance"] == 1
     assert [r["state"] for r in journal_rows(tmp_path)] == ["refused"]
+
+
+def test_display_and_io_on_one_modbus_gateway_share_one_bus_scheduler(tmp_path):
+    from laned.app import Buses, make_display, make_io
+
+    cfg = parse_config({
+        "lane": {"lane_id": "L1", "network": "3701", "station": "0201", "lane_number": 3, "direction": "exit"},
+        "rsu": {"profile": "national", "transport": "serial", "port": "/dev/null"},
+        "journal": {"path": str(tmp_path / "j.db")}, "fee_table": {"path": FEE_TABLE},
+        "devices": {"io": {"kind": "modbus_tcp", "host": "127.0.0.1", "port": 1502, "slave": 1},
+                    "fee_display": {"kind": "modbus_tcp", "host": "127.0.0.1", "port": 1502, "slave": 2}},
+    })
+    buses = Buses()
+    io, display = make_io(cfg, buses), make_display(cfg, buses)
+    assert io is not None and display is not None
+    assert len(buses.all()) == 1

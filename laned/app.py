@@ -21,35 +21,13 @@ from laned.drivers.fee_display import FeeDisplay
 from laned.drivers.lane_io import LaneIO
 from laned.drivers.rsu import LinkStatus, RsuLink
 from laned.executor import LaneExecutor, Observation
-from laned.lane.barrier import InterlockSettings
 from laned.lane.dialect import Dialect
 from laned.lane.fee_table import FeeSchedule, FeeTable
-from laned.lane.machine import Direction, LaneMachine, LaneSettings, LinkLost, LinkUp, MissingEntryPolicy
+from laned.lane.machine import LaneMachine, LinkLost, LinkUp
 from laned.lane.status_list import StatusList
 from laned.protocol import get_profile
 
 log = logging.getLogger("laned")
-
-
-def lane_settings(cfg: Config) -> LaneSettings:
-    lane = cfg.lane
-    return LaneSettings(
-        lane_id=lane.lane_id,
-        direction=Direction(lane.direction),
-        network=lane.network,
-        station=bytes.fromhex(lane.station),
-        lane_number=lane.lane_number,
-        accepted_issuers=frozenset(bytes.fromhex(i) for i in lane.accepted_issuers),
-        redetect_window=lane.redetect_window_s,
-        b5_timeout=lane.b5_timeout_s,
-        missing_entry_policy=MissingEntryPolicy(lane.missing_entry_policy),
-        allow_credit_cards=lane.credit_card_policy == "allow",
-        tx_power=cfg.rsu.tx_power,
-        pll_channel=cfg.rsu.pll_channel,
-        interlock=InterlockSettings(staleness=cfg.barrier.staleness_s, hold_off=cfg.barrier.hold_off_s,
-                                    release_after=cfg.barrier.release_after_s,
-                                    chatter_changes=cfg.barrier.chatter_changes),
-    )
 
 
 def make_rsu(cfg: Config) -> RsuLink:
@@ -59,25 +37,44 @@ def make_rsu(cfg: Config) -> RsuLink:
     return RsuLink(r.profile, host=r.host, tcp_port=r.tcp_port, silence_timeout=r.silence_timeout_s)
 
 
-def make_io(cfg: Config) -> LaneIO | None:
+class Buses:
+    """One ModbusBus per physical bus: a display and an IO module on the same RS-485 line
+    (or the same TCP gateway) share one scheduler, so their requests never collide."""
+
+    def __init__(self) -> None:
+        self._buses: dict[Any, Any] = {}
+
+    def get(self, dev: Any) -> Any:
+        from laned.drivers.modbus_bus import ModbusBus
+
+        link = dev.link()
+        key = link.model_dump_json() if hasattr(link, "model_dump_json") else repr(link)
+        if key not in self._buses:
+            self._buses[key] = ModbusBus(link, dev.bus, name=f"modbus-{len(self._buses) + 1}")
+        return self._buses[key]
+
+    def all(self) -> list[Any]:
+        return list(self._buses.values())
+
+
+def make_io(cfg: Config, buses: Buses) -> LaneIO | None:
     dev = cfg.devices.io
     if dev.kind == "none":
         log.warning("no IO module configured: the barrier will never be commanded down")
         return None
     if dev.kind == "gpio":
         from laned.drivers.gpio_io import GpioLaneIO
-        from laned.drivers.gpio_profile import GpioPinMap
-        return GpioLaneIO(GpioPinMap.model_validate(dev.profile), name="io")
-    from laned.drivers import modbus_factory
-    return modbus_factory.make_io(dev)
+        return GpioLaneIO(dev.profile, name="io")
+    from laned.drivers.modbus_io import ModbusLaneIO
+    return ModbusLaneIO(buses.get(dev), dev.slave, dev.profile, name="io_module")
 
 
-def make_display(cfg: Config) -> FeeDisplay | None:
+def make_display(cfg: Config, buses: Buses) -> FeeDisplay | None:
     dev = cfg.devices.fee_display
     if dev.kind == "none":
         return None
-    from laned.drivers import modbus_factory
-    return modbus_factory.make_display(dev)
+    from laned.drivers.modbus_display import ModbusFeeDisplay
+    return ModbusFeeDisplay(buses.get(dev), dev.slave, dev.profile, name="fee_display")
 
 
 async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
@@ -92,7 +89,7 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread (tests)
             pass
-    settings = lane_settings(cfg)
+    settings = cfg.lane_settings()
     profile = get_profile(cfg.rsu.profile)
     fees = FeeSchedule(FeeTable.load(cfg.fee_table.path))
     status = StatusList()
@@ -108,8 +105,12 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
         machine = LaneMachine(settings, Dialect(profile, obu_div_factor=bytes.fromhex(cfg.lane.obu_div_factor)),
                               fees=fees, status=status, recent=recent)
         rsu = make_rsu(cfg)
-        io = make_io(cfg)
-        display = make_display(cfg)
+        buses = Buses()
+        io = make_io(cfg, buses)
+        display = make_display(cfg, buses)
+        for bus in buses.all():
+            await bus.start()
+            stack.push_async_callback(bus.close)
         executor = LaneExecutor(machine, rsu, io, display, journal, wall=dt.datetime.now, observe=observe)
 
         def on_status(st: LinkStatus) -> None:

@@ -67,10 +67,17 @@ def run(
     except ConfigError as err:
         typer.echo(f"laned run: configuration refused:\n{err}", err=True)
         raise typer.Exit(2) from None
-    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=cfg.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from laned.app import run_lane
+    from laned.journal import JournalError
+    from laned.lane.fee_table import FeeTableError
+    from laned.lane.status_list import StatusListError
 
-    asyncio.run(run_lane(cfg))
+    try:
+        asyncio.run(run_lane(cfg))
+    except (FeeTableError, StatusListError, JournalError) as err:
+        typer.echo(f"laned run: cannot start: {err}", err=True)
+        raise typer.Exit(2) from None
 
 
 def main() -> None:
