@@ -77,8 +77,29 @@ def make_display(cfg: Config, buses: Buses) -> FeeDisplay | None:
     return ModbusFeeDisplay(buses.get(dev), dev.slave, dev.profile, name="fee_display")
 
 
+def hotplug_for(rsu: RsuLink, match: Any, **kw: Any) -> Any:
+    """A udev watcher that closes the RSU link at once on unplug and reopens it on replug."""
+    from laned.drivers.hotplug import DeviceAdded, DeviceRemoved, HotplugWatcher
+
+    watcher = HotplugWatcher(match, name="rsu-hotplug", **kw)
+    tasks: set[asyncio.Task[None]] = set()
+
+    def on_event(ev: Any) -> None:
+        if isinstance(ev, DeviceRemoved):
+            log.warning("rsu: adapter %s unplugged; link closed, in-flight transaction recorded", ev.devnode)
+            task = asyncio.get_running_loop().create_task(rsu.device_removed())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        elif isinstance(ev, DeviceAdded):
+            log.info("rsu: adapter %s plugged in; reopening", ev.devnode)
+            rsu.device_added(ev.devnode)
+
+    watcher.on_event(on_event)
+    return watcher
+
+
 async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
-                   observe: Any = None) -> LaneExecutor:
+                   observe: Any = None, uevent_source: Any = None) -> LaneExecutor:
     """Run the lane until ``stop`` is set (or SIGTERM); returns the executor for inspection."""
     from laned.journal import Journal, MachineJournal
 
@@ -123,6 +144,8 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
 
         rsu.on_status(on_status)
         await stack.enter_async_context(rsu)
+        if cfg.hotplug.enabled and cfg.hotplug.match is not None:
+            await stack.enter_async_context(hotplug_for(rsu, cfg.hotplug.match, source_factory=uevent_source))
         if io is not None:
             await io.start()
             stack.push_async_callback(io.close)

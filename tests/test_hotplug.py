@@ -290,3 +290,33 @@ def test_pyudev_monitor_is_a_uevent_source() -> None:
         pytest.skip(f"no udev netlink monitor here: {exc}")
     assert isinstance(monitor, UeventSource)
     assert monitor.fileno() >= 0
+
+
+async def test_the_daemon_closes_the_rsu_link_on_unplug_and_reopens_it_on_replug():
+    from laned.app import hotplug_for
+
+    class FakeLink:
+        def __init__(self):
+            self.calls = []
+            self.changed = asyncio.Event()
+
+        async def device_removed(self):
+            self.calls.append("removed")
+            self.changed.set()
+
+        def device_added(self, path):
+            self.calls.append(("added", path))
+            self.changed.set()
+
+    link = FakeLink()
+    source = PipeUeventSource()
+    props = {"ID_SERIAL": "FTDI_RSU_A10", "DEVLINKS": "/dev/laned-rsu"}
+    watcher = hotplug_for(link, UdevMatch(properties={"ID_SERIAL": "FTDI_RSU_A10"}),
+                          source_factory=lambda: source, present=lambda: [])
+    async with watcher:
+        source.send("remove", "/dev/ttyUSB0", props)
+        await asyncio.wait_for(link.changed.wait(), 5)
+        link.changed.clear()
+        source.send("add", "/dev/ttyUSB1", props)
+        await asyncio.wait_for(link.changed.wait(), 5)
+    assert link.calls == ["removed", ("added", "/dev/ttyUSB1")]
