@@ -295,3 +295,18 @@ def test_an_rsu_reporting_a_psam_fault_raises_an_alarm(lane):
     from laned.protocol.profiles import national
     out = lane.feed(FrameIn(national.RsuInfo(rsu_status=1), 0x08))
     assert lane.sent(out) == [] and any(isinstance(a, RaiseAlarm) and "PSAM reset failed" in a.detail for a in out)
+
+
+def test_an_obu_reported_again_while_its_charge_is_being_journalled_is_not_charged_again():
+    from laned.lane.machine import ChargeRecorded, JournalCharged
+    ln = Lane(profile="network2019", auto_journal=False)
+    ln.advance(4.0)
+    ln.b2(), ln.b3()
+    intent = [a for a in ln.b4() if isinstance(a, JournalIntent)][0]
+    from laned.lane.machine import IntentRecorded
+    ln.feed(IntentRecorded(intent.tx_id, 1))
+    charged = [a for a in ln.b5() if isinstance(a, JournalCharged)][0]
+    out = ln.b2() + ln.b3() + ln.b4()  # the RSU reports it again before the journal confirmed
+    assert "C6" not in ln.sent(out) and BarrierCommand.RAISE not in ln.barrier(out)
+    out = ln.feed(ChargeRecorded(charged.tx_id))  # the confirmation still lets it through
+    assert BarrierCommand.RAISE in ln.barrier(out) and ln.machine.counters[Reason.CHARGED] == 1

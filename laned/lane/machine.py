@@ -271,6 +271,8 @@ class LaneMachine:
         self.status = status or EmptyStatusList()
         self.barrier = BarrierInterlock(settings.interlock)
         self.tx: Tx | None = None
+        # Charges whose B5 success is being journalled while the RSU already moved on.
+        self._recording: dict[str, Tx] = {}
         self.paid: list[Paid] = list(recent or [])
         self.credits = 0  # vehicles allowed through and not yet past the safety loop
         self.want_down = True
@@ -343,6 +345,10 @@ class LaneMachine:
             out.append(Send(self.d.stop(obu.obu_id), rsctl))
             return
         tx = Tx(tx_id=str(uuid.uuid4()), obu=obu, started=now)
+        if self._being_recorded(obu.obu_id, None):
+            self.counters["seen_while_recording"] += 1
+            out.append(Send(self.d.stop(obu.obu_id), rsctl))
+            return
         if self._paid_recently(obu.obu_id, None, now):
             self._pass_on_record(tx, rsctl, now, out)
             return
@@ -420,6 +426,11 @@ class LaneMachine:
             self._refuse(tx, Reason.CARD_ERROR, rsctl, now, out)
             return
         cf = tx.card_file
+        if self._being_recorded(tx.obu.obu_id, cf.card_key):
+            self.counters["seen_while_recording"] += 1
+            out.append(Send(self.d.stop(tx.obu.obu_id), rsctl))
+            self.tx = None
+            return
         if self._paid_recently(tx.obu.obu_id, cf.card_key, now):
             self._pass_on_record(tx, rsctl, now, out)
             return
@@ -536,23 +547,30 @@ class LaneMachine:
         out.append(Send(c8))
         return True
 
-    def _charge_recorded(self, ev: ChargeRecorded, now: float, out: list[Action]) -> None:
+    def _take_recording(self, tx_id: str) -> Tx | None:
         tx = self.tx
-        if tx is None or tx.tx_id != ev.tx_id or tx.stage is not Stage.RECORDING:
+        if tx is not None and tx.tx_id == tx_id and tx.stage is Stage.RECORDING:
+            self.tx = None
+            return tx
+        return self._recording.pop(tx_id, None)
+
+    def _charge_recorded(self, ev: ChargeRecorded, now: float, out: list[Action]) -> None:
+        tx = self._take_recording(ev.tx_id)
+        if tx is None:
             return
         entry = self.s.direction is Direction.ENTRY
         reason = Reason.ENTRY_WRITTEN if entry else Reason.CHARGED
         self.paid.append(Paid(tx.obu.obu_id, tx.card_file.card_key if tx.card_file else None, now, tx.seq))
-        self.tx = None
         self._let_through(tx, reason, now, out, fee=None if entry else tx.fee, balance=tx.balance_after)
 
     def _charge_record_failed(self, ev: ChargeRecordFailed, now: float, out: list[Action]) -> None:
-        tx = self.tx
-        if tx is None or tx.tx_id != ev.tx_id:
+        tx = self._take_recording(ev.tx_id)
+        if tx is None:
             return
         # The card paid but the journal cannot say so: keep the lane closed for the operator.
         out.append(RaiseAlarm("journal_failed", f"charge seq {tx.seq} could not be completed: {ev.error}"))
-        self.tx = None
+        # It paid: never charge it again inside the window, even though the record failed.
+        self.paid.append(Paid(tx.obu.obu_id, tx.card_file.card_key if tx.card_file else None, now, tx.seq))
         self._show(Reason.JOURNAL_FAILED, tx, out)
         self.counters[Reason.JOURNAL_FAILED] += 1
 
@@ -611,11 +629,19 @@ class LaneMachine:
         if tx.stage in (Stage.CHARGING, Stage.REFETCHING):
             self._unknown(tx, why, now, out)
         elif tx.stage is Stage.RECORDING:
-            # B5 success is being journalled; the executor's confirmation will finish it.
-            return
+            # B5 success is being journalled; the executor's confirmation finishes it. Keep
+            # it aside so it still counts as paid and its confirmation still finds it.
+            self._recording[tx.tx_id] = tx
+            self.tx = None
         else:
             self.counters["abandoned"] += 1
             self.tx = None
+
+    def _being_recorded(self, obu_id: bytes, card_key: str | None) -> bool:
+        """Paid, and the B5 result is being journalled: its confirmation lets it through."""
+        return any(tx.obu.obu_id == obu_id or (card_key is not None and tx.card_file is not None
+                                               and tx.card_file.card_key == card_key)
+                   for tx in self._recording.values())
 
     def _paid_recently(self, obu_id: bytes, card_key: str | None, now: float) -> bool:
         window = self.s.redetect_window
