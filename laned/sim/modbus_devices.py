@@ -633,9 +633,11 @@ def _describe_display(display: EmulatedFeeDisplay) -> str:
 async def _serve_bench(args: argparse.Namespace) -> None:
     display = EmulatedFeeDisplay(args.display_slave)
     io = EmulatedIoModule(args.io_slave)
-    display.listeners.append(lambda _: log.info("display: %s", _describe_display(display)))
+    display.listeners.append(lambda _: log.info("%s: %s", display.name, _describe_display(display)))
     io.listeners.append(
-        lambda _: log.info("io: %s", ", ".join(f"{o}={'on' if io.output_active(o) else 'off'}" for o in io.profile.outputs))
+        lambda _: log.info(
+            "%s: %s", io.name, ", ".join(f"{o}={'on' if io.output_active(o) else 'off'}" for o in io.profile.outputs)
+        )
     )
     if args.rtu:
         server = ModbusDeviceServer([display, io], transport="rtu", baudrate=args.baudrate)
