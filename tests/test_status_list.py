@@ -13,7 +13,7 @@ from hypothesis import given, settings
 
 from laned.lane import status_list
 from laned.lane.status_list import (
-    Delta, Entry, StatusList, StatusListError, apply_delta, card_key, obu_key, parse_payload,
+    Delta, Entry, Key, StatusList, StatusListError, apply_delta, card_key, obu_key, parse_payload,
     parse_payload_steps,
 )
 
@@ -105,6 +105,7 @@ def test_a_malformed_entry_is_refused_naming_it_and_nothing_is_half_applied():
         payload(version=42, base=41, add={"obu": "01020304"}): "'add' is .*, expected a list",
         b'{"version": 42, "base": 41, "add": [{"obu": "01020304"},': "not JSON",
         b'\xff': "not UTF-8",
+        b'{"version": 42, "base": 41, "add": [], "add": [{"obu": "01020304"}]}': "member 'add' twice",
     }
     for data, message in cases.items():
         with pytest.raises(StatusListError, match=message):
@@ -176,6 +177,17 @@ def test_lookups_during_a_delta_answer_the_old_version_until_it_is_published():
             assert sl.is_listed_obu((3).to_bytes(4, "big")) == 9
             assert sl.is_listed_obu((100_002).to_bytes(4, "big")) == 2
     assert n > 10 and sl.version == 2 and len(sl) == 10_000 + 3000
+
+
+def test_a_small_delta_rewrites_only_the_chunks_it_touches():
+    sl = StatusList()
+    sl.load_full(1, [Entry("C3701", n, 1) for n in range(0, 3 * status_list.CHUNK)])
+    before = sl._snap.tables["C3701"].chunks
+    sl.apply(Delta(2, 1, add=[Entry("C3701", status_list.CHUNK + 7, 5)], remove=[Key("C3701", 3)]))
+    after = sl._snap.tables["C3701"].chunks
+    assert after[0] is not before[0] and after[-1] is before[-1]  # the untouched last chunk is shared
+    assert sl.is_listed_card("3701", f"{status_list.CHUNK + 7:016d}") == 5
+    assert sl.is_listed_card("3701", f"{3:016d}") is None and len(sl) == 3 * status_list.CHUNK - 1
 
 
 def test_a_delta_is_not_published_if_the_list_was_replaced_meanwhile():
@@ -286,8 +298,9 @@ operation = st.one_of(
 
 small_steps = st.sampled_from([
     {"STEP_WORK": status_list.STEP_WORK},  # the real sizes: small lists take one or two steps
-    {"STEP_WORK": 2, "COPY_UNIT": 1, "SORT_RUN": 2, "GALLOP": 1},
-    {"STEP_WORK": 3, "COPY_UNIT": 2, "SORT_RUN": 3, "GALLOP": 2},
+    {"STEP_WORK": 2, "COPY_UNIT": 1, "SORT_RUN": 2, "GALLOP": 1, "CHUNK": 2},
+    {"STEP_WORK": 3, "COPY_UNIT": 2, "SORT_RUN": 3, "GALLOP": 2, "CHUNK": 3},
+    {"CHUNK": 1},
 ])
 
 

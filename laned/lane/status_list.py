@@ -35,22 +35,26 @@ Key encoding: exact, not hashed
     OBU serial (8 bytes)      ``"S" + hex byte 0``  bytes 1–7 (56 bits)
     ========================  ====================  =============================
 
-    Every entry is then one exact 64-bit word ``ident << 8 | reason`` in its partition's
-    sorted ``array('Q')``: **8 bytes per entry**, no false hits, no separate reason array.
-    A lookup is a dict get (≤ 10,000 card networks + 512 OBU partitions) and a
-    ``bisect_left`` for ``ident << 8``; the word found matches if its top 56 bits are
-    the ident, and its low byte is the reason.
+    Every entry is then one exact 64-bit word ``ident << 8 | reason``: **8 bytes per
+    entry**, no false hits, no separate reason array. A partition is a sequence of sorted
+    ``array('Q')`` *chunks* of at most 65,536 words (512 KiB) plus the first ident of each
+    chunk. A lookup is a dict get (≤ 10,000 card networks + 512 OBU partitions), a
+    ``bisect`` over the chunk fences and a ``bisect_left`` for ``ident << 8`` in the chunk;
+    the word found matches if its top 56 bits are the ident, and its low byte is the
+    reason. Chunks bound every copy, fill and free to 512 KiB, whatever the size of a
+    partition, and let versions share what a delta did not touch.
 
 Consistency while a delta is applied
-    :meth:`StatusList.apply_delta_steps` builds the new arrays of the partitions the delta
-    touches *beside* the current ones, in bounded steps, and publishes them together with
-    the new version in one assignment at the end. Lookups during the application answer
-    **exactly the old version** (every entry as it was), and from the step that
-    publishes on, exactly the new one — never a mix. A published snapshot and its arrays
-    are never modified afterwards, so :meth:`StatusList.save` may run in a thread.
-    While a delta is applied the touched partitions exist twice (old and new): with a
-    delta spread over the whole list that is up to 8 more bytes per entry, for about a
-    second. The old arrays are freed one partition per step after the switch.
+    :meth:`StatusList.apply_delta_steps` merges the delta into *new* chunks for the
+    chunks it touches, beside the current ones, in bounded steps (≈ 1–2 ms), shares the
+    untouched chunks, and publishes the new partitions together with the new version in
+    one assignment at the end. Lookups during the application answer **exactly the old
+    version** (every entry as it was), and from the step that publishes on, exactly the
+    new one — never a mix. A published snapshot and its chunks are never modified, so
+    :meth:`StatusList.save` may run in a thread. While a delta is applied the chunks it
+    touches exist twice: a 100,000-entry delta spread over 20 million entries touches
+    every chunk (≈ +150 MiB for about a second), a small one only its few chunks. The
+    replaced chunks are freed a few per step after the switch.
 
     A delta is checked (base version, version) before anything changes, and a payload
     is fully parsed and validated before it can be applied; if the store is replaced
@@ -60,9 +64,14 @@ Consistency while a delta is applied
 Full loads
     :meth:`StatusList.load_full` takes an iterable of :class:`Entry`, packs each into its
     partition's list and sorts each partition once. It blocks for as long as that takes
-    (≈ 1.5 µs per entry on a 2-core lane PC) — it is meant for start-up and tools. A full
-    list that arrives from the centre while the lane runs goes through
-    :func:`apply_delta` like a delta (bounded steps, sorted in runs and merged).
+    (≈ 2 µs per entry on the 2-core benchmark machine, ~45 s for 20 million) — it is
+    meant for start-up and tools; a lane restarts from its saved file
+    (:meth:`StatusList.load`, ~0.2 s for 20 million). A full list that arrives from the
+    centre while the lane runs goes through :func:`apply_delta` like a delta: parsed and
+    applied in bounded steps (≈ 5 µs per entry in all), with ~20 bytes per entry of
+    transient memory besides the payload. Only turning the payload bytes into text is one
+    piece of work (~1 ms per MB: 3 ms for a 100,000-entry delta, 0.7 s for a national
+    full list in JSON).
 
 Payload format (JSON, UTF-8), from the centre::
 
@@ -107,7 +116,7 @@ import sys
 import time
 import zlib
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from itertools import islice
 from operator import eq
@@ -125,7 +134,8 @@ STEP_WORK = 256
 COPY_UNIT = 1024  # base entries copied per unit of work (8 KiB memcpy)
 SORT_RUN = 1024  # delta entries sorted at once (one run of the k-way merge)
 PARSE_STEP = 256  # payload entries decoded and validated per step
-GALLOP = 1024  # look this far ahead before bisecting the whole rest of a partition
+GALLOP = 1024  # look this far ahead before bisecting the whole rest of a chunk
+CHUNK = 1 << 16  # entries per chunk of a partition (512 KiB): every copy, fill and free is bounded by it
 
 _IDENT_END = 1 << 56
 _ID_PARTS = tuple(f"I{b:02x}" for b in range(256))
@@ -206,11 +216,28 @@ class Delta:
         return f"status list {what} (+{len(self.add)} −{len(self.remove)})"
 
 
+class _Part(NamedTuple):
+    """One partition: sorted chunks of ≤ CHUNK words, and the first ident of each chunk."""
+
+    fences: array
+    chunks: tuple[array, ...]
+    count: int
+
+    @classmethod
+    def of(cls, chunks: Sequence[array]) -> "_Part":
+        return cls(array("Q", [c[0] >> 8 for c in chunks]), tuple(chunks), sum(map(len, chunks)))
+
+    @classmethod
+    def from_sorted(cls, words: Sequence[int]) -> "_Part":
+        return cls.of([array("Q", words[i:i + CHUNK]) for i in range(0, len(words), CHUNK)])
+
+
 class _Snapshot(NamedTuple):
-    """One published version; neither the dict nor the arrays change after publishing."""
+    """One published version; neither the dict, the partitions nor the chunks change after
+    publishing (a later version shares the chunks a delta did not touch)."""
 
     version: int
-    tables: dict[str, array]
+    tables: dict[str, _Part]
     count: int
 
 
@@ -230,10 +257,15 @@ class _Budget:
         return True
 
 
-def _find(arr: array, ident: int) -> int | None:
-    i = bisect_left(arr, ident << 8)
-    if i < len(arr):
-        word = arr[i]
+def _find(part: _Part, ident: int) -> int | None:
+    """The reason of ``ident`` in ``part``, or None: bisect the chunk by its first ident
+    (an ident below the first chunk lands in the last one and is not found there), then
+    the word ``ident << 8`` in the chunk."""
+    fences, chunks, _ = part
+    chunk = chunks[bisect_right(fences, ident) - 1] if len(chunks) > 1 else chunks[0]
+    i = bisect_left(chunk, ident << 8)
+    if i < len(chunk):
+        word = chunk[i]
         if word >> 8 == ident:
             return word & 0xFF
     return None
@@ -254,9 +286,10 @@ class StatusList:
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the published arrays and their dict (``sys.getsizeof``)."""
+        """Memory held by the published chunks, fences and dict (``sys.getsizeof``)."""
         tables = self._snap.tables
-        return sys.getsizeof(tables) + sum(sys.getsizeof(a) for a in tables.values())
+        return sys.getsizeof(tables) + sum(sys.getsizeof(p) + sys.getsizeof(p.fences) + sys.getsizeof(p.chunks)
+                                           + sum(map(sys.getsizeof, p.chunks)) for p in tables.values())
 
     def __repr__(self) -> str:
         return f"<StatusList version {self.version}, {len(self):,} entries>"
@@ -266,30 +299,31 @@ class StatusList:
         """The reason code if the card is listed, else None (also for a malformed number)."""
         if len(card_number) != 16 or not card_number.isdigit() or not card_number.isascii():
             return None
-        arr = self._snap.tables.get("C" + network)
-        return None if arr is None else _find(arr, int(card_number))
+        part = self._snap.tables.get("C" + network)
+        return None if part is None else _find(part, int(card_number))
 
     def is_listed_obu(self, obu: bytes) -> int | None:
         """The reason code if the OBU id (4 bytes) or serial (8 bytes) is listed, else None."""
         n = len(obu)
         if n == 4:
-            arr = self._snap.tables.get(_ID_PARTS[obu[0]])
+            part = self._snap.tables.get(_ID_PARTS[obu[0]])
         elif n == 8:
-            arr = self._snap.tables.get(_SERIAL_PARTS[obu[0]])
+            part = self._snap.tables.get(_SERIAL_PARTS[obu[0]])
         else:
             return None
-        return None if arr is None else _find(arr, int.from_bytes(obu[1:], "big"))
+        return None if part is None else _find(part, int.from_bytes(obu[1:], "big"))
 
     def lookup(self, key: Key) -> int | None:
-        arr = self._snap.tables.get(key.part)
-        return None if arr is None else _find(arr, key.ident)
+        part = self._snap.tables.get(key.part)
+        return None if part is None else _find(part, key.ident)
 
     def entries(self) -> Iterator[Entry]:
         """Every entry of the current version, in partition and ident order (exports, tools)."""
         snap = self._snap
-        for part in sorted(snap.tables):
-            for word in snap.tables[part]:
-                yield Entry(part, word >> 8, word & 0xFF)
+        for name in sorted(snap.tables):
+            for chunk in snap.tables[name].chunks:
+                for word in chunk:
+                    yield Entry(name, word >> 8, word & 0xFF)
 
     # -- full load ----------------------------------------------------------------------------
     def load_full(self, version: int, entries: Iterable[Entry]) -> None:
@@ -304,13 +338,13 @@ class StatusList:
             elif not (0 < reason < 256 and 0 <= ident < _IDENT_END):
                 _check_entry(part, ident, reason)
             words.append(ident << 8 | reason)
-        tables: dict[str, array] = {}
+        tables: dict[str, _Part] = {}
         count = 0
         for part in sorted(lists):
             words = lists.pop(part)
             words.sort()
             words = _dedupe_sorted(words)
-            tables[part] = array("Q", words)
+            tables[part] = _Part.from_sorted(words)
             count += len(words)
             del words
         self._snap = _Snapshot(version, tables, count)
@@ -346,47 +380,48 @@ class StatusList:
 
     def _apply(self, delta: Delta, start: _Snapshot) -> Generator[None, None, None]:
         budget = _Budget()
-        groups: dict[str, list[int]] = {}
+        groups: dict[str, array] = {}
         yield from _group(_words(delta.remove, removing=True), groups, budget)
         yield from _group(_words(delta.add, removing=False), groups, budget)
         old_tables = {} if delta.is_full else start.tables
         tables = {} if delta.is_full else dict(start.tables)
         count = 0 if delta.is_full else start.count
-        old = new = _EMPTY
-        for part in sorted(groups):
-            words = groups.pop(part)
+        old = new = None
+        for name in sorted(groups):
+            words = groups.pop(name)
             stream = yield from _sorted_steps(words, budget)
-            old = old_tables.get(part, _EMPTY)
-            new = yield from _merge_steps(old, stream, budget)
-            count += len(new) - len(old)
+            old = old_tables.get(name)
+            new = yield from _merge_part(old, stream, budget)
+            count += (new.count if new else 0) - (old.count if old else 0)
             if new:
-                tables[part] = new
+                tables[name] = new
             else:
-                tables.pop(part, None)
+                tables.pop(name, None)
         if self._snap is not start:
             raise StatusListError(f"{delta}: the list changed to version {self.version} while it was being "
                                   f"applied; it was not applied")
         self._snap = _Snapshot(delta.version, tables, count)
-        # Free the replaced arrays one partition per step (~0.1 ms per MB here).
-        retired = [a for p, a in start.tables.items() if tables.get(p) is not a]
-        del start, old_tables, tables, old, new
+        # Free the replaced chunks a few at a time (~0.1 ms per MB here), not all at once.
+        kept = {id(c) for part in tables.values() for c in part.chunks}
+        retired = [c for part in start.tables.values() for c in part.chunks if id(c) not in kept]
+        del start, old_tables, tables, old, new, kept
         while retired:
-            if budget.spend(len(retired.pop()) // (8 * COPY_UNIT) + 1):
+            if budget.spend(len(retired.pop()) // COPY_UNIT + 1):
                 yield
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write the current version to ``path`` atomically (temp file, fsync, rename).
 
-        Blocks for the write (~1 s for 20 million entries); safe to run in a thread, since
-        it writes the snapshot published when it started.
+        Blocks for the write (~0.2 s for 20 million entries, plus the fsync); safe to run
+        in a thread, since it writes the snapshot published when it started.
         """
         snap = self._snap
         path = Path(path)
         parts = sorted(snap.tables)
         head = _HEAD.pack(MAGIC, FILE_FORMAT, 0, snap.version, snap.count, len(parts))
-        directory = b"".join(_DIR.pack(p.encode("ascii"), len(snap.tables[p])) for p in parts)
-        bodies = [_little_endian(snap.tables[p]) for p in parts]
+        directory = b"".join(_DIR.pack(p.encode("ascii"), snap.tables[p].count) for p in parts)
+        bodies = [_little_endian(chunk) for p in parts for chunk in snap.tables[p].chunks]
         crc = zlib.crc32(directory, zlib.crc32(head))
         for body in bodies:
             crc = zlib.crc32(body, crc)
@@ -444,45 +479,126 @@ def _words(items: Sequence[Entry] | Sequence[Key], *, removing: bool) -> Iterato
         yield part, ident << 8 | reason
 
 
-def _group(words: Iterator[tuple[str, int]], groups: dict[str, list[int]],
+def _group(words: Iterator[tuple[str, int]], groups: dict[str, array],
            budget: _Budget) -> Generator[None, None, None]:
-    """Sort the words into per-partition lists."""
+    """Sort the words into per-partition arrays.
+
+    Arrays, not lists: the cyclic garbage collector walks every item of a list, and the
+    rare collection that finds 100,000 list items would hold the loop for milliseconds
+    (2 million: 100 ms); arrays are not walked.
+    """
     for n, (part, word) in enumerate(words, 1):
         same = groups.get(part)
         if same is None:
             if not _valid_part(part):
                 _check_entry(part, word >> 8, word & 0xFF, removing=True)
-            same = groups[part] = []
+            same = groups[part] = array("Q")
         same.append(word)
         if n % 4 == 0 and budget.spend(1):
             yield
 
 
-def _sorted_steps(words: list[int], budget: _Budget) -> Generator[None, None, Iterator[int]]:
-    """Sort ``words`` in runs of SORT_RUN and merge them lazily."""
+def _sorted_steps(words: array, budget: _Budget) -> Generator[None, None, Iterator[int]]:
+    """Sort ``words`` in runs of SORT_RUN (kept as arrays) and merge them lazily."""
     if len(words) <= SORT_RUN:
-        words.sort()
-        return iter(words)
+        return iter(sorted(words))
     runs = []
     for start in range(0, len(words), SORT_RUN):
-        run = words[start:start + SORT_RUN]
-        run.sort()
-        runs.append(run)
+        runs.append(array("Q", sorted(words[start:start + SORT_RUN])))
         if budget.spend(SORT_RUN // 8):
             yield
     return heapq.merge(*runs)
 
 
-def _merge_steps(old: array, stream: Iterator[int], budget: _Budget) -> Generator[None, None, array]:
+class _ChunkWriter:
+    """Builds a partition's new chunks: words and runs of old words are written into
+    preallocated CHUNK-sized arrays (no regrowth), unchanged old chunks are shared."""
+
+    __slots__ = ("chunks", "_cur", "_view", "_fill")
+
+    def __init__(self) -> None:
+        self.chunks: list[array] = []
+        self._cur = _EMPTY
+        self._view = memoryview(_EMPTY)
+        self._fill = 0
+
+    def _room(self) -> int:
+        if self._fill == len(self._cur):
+            self._close()
+            self._cur = array("Q", [0]) * CHUNK
+            self._view = memoryview(self._cur)
+        return len(self._cur) - self._fill
+
+    def _close(self) -> None:
+        if self._fill:
+            self.chunks.append(self._cur if self._fill == len(self._cur) else self._cur[:self._fill])
+        self._view.release()
+        self._cur, self._view, self._fill = _EMPTY, memoryview(_EMPTY), 0
+
+    def append(self, word: int) -> None:
+        self._room()
+        self._cur[self._fill] = word
+        self._fill += 1
+
+    def replace_last(self, word: int) -> None:
+        self._cur[self._fill - 1] = word
+
+    def copy(self, view: memoryview, start: int, stop: int) -> None:
+        """Append ``view[start:stop]`` (words of an old chunk) with memcpy."""
+        while start < stop:
+            n = min(self._room(), stop - start)
+            self._view[self._fill:self._fill + n] = view[start:start + n]
+            self._fill += n
+            start += n
+
+    def share(self, chunk: array) -> None:
+        self._close()
+        self.chunks.append(chunk)
+
+    def finish(self) -> "_Part | None":
+        self._close()
+        return _Part.of(self.chunks) if self.chunks else None
+
+
+def _merge_part(old: _Part | None, stream: Iterator[int], budget: _Budget) -> Generator[None, None, _Part | None]:
     """A new partition: ``old`` with the sorted delta words of ``stream`` merged in.
 
-    A word with reason 0 removes its ident, any other adds or replaces it. Runs of
-    ``old`` between delta words are copied with memcpy (``frombytes`` of a memoryview),
-    at most one step's worth at a time.
+    Old chunks no delta word falls into are shared with the new partition, untouched;
+    the others are merged into new chunks.
     """
-    new = array("Q")
+    out = _ChunkWriter()
+    pending = next(stream, None)
+
+    def below(limit: int) -> Iterator[int]:
+        nonlocal pending
+        while pending is not None and pending < limit:
+            yield pending
+            pending = next(stream, None)
+
+    if old is not None:
+        fences, chunks = old.fences, old.chunks
+        for c, chunk in enumerate(chunks):
+            limit = fences[c + 1] << 8 if c + 1 < len(chunks) else 1 << 64
+            if pending is None or pending >= limit:
+                out.share(chunk)
+                if budget.spend(1):
+                    yield
+            else:
+                yield from _merge_chunk(out, chunk, below(limit), budget)
+    if pending is not None:  # no old chunks
+        yield from _merge_chunk(out, _EMPTY, below(1 << 64), budget)
+    return out.finish()
+
+
+def _merge_chunk(out: _ChunkWriter, old: array, stream: Iterator[int], budget: _Budget) -> Generator[None, None, None]:
+    """Write ``old`` with the sorted delta words of ``stream`` merged in to ``out``.
+
+    A word with reason 0 removes its ident, any other adds or replaces it; the same
+    ident twice in the delta keeps the larger reason. Runs of ``old`` between delta words
+    are copied with memcpy, at most one step's worth at a time.
+    """
     n = len(old)
-    view = memoryview(old).cast("B")
+    view = memoryview(old)
     pos = 0
     prev_ident = -1
     kept_prev = False
@@ -490,12 +606,12 @@ def _merge_steps(old: array, stream: Iterator[int], budget: _Budget) -> Generato
         for word in stream:
             ident = word >> 8
             reason = word & 0xFF
-            if ident == prev_ident:  # the same identity twice in the delta: the larger reason wins
+            if ident == prev_ident:
                 if reason:
                     if kept_prev:
-                        new[-1] = word
+                        out.replace_last(word)
                     else:
-                        new.append(word)
+                        out.append(word)
                         kept_prev = True
                 continue
             prev_ident = ident
@@ -507,7 +623,7 @@ def _merge_steps(old: array, stream: Iterator[int], budget: _Budget) -> Generato
                 i = bisect_left(old, probe, pos)
             while pos < i:
                 end = min(i, pos + STEP_WORK * COPY_UNIT)
-                new.frombytes(view[pos * 8:end * 8])
+                out.copy(view, pos, end)
                 spent = budget.spend((end - pos) // COPY_UNIT)
                 pos = end
                 if spent:
@@ -516,18 +632,17 @@ def _merge_steps(old: array, stream: Iterator[int], budget: _Budget) -> Generato
                 pos += 1  # replaced or removed
             kept_prev = reason != 0
             if kept_prev:
-                new.append(word)
+                out.append(word)
             if budget.spend(1):
                 yield
         while pos < n:
             end = min(n, pos + STEP_WORK * COPY_UNIT)
-            new.frombytes(view[pos * 8:end * 8])
+            out.copy(view, pos, end)
             pos = end
             if budget.spend(STEP_WORK):
                 yield
     finally:
         view.release()
-    return new
 
 
 def _dedupe_sorted(words: list[int]) -> list[int]:
@@ -632,7 +747,9 @@ class PackedEntries(Sequence):  # type: ignore[type-arg]
             if i % (4 * PARSE_STEP) == 0:
                 yield
 
-    def __getitem__(self, i: int) -> Any:  # type: ignore[override]
+    def __getitem__(self, i: int | slice) -> Any:  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
         word = self._words[i]
         part = self._parts[self._index[i]]
         return Key(part, word >> 8) if self.removing else Entry(part, word >> 8, word & 0xFF)
@@ -786,6 +903,8 @@ def _decode_steps(text: str, sinks: Mapping[str, PackedEntries]) -> Generator[No
         if not text.startswith('"', pos):
             raise fail(pos, "a member name")
         name, pos = value(pos)
+        if name in doc:
+            raise StatusListError(f"status list payload has the member {name!r} twice")
         pos = ws(text, pos).end()
         if not text.startswith(":", pos):
             raise fail(pos, "':'")
@@ -901,21 +1020,24 @@ def _read_file(path: Path) -> _Snapshot:
             parts.append((name, n))
         if sum(n for _, n in parts) != count:
             raise bad("corrupt: the directory does not add up to the header's entry count")
-        tables: dict[str, array] = {}
+        tables: dict[str, _Part] = {}
         for name, n in parts:
-            arr = array("Q", [0]) * n  # exact size (frombytes would over-allocate 1/16)
-            view = memoryview(arr).cast("B")
-            got = 0
-            while got < len(view):
-                chunk = fh.readinto(view[got:])
-                if not chunk:
-                    raise bad(f"truncated in partition {name}")
-                got += chunk
-            crc = zlib.crc32(view, crc)
-            view.release()
-            if sys.byteorder != "little":
-                arr.byteswap()
-            tables[name] = arr
+            chunks = []
+            for start in range(0, n, CHUNK):
+                chunk = array("Q", [0]) * min(CHUNK, n - start)  # exact size, no regrowth
+                view = memoryview(chunk).cast("B")
+                got = 0
+                while got < len(view):
+                    read = fh.readinto(view[got:])
+                    if not read:
+                        raise bad(f"truncated in partition {name}")
+                    got += read
+                crc = zlib.crc32(view, crc)
+                view.release()
+                if sys.byteorder != "little":
+                    chunk.byteswap()
+                chunks.append(chunk)
+            tables[name] = _Part.of(chunks)
         if crc != _CRC.unpack(crc_raw)[0]:
             raise bad("corrupt (checksum mismatch)")
     return _Snapshot(version, tables, count)
