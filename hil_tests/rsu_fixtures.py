@@ -176,6 +176,10 @@ class ScriptedLane:
         self.link.on_status(self._on_status)
 
     def _on_status(self, status: LinkStatus) -> None:
+        if status.connected:
+            # A new connection: the RSU's first B0 may repeat the previous session's bytes
+            # exactly (RSCTL 98 after power-up) and must not be taken for a duplicate.
+            self._last = b""
         if status.connected and self.init:
             self.link.send_nowait(lane_init(self.profile))
         self._changes.notify()
