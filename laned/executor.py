@@ -30,7 +30,7 @@ from laned.drivers.lane_io import LaneIO
 from laned.lane.barrier import BarrierCommand
 from laned.lane.machine import (
     Action, ChargeRecorded, ChargeRecordFailed, Event, FrameIn, InputIn, IntentFailed, IntentRecorded,
-    JournalCharged, JournalEvent, JournalIntent, JournalRefusal, JournalUnknown, LaneMachine, LinkLost, MoveBarrier,
+    JournalCharged, JournalEvent, JournalIntent, JournalNotCharged, JournalRefusal, JournalUnknown, LaneMachine, LinkLost, MoveBarrier,
     RaiseAlarm, Send, SetLight, Show, Tick,
 )
 from laned.masking import mask_card, mask_plate
@@ -53,6 +53,8 @@ class JournalPort(Protocol):
     def complete(self, seq: int, result: dict[str, Any], now: dt.datetime, *, entry: bool) -> None: ...
 
     def mark_unknown(self, seq: int, reason: str, now: dt.datetime) -> None: ...
+
+    def not_charged(self, seq: int, reason: str, now: dt.datetime) -> None: ...
 
     def record_refusal(self, record: dict[str, Any], now: dt.datetime) -> None: ...
 
@@ -104,7 +106,7 @@ class LaneExecutor:
                 self._journal_intent(action)
             elif isinstance(action, JournalCharged):
                 self._journal_charged(action)
-            elif isinstance(action, (JournalUnknown, JournalRefusal, JournalEvent)):
+            elif isinstance(action, (JournalUnknown, JournalNotCharged, JournalRefusal, JournalEvent)):
                 self._journal_other(action)
             elif isinstance(action, Show):
                 self._display_latest = action.content
@@ -141,10 +143,12 @@ class LaneExecutor:
             return
         self.handle(ChargeRecorded(a.tx_id))
 
-    def _journal_other(self, a: JournalUnknown | JournalRefusal | JournalEvent) -> None:
+    def _journal_other(self, a: JournalUnknown | JournalNotCharged | JournalRefusal | JournalEvent) -> None:
         now = self.wall()
         try:
-            if isinstance(a, JournalUnknown):
+            if isinstance(a, JournalNotCharged):
+                self.journal.not_charged(a.seq, a.reason, now)
+            elif isinstance(a, JournalUnknown):
                 self.journal.mark_unknown(a.seq, a.reason, now)
                 self.observe(Observation(self.monotonic(), "unknown", {"seq": a.seq, "reason": a.reason}))
             elif isinstance(a, JournalRefusal):

@@ -830,6 +830,11 @@ class MachineJournal:
     def mark_unknown(self, seq: int, reason: str, now: dt.datetime) -> None:
         self.journal.mark_unknown(seq, reason, now, message=_message("outcome_unknown"))
 
+    def not_charged(self, seq: int, reason: str, now: dt.datetime) -> None:
+        """The RSU's B5 error says the card was never asked to debit: refused, reconciled."""
+        self.journal.mark_unknown(seq, reason, now, message=_message("charge_failed"))
+        self.journal.resolve_not_charged(seq, reason, now)
+
     def record_refusal(self, record: dict[str, Any], now: dt.datetime) -> None:
         self._check_lane(record)
         reason = str(record["reason"])

@@ -39,6 +39,9 @@ class FakeJournal:
     def mark_unknown(self, seq, reason, now):
         self.rows.append(("unknown", seq))
 
+    def not_charged(self, seq, reason, now):
+        self.rows.append(("not_charged", seq))
+
     def record_refusal(self, record, now):
         self.rows.append(("refused", record["reason"]))
 
@@ -88,3 +91,17 @@ def test_a_journal_that_cannot_write_the_intent_stops_the_charge():
 def test_card_numbers_and_plates_are_masked_for_people():
     assert mask_card("37012301000012345678") == "3701************5678"
     assert mask_plate("鲁A12345") == "鲁A*****"
+
+
+def test_a_b5_error_before_the_debit_ends_the_intent_as_not_charged():
+    journal = FakeJournal()
+    ex, rsu, _ = make(journal)
+    b2, b3, b4, _ = frames()
+    for f in (b2, b3, b4):
+        ex.handle(f)
+    lane = Lane()
+    built = []
+    lane.feed = lambda ev: built.append(ev) or []
+    lane.b5(error=0x17)
+    ex.handle(built[0])
+    assert journal.rows[-1] == ("not_charged", 1) and rsu.sent[-1] == "C2"

@@ -367,3 +367,25 @@ def test_after_a_restart_an_obu_that_paid_is_let_through_not_charged_again(db):
     assert [(e.kind, e.state) for e in j.iter_since(1)] == [("paid_on_record", TxState.EVENT)]
     assert j.counters()["charged"] == 1
     j.close()
+
+
+def test_a_charge_the_card_never_debited_ends_refused_and_reconciled(tmp_path):
+    import datetime as _dt
+
+    from laned.journal import Journal, MachineJournal, TxState
+    from laned.lane.dialect import Dialect
+    from laned.lane.machine import LaneMachine, LaneSettings
+    from laned.protocol import get_profile
+    from tests.lane_harness import Lane
+
+    lane = Lane(auto_journal=False)
+    lane.advance(4.0)
+    lane.b2(), lane.b3()
+    intent = [a for a in lane.b4() if type(a).__name__ == "JournalIntent"][0]
+    now = _dt.datetime(2026, 11, 22, 10, 0, 5)
+    with Journal.open(tmp_path / "j.db", intent.record["lane_id"], now=now) as store:
+        mj = MachineJournal(store)
+        seq = mj.record_intent(intent.record, now)
+        mj.not_charged(seq, "not debited: B5 error 17", now)
+        entry = store.get(seq)
+        assert entry.state is TxState.REFUSED and entry.reconciled

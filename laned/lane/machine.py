@@ -179,6 +179,15 @@ class JournalUnknown:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalNotCharged:
+    """The B5 error came before the card was asked to debit: the intent ends as not charged."""
+
+    tx_id: str
+    seq: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class JournalRefusal:
     tx_id: str
     record: dict[str, Any]
@@ -191,6 +200,7 @@ class JournalEvent:
 
 
 Action = Union[Send, Show, MoveBarrier, SetLight, RaiseAlarm, JournalIntent, JournalCharged, JournalUnknown,
+               JournalNotCharged,
                JournalRefusal, JournalEvent]
 
 
@@ -526,7 +536,7 @@ class LaneMachine:
             return
         self.counters[f"b5_error_{res.error_code:02x}"] += 1
         if res.error_code in NOT_DEBITED_CODES and tx.stage is Stage.CHARGING:
-            out.append(JournalUnknown(tx.tx_id, tx.seq, f"not debited: B5 error {res.error_code:02x}"))
+            out.append(JournalNotCharged(tx.tx_id, tx.seq, f"not debited: B5 error {res.error_code:02x}"))
             self._refuse(tx, Reason.CHARGE_FAILED, rsctl, now, out, journal=False)
             return
         if self._refetch(tx, now, out):
