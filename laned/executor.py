@@ -83,6 +83,9 @@ class LaneExecutor:
         self.monotonic = monotonic
         self.wall = wall
         self.observe = observe or (lambda o: None)
+        # Observations are for the simulator's view; without a watcher they are not even
+        # built, so the RSU answer path stays free of that work.
+        self._observing = observe is not None
         self.counters: Counter[str] = Counter()
         self._io_queue: asyncio.Queue[Action] = asyncio.Queue()
         self._display_latest: DisplayContent | None = None
@@ -100,7 +103,7 @@ class LaneExecutor:
         for action in actions:
             if isinstance(action, Send):
                 self.rsu.send_nowait(action.message, action.reply_to)
-                self.observe(Observation(now, "sent", {"type": action.message.type_name,
+                self._observing and self.observe(Observation(now, "sent", {"type": action.message.type_name,
                                                        "obu_id": getattr(action.message, "obu_id", b"").hex()}))
             elif isinstance(action, JournalIntent):
                 self._journal_intent(action)
@@ -111,17 +114,17 @@ class LaneExecutor:
             elif isinstance(action, Show):
                 self._display_latest = action.content
                 self._display_event.set()
-                self.observe(Observation(now, "display", {"line1": action.content.line1,
+                self._observing and self.observe(Observation(now, "display", {"line1": action.content.line1,
                                                           "line2": action.content.line2}))
             elif isinstance(action, (MoveBarrier, SetLight)):
                 self._io_queue.put_nowait(action)
                 what = action.command if isinstance(action, MoveBarrier) else action.light
-                self.observe(Observation(now, "barrier" if isinstance(action, MoveBarrier) else "light",
+                self._observing and self.observe(Observation(now, "barrier" if isinstance(action, MoveBarrier) else "light",
                                          {"command": str(what)}))
             elif isinstance(action, RaiseAlarm):
                 self.alarms.append((now, action.code, action.detail))
                 log.warning("lane alarm %s: %s", action.code, action.detail)
-                self.observe(Observation(now, "alarm", {"code": action.code, "detail": action.detail}))
+                self._observing and self.observe(Observation(now, "alarm", {"code": action.code, "detail": action.detail}))
 
     def _journal_intent(self, a: JournalIntent) -> None:
         try:
@@ -150,17 +153,17 @@ class LaneExecutor:
                 self.journal.not_charged(a.seq, a.reason, now)
             elif isinstance(a, JournalUnknown):
                 self.journal.mark_unknown(a.seq, a.reason, now)
-                self.observe(Observation(self.monotonic(), "unknown", {"seq": a.seq, "reason": a.reason}))
+                self._observing and self.observe(Observation(self.monotonic(), "unknown", {"seq": a.seq, "reason": a.reason}))
             elif isinstance(a, JournalRefusal):
                 self.journal.record_refusal(a.record, now)
                 rec = a.record
                 log.info("refused OBU %s plate %s card %s: %s", rec["obu_id"].hex(), mask_plate(rec.get("plate") or ""),
                          mask_card((rec.get("card_network") or "") + (rec.get("card_number") or "")), rec["reason"])
-                self.observe(Observation(self.monotonic(), "refused", {"reason": rec["reason"],
+                self._observing and self.observe(Observation(self.monotonic(), "refused", {"reason": rec["reason"],
                                                                        "obu_id": rec["obu_id"].hex()}))
             else:
                 self.journal.record_event(a.kind, a.record, now)
-                self.observe(Observation(self.monotonic(), "event", {"kind": a.kind}))
+                self._observing and self.observe(Observation(self.monotonic(), "event", {"kind": a.kind}))
         except Exception as err:
             self.counters["journal_errors"] += 1
             log.error("journal: could not record %s (%s)", type(a).__name__, err)
@@ -211,7 +214,7 @@ class LaneExecutor:
 
     async def _pump_frames(self, frames: AsyncIterator[Any]) -> None:
         async for f in frames:
-            self.observe(Observation(self.monotonic(), "received", {"type": f.message.type_name,
+            self._observing and self.observe(Observation(self.monotonic(), "received", {"type": f.message.type_name,
                                                                     "obu_id": getattr(f.message, "obu_id", b"").hex()}))
             self.handle(FrameIn(f.message, f.rsctl))
 

@@ -30,7 +30,7 @@ from gpiozero.pins import Factory
 from laned.drivers.errors import DeviceError, DeviceOffline, ReadbackMismatch
 from laned.drivers.fanout import Fanout
 from laned.drivers.gpio_profile import BarrierMode, GpioPinMap
-from laned.drivers.lane_io import DeviceHealth, InputSample, Light, Output, Signal
+from laned.drivers.lane_io import DeviceHealth, InputSample, Light, Output, SampledLaneIO, Signal
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ RETRY_INTERVAL_S: Final = 5.0
 PinFactorySource = Factory | Callable[[], Factory] | None
 
 
-class GpioLaneIO:
+class GpioLaneIO(SampledLaneIO):
     """The :class:`~laned.drivers.lane_io.LaneIO` of a lane wired to local GPIO pins.
 
     ``pin_factory`` is a gpiozero pin factory, or a callable that builds one (called on
@@ -109,26 +109,9 @@ class GpioLaneIO:
         self._detail = "closed"
         self._fanout.close()
 
-    async def __aenter__(self) -> GpioLaneIO:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     # -- inputs -----------------------------------------------------------------------
 
-    def sample(self, signal: Signal) -> InputSample | None:
-        return self._samples.get(signal)
-
-    def samples(self) -> AsyncIterator[InputSample]:
-        """Changes of any input, starting with the current sample of each known input.
-
-        Call from the event loop. Each call gets its own queue; stop iterating (or drop
-        the iterator) to unsubscribe.
-        """
-        current = (self._samples[s] for s in Signal if s in self._samples)
-        return self._fanout.subscribe(initial=current)
 
     # -- outputs ----------------------------------------------------------------------
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import AsyncIterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, AsyncIterator, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from laned.drivers.fanout import Fanout
 
 
 class Signal(enum.StrEnum):
@@ -95,3 +98,36 @@ class LaneIO(Protocol):
     async def set_alarm(self, on: bool) -> None: ...
 
     def health(self) -> DeviceHealth: ...
+
+
+class SampledLaneIO:
+    """What every LaneIO backend shares: the latest sample per input, published to
+    subscribers (first the current samples, then every change), and ``async with``.
+
+    Subclasses fill ``self._samples`` and ``self._fanout`` and implement the rest of
+    :class:`LaneIO`.
+    """
+
+    _samples: dict[Signal, InputSample]
+    _fanout: "Fanout[InputSample]"
+
+    async def start(self) -> None:  # pragma: no cover - every backend overrides
+        raise NotImplementedError
+
+    async def close(self) -> None:  # pragma: no cover - every backend overrides
+        raise NotImplementedError
+
+    async def __aenter__(self):  # type: ignore[no-untyped-def]
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def sample(self, signal: Signal) -> InputSample | None:
+        return self._samples.get(signal)
+
+    def samples(self) -> AsyncIterator[InputSample]:
+        """Changes of any input, starting with the current sample of each known input.
+        Each call gets its own queue; dropping the iterator unsubscribes."""
+        return self._fanout.subscribe(initial=[self._samples[s] for s in Signal if s in self._samples])

@@ -31,7 +31,7 @@ from typing import Final
 from laned.drivers.device_profiles import DEFAULT_IO_MODULE_PROFILE, BarrierMode, InputKind, InputPoint, IoModuleProfile
 from laned.drivers.errors import DeviceError, ReadbackMismatch
 from laned.drivers.fanout import Fanout
-from laned.drivers.lane_io import DeviceHealth, InputSample, Light, Output, Signal
+from laned.drivers.lane_io import DeviceHealth, InputSample, Light, Output, SampledLaneIO, Signal
 from laned.drivers.modbus_bus import (
     ModbusBus,
     Priority,
@@ -116,7 +116,7 @@ def _read_of(profile: IoModuleProfile, kind: InputKind, signals: list[Signal]) -
     return _InputRead(_READ_OP[kind](first, last - first + 1), tuple(signals))
 
 
-class ModbusLaneIO:
+class ModbusLaneIO(SampledLaneIO):
     """The :class:`~laned.drivers.lane_io.LaneIO` of an IO module at ``slave`` on ``bus``."""
 
     def __init__(
@@ -171,23 +171,9 @@ class ModbusLaneIO:
             log.error("%s: could not switch every output off while closing: %s", self.name, exc)
         self._fanout.close()
 
-    async def __aenter__(self) -> ModbusLaneIO:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     # -- inputs -----------------------------------------------------------------------
 
-    def sample(self, signal: Signal) -> InputSample | None:
-        return self._samples.get(signal)
-
-    def samples(self) -> AsyncIterator[InputSample]:
-        """A new subscriber: first the latest sample of every input read so far, then
-        every change. Dropping the iterator unsubscribes."""
-        known = [self._samples[s] for s in Signal if s in self._samples]
-        return self._fanout.subscribe(initial=known)
 
     async def _poll_forever(self) -> None:
         fast = [(i, r) for i, r in enumerate(self._reads) if r.covers_safety_loop]
