@@ -178,6 +178,12 @@ class LaneExecutor:
                 if isinstance(action, MoveBarrier):
                     if action.command is BarrierCommand.RAISE:
                         await self.io.raise_barrier()
+                    elif self.machine.barrier.occupied(self.monotonic()):
+                        # The lower was decided on fresh clear inputs, but the IO queue
+                        # delayed it and the lane is no longer clear: do not start moving
+                        # down; the interlock's next tick reverses to raise.
+                        self.counters["lower_withdrawn"] += 1
+                        log.warning("%s: lower withdrawn, the safety loop is no longer clear", self.io.name)
                     else:
                         await self.io.lower_barrier()
                 elif isinstance(action, SetLight):

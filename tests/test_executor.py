@@ -105,3 +105,38 @@ def test_a_b5_error_before_the_debit_ends_the_intent_as_not_charged():
     lane.b5(error=0x17)
     ex.handle(built[0])
     assert journal.rows[-1] == ("not_charged", 1) and rsu.sent[-1] == "C2"
+
+
+def test_a_lower_that_waited_in_the_io_queue_is_withdrawn_if_the_loop_is_no_longer_clear():
+    import asyncio
+
+    from laned.drivers.lane_io import InputSample, Signal
+    from laned.lane.barrier import BarrierCommand
+    from laned.lane.machine import MoveBarrier
+
+    class FakeIO:
+        name = "io"
+
+        def __init__(self):
+            self.moves = []
+
+        async def lower_barrier(self):
+            self.moves.append("lower")
+
+        async def raise_barrier(self):
+            self.moves.append("raise")
+
+    async def main():
+        ex, _, clock = make(FakeJournal())
+        io = FakeIO()
+        ex.io = io
+        ex.machine.barrier.update(InputSample(Signal.SAFETY_LOOP, True, clock[0]))  # a car arrived
+        ex._io_queue.put_nowait(MoveBarrier(BarrierCommand.LOWER))  # decided before it came
+        worker = asyncio.create_task(ex._io_worker())
+        while ex._io_queue.qsize():
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        worker.cancel()
+        return io.moves, ex.counters["lower_withdrawn"]
+
+    assert asyncio.run(main()) == ([], 1)

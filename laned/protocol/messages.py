@@ -110,9 +110,6 @@ class Layout:
         self._fast[names] = _struct_of(kinds) if size is not None else None
         return names, size, struct, convs  # type: ignore[return-value]
 
-    def _min_len(self) -> int:
-        return sum(k.size or 0 for k in self.kinds.values())
-
     # -- decoding --------------------------------------------------------------------
     def parse(self, data: bytes) -> Message:
         if len(data) == self._full_size and self._parse_full is not None:
