@@ -21,7 +21,7 @@ from laned.protocol import (
     reply_rsctl,
 )
 from laned.protocol.checks import bcc
-from laned.protocol.framing import ClassicDeframer, RawFrame, escape, unescape
+from laned.protocol.framing import ClassicDeframer, RawFrame, escape, make_deframer, unescape
 from laned.protocol.messages import EmptyReply, Sender
 from laned.protocol.profiles import ObuFlag, national, network2019
 from laned.protocol.records import CardIssueFile, StationRecord
@@ -228,3 +228,91 @@ def test_bcc_is_the_xor_of_all_bytes():
     assert bcc(b"") == 0
     assert bcc(bytes.fromhex("80c0")) == 0x40
     assert bcc(bytes.fromhex("112233")) == 0x11 ^ 0x22 ^ 0x33
+
+
+# -- stray FF before a start ---------------------------------------------------------------
+# "FF FF FF" starts no frame in any envelope, so a run of FF ends with the start of what
+# follows: its last two FF. The FF before them are strays: one alone is noise (an RS-485
+# transceiver switching on often puts one on the line), two or more are one ``short`` drop
+# for the whole run, whatever the reads it arrived in.
+
+JINYI_C4 = bytes.fromhex("ffff0002c401f525")
+GB2019_C4 = bytes.fromhex("ffff002000000002c401e90b")
+SAMPLES = [("classic", C0_WIRE), ("classic", B2_WIRE), ("jinyi", JINYI_C4), ("gb2019tcp", GB2019_C4)]
+
+
+def deframe(envelope, data, chunk=None):
+    """(frames as (offset, wire), errors as (reason, offset, data)) and the deframer."""
+    d = make_deframer(envelope)
+    events = []
+    step = chunk or max(len(data), 1)
+    for i in range(0, len(data), step):
+        events += d.feed(data[i:i + step])
+    events += d.finish()
+    got = [(e.offset, e.wire) if isinstance(e, RawFrame) else (e.reason, e.offset, e.data) for e in events]
+    return got, d
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 2, 3], ids=lambda c: f"chunk{c or 'all'}")
+@pytest.mark.parametrize("envelope,frame", SAMPLES, ids=lambda v: v if isinstance(v, str) else v[:8].hex())
+def test_one_stray_ff_before_a_frame_is_noise_and_the_frame_comes_out(envelope, frame, chunk):
+    got, d = deframe(envelope, b"\xff" + frame, chunk)
+    assert got == [(1, frame)]
+    assert not d.drops and d.noise_bytes == 1
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 2, 3], ids=lambda c: f"chunk{c or 'all'}")
+@pytest.mark.parametrize("envelope,frame", SAMPLES, ids=lambda v: v if isinstance(v, str) else v[:8].hex())
+def test_two_stray_ffs_before_a_frame_are_one_short_drop_and_the_frame_comes_out(envelope, frame, chunk):
+    got, d = deframe(envelope, b"\xff\xff" + frame, chunk)
+    assert got == [("short", 0, b"\xff\xff"), (2, frame)]
+    assert d.drops == {"short": 1} and d.noise_bytes == 0
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 2, 3], ids=lambda c: f"chunk{c or 'all'}")
+@pytest.mark.parametrize("envelope,frame", SAMPLES, ids=lambda v: v if isinstance(v, str) else v[:8].hex())
+def test_a_stray_ff_between_two_frames_loses_neither(envelope, frame, chunk):
+    got, d = deframe(envelope, frame + b"\xff" + frame, chunk)
+    assert got == [(0, frame), (len(frame) + 1, frame)]
+    assert not d.drops
+
+
+def test_a_stray_ff_in_its_own_read_before_a_frame_read_whole():
+    dec = FrameDecoder(NATIONAL)
+    assert dec.feed(b"\xff") == []
+    (event,) = dec.feed(C0_WIRE)
+    assert event.message.type_name == "C0" and event.offset == 1
+    events = dec.feed(b"\xff") + dec.feed(B2_WIRE)  # after a frame: its end FF, a stray FF, the next
+    assert [e.message.type_name for e in events] == ["B2"] and not dec.drops
+
+
+@pytest.mark.parametrize("envelope", ["classic", "jinyi", "gb2019tcp"])
+def test_a_run_of_ff_is_at_most_one_drop_whatever_its_length_and_the_reads(envelope):
+    frame = dict(SAMPLES)[envelope]
+    for n in range(1, 12):
+        for tail in (b"", frame):
+            whole, _ = deframe(envelope, b"\xff" * n + tail)
+            # The frame starts FF FF: all n are strays. Without it, FF FF at the very end
+            # is a start cut short by the end of the input: a short drop all the same.
+            expected = [("short", 0, b"\xff" * n)] if n >= 2 else []
+            assert whole == expected + ([(n, frame)] if tail else []), (n, tail)
+            for chunk in range(1, n + len(tail) + 1):
+                assert deframe(envelope, b"\xff" * n + tail, chunk)[0] == whole, (n, tail, chunk)
+
+
+def test_ff_ff_ff_alone_is_one_short_drop_at_its_start():
+    for envelope in ("classic", "jinyi", "gb2019tcp"):
+        got, d = deframe(envelope, b"\x00" + b"\xff\xff\xff", 1)
+        assert got == [("short", 1, b"\xff\xff\xff")]
+        assert d.drops == {"short": 1}
+
+
+def test_a_long_run_of_ff_is_not_buffered_and_is_one_drop():
+    d = ClassicDeframer()
+    events = []
+    for _ in range(1000):
+        events += d.feed(b"\xff" * 1000)
+        assert len(d._buf) <= 2
+    events += d.feed(C0_WIRE)
+    assert [(e.reason, e.offset, len(e.data)) for e in errors(events)] == [("short", 0, 1_000_000)]
+    assert [(e.offset, e.wire) for e in frames(events)] == [(1_000_000, C0_WIRE)]

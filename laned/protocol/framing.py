@@ -132,6 +132,8 @@ class Deframer:
         self.drops: Counter[str] = Counter()
         self.frames = 0
         self.noise_bytes = 0
+        self._run = -1  # inside a run of 3+ FF: how many of its FF are already discarded; else -1
+        self._run_at = 0  # stream offset of the run's first FF
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
         self._buf += data
@@ -143,7 +145,9 @@ class Deframer:
         """End of input: a frame still in progress is reported as ``short``."""
         out: list[Event] = []
         pending = self._pending_start()
-        if pending is not None:
+        if self._run >= 0:  # the input ended inside a run of FF: no start after it
+            self._end_run(out, self._run + len(self._buf), "the input ended")
+        elif pending is not None:
             out.append(self._drop(ShortFrameError("input ended inside a frame", bytes(self._buf[pending:]), self._base + pending)))
         self._discard(len(self._buf))
         self._reset()
@@ -159,6 +163,50 @@ class Deframer:
             self._base += n
         self.noise_bytes += noise
 
+    def _seek_start(self) -> bool:
+        """Discard noise up to the next ``FF FF``; False if there is none yet."""
+        buf = self._buf
+        i = buf.find(START)
+        if i < 0:
+            # Keep a trailing FF: it may be the first half of a start.
+            keep = 1 if buf and buf[-1] == 0xFF else 0
+            self._discard(len(buf) - keep, noise=len(buf) - keep)
+            return False
+        self._discard(i, noise=i)
+        return True
+
+    def _skip_ff_run(self, out: list[Event]) -> bool:
+        """Skip a run of FF (``FF FF FF`` at the head of the buffer) up to its last two FF.
+
+        No frame starts ``FF FF FF``: the start of what follows is the run's *last* two
+        FF, and the FF before them are strays. A single stray FF is noise (a transceiver
+        switching on, a glitch); two or more are one ``short`` drop however long the run:
+        one report per run, whatever the reads it came in. Returns True once the run has
+        ended (the buffer then starts ``FF FF x``, x not FF), False if it goes on past the
+        buffer: its last two FF are kept (they may start a frame), the others discarded
+        and counted, so an endless run of FF takes no memory.
+        """
+        buf = self._buf
+        if self._run < 0:
+            self._run = 0
+            self._run_at = self._base
+        n = len(buf) - len(buf.lstrip(b"\xff"))  # FF at the head of the buffer
+        more = n == len(buf)
+        self._discard(n - 2)
+        if more:
+            self._run += n - 2
+            return False
+        self._end_run(out, self._run + n - 2, "a start follows")
+        return True
+
+    def _end_run(self, out: list[Event], strays: int, why: str) -> None:
+        self._run = -1
+        if strays >= 2:
+            out.append(self._drop(ShortFrameError(
+                f"a run of FF: {strays} byte(s) that no frame can start with ({why})", b"\xff" * strays, self._run_at)))
+        else:
+            self.noise_bytes += strays
+
     def _scan(self, out: list[Event]) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -173,13 +221,16 @@ class ClassicDeframer(Deframer):
     """``FF FF | RSCTL | TYPE | DATA | BCC | FF``.
 
     Resynchronisation rules (RSU_PROTOCOL.md): skip to ``FF FF``; a frame ends at the
-    next bare ``FF``; ``FF FF FF`` and bodies shorter than RSCTL+TYPE+BCC are ``short``
-    (a valid two-byte empty reply aside); runaways over ``max_wire`` bytes are
-    ``too_long``. After a frame that failed, an ``FF FF`` starting at its end byte is
-    taken as the next start: a frame whose end byte was lost in noise would otherwise
-    swallow the start of the next one. The same holds after a good frame: "end FF, FF,
-    not FF" is a lost end byte far more often than a lone noise FF, while frames sent
-    back to back ("end FF, FF FF, RSCTL") are unaffected.
+    next bare ``FF``; bodies shorter than RSCTL+TYPE+BCC are ``short`` (a valid two-byte
+    empty reply aside); runaways over ``max_wire`` bytes are ``too_long``. ``FF FF FF``
+    starts no frame, but its last FF may start one: in a run of FF the frame starts at
+    the last two, a single stray FF before them is noise, two or more are one ``short``
+    (see :meth:`Deframer._skip_ff_run`; ``FF FF FF`` alone is one ``short``). After a
+    frame that failed, an ``FF FF`` starting at its end byte is taken as the next start:
+    a frame whose end byte was lost in noise would otherwise swallow the start of the
+    next one. The same holds after a good frame: "end FF, FF, not FF" is a lost end byte
+    far more often than a lone noise FF, while frames sent back to back ("end FF, FF FF,
+    RSCTL") are unaffected.
     """
 
     envelope = "classic"
@@ -238,7 +289,11 @@ class ClassicDeframer(Deframer):
                 self._runaway = False
                 self._after_frame = True
             if self._start < 0:
-                if self._after_frame:
+                if self._run >= 0:
+                    if not self._skip_ff_run(out):
+                        return
+                    self._start = 0
+                elif self._after_frame:
                     # buf[0] ended the previous frame: is it also the first FF of "FF FF x"?
                     if len(buf) < 3:
                         return
@@ -249,16 +304,20 @@ class ClassicDeframer(Deframer):
                         self._discard(1)
                         continue
                 else:
-                    i = buf.find(START)
-                    if i < 0:
-                        # Keep a trailing FF: it may be the first half of a start.
-                        keep = 1 if buf and buf[-1] == 0xFF else 0
-                        self._discard(len(buf) - keep, noise=len(buf) - keep)
+                    if not self._seek_start():
                         return
-                    self._discard(i, noise=i)
                     self._start = 0
-            # _start == 0 here: the frame begins at the head of the buffer.
-            end = buf.find(b"\xff", 2)
+            # _start == 0 here: FF FF at the head of the buffer.
+            if len(buf) < 3:
+                return
+            if buf[2] == 0xFF:
+                # "FF FF FF": not a frame, but its last FF may begin one (a stray FF before a
+                # start). The run of FF decides where the frame starts.
+                self._start = -1
+                if not self._skip_ff_run(out):
+                    return
+                self._start = 0
+            end = buf.find(b"\xff", 3)
             if end < 0:
                 if len(buf) > self.max_wire:
                     out.append(self._drop(FrameTooLongError(
@@ -306,7 +365,9 @@ class LengthDeframer(Deframer):
     ``header`` bytes follow ``FF FF`` (the length field at their end); DATA follows,
     then the CRC over header+DATA. A CRC error skips the frame its length named (the
     stream is TCP: corruption is rare, a false ``FF FF`` inside DATA is not); an absurd
-    length or a bad header resynchronises just after the start bytes.
+    length or a bad header resynchronises just after the start bytes. A run of FF before
+    a start is handled as in the classic envelope when FF cannot be the first header byte
+    (VER 00, a length beyond ``max_payload``, or escaping).
     """
 
     def __init__(self, envelope: str, header: int, *, escaping: bool = False, max_payload: int = LENGTH_MAX_PAYLOAD) -> None:
@@ -315,6 +376,11 @@ class LengthDeframer(Deframer):
         self.header = header
         self.max_payload = max_payload
         self._in_frame = False
+        # Can "FF FF FF" start a frame? Not when FF would be escaped, not with VER 00
+        # (gb2019tcp), not when a length high byte of FF is beyond max_payload (jinyi).
+        # Then a run of FF is handled as in the classic envelope: the frame starts at its
+        # last two FF.
+        self._ff_runs = escaping or envelope == "gb2019tcp" or max_payload < 0xFF00
 
     def _reset(self) -> None:
         self._in_frame = False
@@ -326,12 +392,16 @@ class LengthDeframer(Deframer):
         buf = self._buf
         while True:
             if not self._in_frame:
-                i = buf.find(START)
-                if i < 0:
-                    keep = 1 if buf and buf[-1] == 0xFF else 0
-                    self._discard(len(buf) - keep, noise=len(buf) - keep)
+                if self._run >= 0:
+                    if not self._skip_ff_run(out):
+                        return
+                elif not self._seek_start():
                     return
-                self._discard(i, noise=i)
+                self._in_frame = True
+            if len(buf) > 2 and buf[2] == 0xFF and self._ff_runs:
+                self._in_frame = False
+                if not self._skip_ff_run(out):
+                    return
                 self._in_frame = True
             got = self._take(buf)
             if got is None:
