@@ -142,6 +142,35 @@ def test_the_payload_parses_the_same_from_bytes_text_or_a_decoded_object():
     assert stepped.add[3] == card_key("3701", "0000000000000003").with_reason(4)
 
 
+def test_a_large_payload_parses_the_same_in_any_layout_and_errors_name_the_entry_deep_inside():
+    adds = [{"card": f"{3701 + i % 3}-{i:016d}", "reason": 1 + i % 255} if i % 3 else {"obu": f"{i:08x}"}
+            for i in range(5000)]
+    adds[1234] = {"obu": f"{1234:016x}", "issuer": "c9bdb6ab37010001"}  # another shape in the middle
+    adds[2345] = {"reason": 9, "obu": f"{2345:08x}"}
+    removes = [{"obu": f"{i:016x}"} for i in range(10_000, 13_000)]
+    doc = {"version": 3, "base": 2, "add": adds, "remove": removes}
+    expected = parse_payload(doc)  # decoded object: entry by entry
+    assert expected.add[2345] == obu_key((2345).to_bytes(4, "big")).with_reason(9)
+    for text in (json.dumps(doc), json.dumps(doc, separators=(",", ":")), json.dumps(doc, indent=2),
+                 json.dumps(doc).replace(", ", " ,\t")):
+        assert parse_payload(text) == expected
+    for i, entry, message in [
+        (1500, {"obu": "01020304", "reason": 256}, "reason 256 is not 1–255"),
+        (3000, {"card": "3701-123"}, "is not NNNN-"),
+        (4998, {"obu": "0102030g"}, "is not 8 hex digits"),
+        (2000, {"obu": "01020304", "reason": 0}, "reason 0 is not 1–255"),
+    ]:
+        bad = list(adds)
+        bad[i] = entry
+        with pytest.raises(StatusListError, match=rf"^add\[{i}\] .*{message}"):
+            parse_payload(json.dumps(doc | {"add": bad}))
+    clash = list(removes)
+    clash[2999] = {"obu": f"{7:08x}"}  # also in add (entry 7 is a card; 6 an OBU id)
+    clash[2999] = {"obu": f"{6:08x}"}
+    with pytest.raises(StatusListError, match=r"add\[6\] and remove\[2999\] both name"):
+        parse_payload(json.dumps(doc | {"remove": clash}))
+
+
 def test_an_identity_added_twice_keeps_the_larger_reason():
     sl = StatusList()
     sl.load_full(1, [obu_key(OBU_ID).with_reason(2), obu_key(OBU_ID).with_reason(7), obu_key(OBU_ID).with_reason(1)])
@@ -298,10 +327,16 @@ operation = st.one_of(
 
 small_steps = st.sampled_from([
     {"STEP_WORK": status_list.STEP_WORK},  # the real sizes: small lists take one or two steps
-    {"STEP_WORK": 2, "COPY_UNIT": 1, "SORT_RUN": 2, "GALLOP": 1, "CHUNK": 2},
-    {"STEP_WORK": 3, "COPY_UNIT": 2, "SORT_RUN": 3, "GALLOP": 2, "CHUNK": 3},
-    {"CHUNK": 1},
+    {"STEP_WORK": 2, "COPY_UNIT": 1, "SORT_RUN": 2, "GALLOP": 1, "CHUNK": 2, "MERGE_PIECES": 1},
+    {"STEP_WORK": 3, "COPY_UNIT": 2, "SORT_RUN": 3, "GALLOP": 2, "CHUNK": 3, "MERGE_PIECES": 2, "BULK_CHARS": 90},
+    {"CHUNK": 1, "MERGE_PIECES": 3, "BULK_CHARS": 1},
 ])
+
+
+def payload_entry(ident, reason=None) -> dict:
+    kind, value = ident
+    entry = {"card": "-".join(value)} if kind == "card" else {"obu": value.hex()}
+    return entry if reason is None else entry | {"reason": reason}
 
 
 def added(adds) -> dict:
@@ -312,8 +347,8 @@ def added(adds) -> dict:
 
 
 @settings(max_examples=150, deadline=None)
-@given(listing, st.lists(operation, max_size=6), st.integers(0, 40), small_steps)
-def test_the_store_agrees_with_a_plain_model(initial, operations, stop_at, step_sizes):
+@given(listing, st.lists(operation, max_size=6), st.integers(0, 40), small_steps, st.booleans())
+def test_the_store_agrees_with_a_plain_model(initial, operations, stop_at, step_sizes, as_payload):
     with mock.patch.multiple(status_list, **step_sizes):
         sl = StatusList()
         sl.load_full(1, [key_of(i).with_reason(r) for i, r in initial])
@@ -329,6 +364,10 @@ def test_the_store_agrees_with_a_plain_model(initial, operations, stop_at, step_
                 delta = Delta(version, version - 1, add=[key_of(i).with_reason(r) for i, r in adds],
                               remove=[key_of(i) for i in removes])
                 new = {i: r for i, r in model.items() if i not in removes} | added(adds)
+            if as_payload:  # the same through the centre's JSON: parsed entries take the bulk paths
+                delta = parse_payload(payload(version=version, base=delta.base,
+                                              add=[payload_entry(i, r) for i, r in adds],
+                                              remove=[payload_entry(i) for i in (removes or [])]))
             steps = sl.apply_delta_steps(delta)
             for n, _ in enumerate(steps):  # lookups part-way through: the old or the new version, whole
                 assert observe(sl) == (model if sl.version < version else new)

@@ -68,7 +68,8 @@ Full loads
     meant for start-up and tools; a lane restarts from its saved file
     (:meth:`StatusList.load`, ~0.2 s for 20 million). A full list that arrives from the
     centre while the lane runs goes through :func:`apply_delta` like a delta: parsed and
-    applied in bounded steps (≈ 5 µs per entry in all), with ~20 bytes per entry of
+    applied in bounded steps (≈ 5 µs per entry in all; a 100,000-entry delta, parse
+    included, ≈ 0.5 s at 20 million entries — docs/benchmarks.md), with ~20 bytes per entry of
     transient memory besides the payload. Only turning the payload bytes into text is one
     piece of work (~1 ms per MB: 3 ms for a 100,000-entry delta, 0.7 s for a national
     full list in JSON).
@@ -132,9 +133,10 @@ MAX_VERSION = (1 << 63) - 1
 # one unit is one delta entry placed (bisect + append) or 1,024 base entries copied.
 STEP_WORK = 256
 COPY_UNIT = 1024  # base entries copied per unit of work (8 KiB memcpy)
-SORT_RUN = 1024  # delta entries sorted at once (one run of the k-way merge)
+SORT_RUN = 4096  # delta entries sorted at once (one run of the k-way merge)
 PARSE_STEP = 256  # payload entries decoded and validated per step
 GALLOP = 1024  # look this far ahead before bisecting the whole rest of a chunk
+MERGE_PIECES = 512  # pieces of a merged chunk joined and written at once (≤ 256 runs and words)
 CHUNK = 1 << 16  # entries per chunk of a partition (512 KiB): every copy, fill and free is bounded by it
 
 _IDENT_END = 1 << 56
@@ -381,8 +383,11 @@ class StatusList:
     def _apply(self, delta: Delta, start: _Snapshot) -> Generator[None, None, None]:
         budget = _Budget()
         groups: dict[str, array] = {}
-        yield from _group(_words(delta.remove, removing=True), groups, budget)
-        yield from _group(_words(delta.add, removing=False), groups, budget)
+        for items, removing in ((delta.remove, True), (delta.add, False)):
+            if isinstance(items, PackedEntries):  # parsed: valid, grouped in bulk
+                yield from items.group(groups, budget)
+            else:
+                yield from _group(_words(items, removing=removing), groups, budget)
         old_tables = {} if delta.is_full else start.tables
         tables = {} if delta.is_full else dict(start.tables)
         count = 0 if delta.is_full else start.count
@@ -594,14 +599,27 @@ def _merge_chunk(out: _ChunkWriter, old: array, stream: Iterator[int], budget: _
     """Write ``old`` with the sorted delta words of ``stream`` merged in to ``out``.
 
     A word with reason 0 removes its ident, any other adds or replaces it; the same
-    ident twice in the delta keeps the larger reason. Runs of ``old`` between delta words
-    are copied with memcpy, at most one step's worth at a time.
+    ident twice in the delta keeps the larger reason. The merged chunk is gathered as
+    pieces — runs of ``old`` between delta words (memoryview slices, no copy) and the
+    packed delta words — joined and written with memcpy every MERGE_PIECES pieces and at
+    the end: per delta word only a bisect and two list appends run in Python.
     """
     n = len(old)
-    view = memoryview(old)
+    bview = memoryview(old).cast("B")
+    pieces: list[Any] = []
     pos = 0
     prev_ident = -1
     kept_prev = False
+    order = sys.byteorder
+
+    def flush() -> bool:
+        data = b"".join(pieces)
+        pieces.clear()
+        words = memoryview(data).cast("Q")
+        out.copy(words, 0, len(words))
+        words.release()
+        return budget.spend(len(data) // (8 * COPY_UNIT) + 1)
+
     try:
         for word in stream:
             ident = word >> 8
@@ -609,9 +627,9 @@ def _merge_chunk(out: _ChunkWriter, old: array, stream: Iterator[int], budget: _
             if ident == prev_ident:
                 if reason:
                     if kept_prev:
-                        out.replace_last(word)
+                        pieces[-1] = word.to_bytes(8, order)
                     else:
-                        out.append(word)
+                        pieces.append(word.to_bytes(8, order))
                         kept_prev = True
                 continue
             prev_ident = ident
@@ -621,28 +639,35 @@ def _merge_chunk(out: _ChunkWriter, old: array, stream: Iterator[int], budget: _
                 i = bisect_left(old, probe, pos, hi)
             else:
                 i = bisect_left(old, probe, pos)
-            while pos < i:
-                end = min(i, pos + STEP_WORK * COPY_UNIT)
-                out.copy(view, pos, end)
-                spent = budget.spend((end - pos) // COPY_UNIT)
-                pos = end
-                if spent:
-                    yield
+            if pos < i:
+                pieces.append(bview[pos << 3:i << 3])
+                pos = i
             if pos < n and old[pos] >> 8 == ident:
                 pos += 1  # replaced or removed
             kept_prev = reason != 0
             if kept_prev:
-                out.append(word)
-            if budget.spend(1):
+                pieces.append(word.to_bytes(8, order))
+            if len(pieces) >= MERGE_PIECES:
+                # Not while the last piece may still be replaced by a duplicate ident.
+                last = pieces.pop() if kept_prev else None
+                spent = flush()
+                if last is not None:
+                    pieces.append(last)
+                if spent:
+                    yield
+            elif budget.spend(1):
                 yield
         while pos < n:
             end = min(n, pos + STEP_WORK * COPY_UNIT)
-            out.copy(view, pos, end)
+            pieces.append(bview[pos << 3:end << 3])
             pos = end
-            if budget.spend(STEP_WORK):
+            if flush():
                 yield
+        if pieces:
+            flush()
     finally:
-        view.release()
+        pieces.clear()
+        bview.release()
 
 
 def _dedupe_sorted(words: list[int]) -> list[int]:
@@ -728,6 +753,21 @@ class PackedEntries(Sequence):  # type: ignore[type-arg]
     def __len__(self) -> int:
         return len(self._words)
 
+    def group(self, groups: dict[str, array], budget: _Budget) -> Generator[None, None, None]:
+        """Append each word to its partition's array in ``groups``, in bounded steps."""
+        sinks = [groups.get(part) for part in self._parts]
+        for no, part in enumerate(self._parts):
+            if sinks[no] is None:
+                sinks[no] = groups[part] = array("Q")
+        appends = [sink.append for sink in sinks]  # type: ignore[union-attr]
+        index, words = self._index, self._words
+        for start in range(0, len(words), 4 * STEP_WORK):
+            stop = start + 4 * STEP_WORK
+            for no, word in zip(index[start:stop], words[start:stop]):
+                appends[no](word)
+            if budget.spend(STEP_WORK // 2):
+                yield
+
     def check_disjoint(self, remove: "PackedEntries") -> Generator[None, None, None]:
         """StatusListError naming both entries if an identity is both here and in ``remove``."""
         # Keys are ident << 16 | partition number in *this* table (< 65,536 partitions).
@@ -774,6 +814,47 @@ _FAST_ENTRY = re.compile(r"""\{[ \t\n\r]*(?:
       | "obu"[ \t\n\r]*:[ \t\n\r]*"([0-9a-fA-F]{8}(?:[0-9a-fA-F]{8})?)"
     )[ \t\n\r]*(?:,[ \t\n\r]*"reason"[ \t\n\r]*:[ \t\n\r]*([1-9][0-9]{0,2})[ \t\n\r]*)?
     \}[ \t\n\r]*([,\]])[ \t\n\r]*""", re.VERBOSE).match
+
+
+_SEP = r"[ \t\n\r]*+"
+_REASON = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]?)"  # 1–255, no leading zero
+# An entry in the usual shape followed by a comma, all of it captured as group 1. One
+# findall over a stretch of an array takes the fields of ~1,000 entries; the entries
+# were contiguous (nothing skipped between them) iff the captured texts joined are the
+# stretch of text they came from: the pattern holds one "{", at its start, so text that
+# repeats a match after a gap would itself have matched. The last entry of an array
+# (before "]") and entries of any other shape go the per-entry way.
+_BULK_FIELDS = re.compile((r"""(\{S(?:"card"S:S"([0-9]{4})-([0-9]{16})"|"obu"S:S"([0-9a-fA-F]{8}(?:[0-9a-fA-F]{8})?)")"""
+                            r"""S(?:,S"reason"S:S(R)S)?\}S,S)""").replace("S", _SEP).replace("R", _REASON)).findall
+BULK_CHARS = 64 * 1024  # text per findall: ~1,000 entries, ~1 ms
+
+
+def _take_bulk(sink: PackedEntries, text: str, pos: int) -> tuple[int, int]:
+    """Entries in the usual shape from text[pos:], up to BULK_CHARS: (entries taken, end)."""
+    found = _BULK_FIELDS(text, pos, pos + BULK_CHARS)
+    if not found:
+        return 0, pos
+    run = "".join([f[0] for f in found])
+    if not text.startswith(run, pos):  # something between the matches: go entry by entry
+        return 0, pos
+    part_no = sink._part_no
+    index = sink._index.append
+    words = sink._words.append
+    removing = sink.removing
+    for _, network, number, obu, reason in found:
+        if network:
+            part = "C" + network
+            ident = int(number)
+        else:
+            part = (_ID_PARTS if len(obu) == 8 else _SERIAL_PARTS)[int(obu[:2], 16)]
+            ident = int(obu[2:], 16)
+        no = part_no.get(part)
+        if no is None:
+            no = part_no[part] = len(sink._parts)
+            sink._parts.append(part)
+        index(no)
+        words(ident << 8 if removing else ident << 8 | (int(reason) if reason else DEFAULT_REASON))
+    return len(found), pos + len(run)
 
 
 def parse_payload(data: bytes | str | Mapping[str, Any]) -> Delta:
@@ -916,7 +997,16 @@ def _decode_steps(text: str, sinks: Mapping[str, PackedEntries]) -> Generator[No
             more = not text.startswith("]", pos)
             if not more:
                 pos += 1
+            bulk_at = 0  # the entry index from which bulk takes are tried again
             while more:
+                if i >= bulk_at:
+                    taken, pos = _take_bulk(sink, text, pos)
+                    if taken:
+                        pos = ws(text, pos).end()  # the stretch may end inside the white space
+                        i += taken
+                        yield
+                        continue
+                    bulk_at = i + PARSE_STEP  # not in the usual shape here: a step entry by entry
                 fast = _FAST_ENTRY(text, pos)  # the usual shape, without building a dict
                 if fast is not None:
                     network, number, obu, reason, sep = fast.groups()
