@@ -331,6 +331,33 @@ async def test_duplicated_frame_arrives_twice() -> None:
         assert second.raw.wire == first.raw.wire
 
 
+async def test_a_second_answer_to_a_duplicated_frame_does_not_move_the_transaction_on() -> None:
+    async with rig([ObuScenario(OBU)]) as (emu, lane):
+        emu.inject("duplicate", "B2")
+        first = await lane.expect(0xB2)
+        second = await lane.expect(0xB2)
+        lane.send(cont(), first)
+        b3 = await lane.expect(0xB3)
+        lane.send(cont(), second)  # answers the copy of B2: stale by its RSCTL, not an answer to B3
+        await emu.expect_event("stale_answer", timeout=T)
+        lane.send(cont(), b3)
+        b4 = await lane.expect(0xB4)
+        assert b4.message.obu_id == OBU_B
+        assert emu.counters["stale_answer"] == 1
+
+
+async def test_a_frame_lost_on_the_line_still_times_out_and_the_rsu_searches_again() -> None:
+    settings = EmulatorSettings(heartbeat_interval=None, answer_timeout=0.2, redetect_interval=0.3)
+    async with rig([ObuScenario(OBU, lost_b5=True), ObuScenario("0badcafe", arrive_at=0.5)], settings) as (emu, lane):
+        _, _, b4 = await to_card(lane)
+        lane.send(charge(5_00), b4)
+        ev = await emu.expect_event("abandoned", timeout=T)  # B5 never reached the lane
+        assert ev.detail == {"obu_id": OBU, "stage": "B5"}
+        nxt = await lane.expect(0xB2)  # and the RSU goes on with the next OBU
+        assert nxt.message.obu_id == bytes.fromhex("0badcafe")
+        assert len(emu.charges) == 1
+
+
 async def test_split_noise_and_delay_still_decode() -> None:
     async with rig([ObuScenario(OBU)]) as (emu, lane):
         emu.inject("split", "B2", pieces=4)

@@ -176,6 +176,7 @@ class _Tx:
     retransmits: int = 0
     last_write: float = 0.0  # monotonic
     current: _Out | None = None  # the queued frame that awaits the answer
+    answered: set[int] = field(default_factory=set)  # RSCTL/SEQ of the answers already acted on
 
 
 @dataclass
@@ -470,11 +471,15 @@ class RsuEmulator:
         now = time.monotonic()
         port = self._port
         if now < self._silent_until:
+            self._start_answer_timer(out, None)
             self._logged_tx(out, b"", time.perf_counter(), (note + ",silenced").lstrip(","))
             return
         writes = plan_writes(wire, specs, self.profile.envelope, self.faults.rng)
         if not writes:
+            # The RSU believes it sent the frame (the line lost it), so it waits for the
+            # answer as usual and gives the OBU up when none comes.
             self.counters["tx_dropped"] += 1
+            self._start_answer_timer(out, None)
             self._logged_tx(out, b"", time.perf_counter(), note)
             return
         on_wire = b""
@@ -487,6 +492,10 @@ class RsuEmulator:
             on_wire += data
         written_at = await port.drain()
         self.counters["tx_frames"] += 1
+        self._start_answer_timer(out, written_at)
+        self._logged_tx(out, on_wire, written_at, note)
+
+    def _start_answer_timer(self, out: _Out, written_at: float | None) -> None:
         # The answer timer runs from the moment the lane can have the whole frame — unless
         # the lane has answered already and the transaction moved on to another frame.
         if out.tx is not None and out.tx is self._tx and out.tx.current is out:
@@ -494,7 +503,6 @@ class RsuEmulator:
             out.tx.last_write = time.monotonic()
             out.tx.deadline = out.tx.last_write + self.settings.answer_timeout
             self._wake.set()
-        self._logged_tx(out, on_wire, written_at, note)
 
     async def _write(self, port: PtyPort | TcpPort, data: bytes) -> bool:
         baud = self.settings.baud
@@ -558,6 +566,18 @@ class RsuEmulator:
             got = item.rsctl if item.rsctl is not None else item.seq
             if expected is not None and got != expected:
                 self.counters["rsctl_not_swapped"] += 1
+            # (Not a C2: a resend request answers a frame the lane could not read, so it
+            # cannot carry that frame's RSCTL.)
+            if frame.kind != "C2" and got is not None and got != expected and got in tx.answered:
+                # A second answer to a frame this transaction is already past (the lane
+                # answered a frame the line duplicated): a real RSU drops it by its RSCTL.
+                note = self._ignored("stale_answer", frame, f"answers an earlier frame (RSCTL/SEQ {got:02x})")
+                self._append(LogEntry("rx", frame.kind, first_byte_at, item.raw.wire, item.message, item.rsctl,
+                                      item.seq, tx.obu.obu_id, note, answers, turnaround))
+                self._wake.set()
+                return
+            if got is not None and got == expected:
+                tx.answered.add(got)
         note = self._handle(frame)
         obu_id = frame.obu_id.hex() if frame.obu_id else None
         self._append(LogEntry("rx", frame.kind, first_byte_at, item.raw.wire, item.message, item.rsctl, item.seq,
