@@ -23,7 +23,7 @@ from laned.drivers.rsu import LinkStatus, RsuLink
 from laned.executor import LaneExecutor, Observation
 from laned.lane.dialect import Dialect
 from laned.lane.fee_table import FeeSchedule, FeeTable
-from laned.lane.machine import LaneMachine, LinkLost, LinkUp
+from laned.lane.machine import FrameLost, LaneMachine, LinkLost, LinkUp
 from laned.lane.status_list import StatusList
 from laned.protocol import get_profile
 
@@ -143,6 +143,7 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
                 executor.handle(LinkLost())
 
         rsu.on_status(on_status)
+        rsu.on_drop(lambda reason: executor.handle(FrameLost(reason)))
         await stack.enter_async_context(rsu)
         if cfg.hotplug.enabled and cfg.hotplug.match is not None:
             await stack.enter_async_context(hotplug_for(rsu, cfg.hotplug.match, source_factory=uevent_source))

@@ -17,7 +17,7 @@ from laned.drivers.lane_io import InputSample, Signal
 from laned.lane.barrier import BarrierCommand
 from laned.lane.machine import (
     ChargeRecorded, IntentFailed, IntentRecorded, JournalCharged, JournalIntent, LaneMachine, LaneSettings,
-    LinkLost, MoveBarrier, Paid, Send, Tick,
+    FrameLost, LinkLost, MoveBarrier, Paid, Send, Tick,
 )
 from laned.lane.dialect import Dialect
 from laned.protocol import get_profile
@@ -113,6 +113,10 @@ class LaneInvariants(RuleBasedStateMachine):
     @rule()
     def link_lost(self):
         self.apply(LinkLost())
+
+    @rule(reason=st.sampled_from(["bcc", "short", "escape"]))
+    def damaged_frame(self, reason):
+        self.apply(FrameLost(reason))
 
     # -- journal ---------------------------------------------------------------------------------------
     @precondition(lambda self: self.pending_intents)

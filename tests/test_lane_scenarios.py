@@ -9,10 +9,12 @@ import pytest
 from laned.drivers.lane_io import Light
 from laned.lane.barrier import BarrierCommand, BarrierPosition
 from laned.lane.machine import (
-    Direction, IntentFailed, JournalIntent, LaneSettings, LinkLost, MissingEntryPolicy, SetLight, Show, Tick,
+    Direction, FrameLost, IntentFailed, JournalIntent, LaneSettings, LinkLost, MissingEntryPolicy, Send, SetLight,
+    Show, Tick,
 )
 from laned.lane.outcomes import Reason
 from laned.protocol.profiles.base import ObuFlag
+from laned.protocol.profiles.common import STOP_RESEND
 from tests.lane_harness import Fees, Lane, Listed, card_file, station_record
 
 OBU = b"\xa1\xfe\x33\xff"
@@ -230,6 +232,23 @@ def test_a_follow_car_under_the_open_barrier_is_never_trapped_and_is_reported(la
     assert BarrierCommand.LOWER in lane.barrier(out)
 
 
+def test_a_tailgater_does_not_use_up_the_payment_of_the_car_behind_it(lane):
+    lane.pay()
+    lane.loop(True), lane.advance(1.0), lane.loop(False)
+    lane.advance(0.2)
+    lane.loop(True)  # the tailgater, unpaid
+    lane.advance(0.5)
+    lane.pay(obu_id=b"\x01\x02\x03\x04")  # the next car pays while the tailgater is on the loop
+    lane.advance(0.5)
+    lane.loop(False)  # the tailgater leaves
+    out = lane.advance(3.0)
+    assert BarrierCommand.LOWER not in lane.barrier(out)  # still open for the car that paid
+    assert lane.machine.credits == 1
+    lane.loop(True), lane.advance(1.0), lane.loop(False)  # the paying car passes
+    out = lane.advance(2.0)
+    assert BarrierCommand.LOWER in lane.barrier(out)
+
+
 def test_a_stale_safety_loop_keeps_the_barrier_up():
     ln = Lane()
     ln.advance(4.0)
@@ -310,3 +329,48 @@ def test_an_obu_reported_again_while_its_charge_is_being_journalled_is_not_charg
     assert "C6" not in ln.sent(out) and BarrierCommand.RAISE not in ln.barrier(out)
     out = ln.feed(ChargeRecorded(charged.tx_id))  # the confirmation still lets it through
     assert BarrierCommand.RAISE in ln.barrier(out) and ln.machine.counters[Reason.CHARGED] == 1
+
+
+def test_a_damaged_b3_is_asked_for_again_and_the_vehicle_still_pays_once(lane):
+    lane.b2()
+    lane.feed(FrameLost("bcc"))
+    assert lane.sent(lane.advance(0.05)) == []  # a moment's grace: a good frame may follow
+    out = lane.advance(0.1)
+    resend = [a for a in out if isinstance(a, Send)]
+    assert [(a.message.type_name, a.message.stop_type) for a in resend] == [("C2", STOP_RESEND)]
+    assert lane.machine.counters["resend_requested"] == 1
+    out = lane.b3() + lane.b4() + lane.b5()
+    assert lane.sent(out) == ["C1", "C6", "C1"]
+    assert lane.machine.counters[Reason.CHARGED] == 1
+
+
+def test_noise_right_before_a_good_frame_asks_for_nothing(lane):
+    lane.b2()
+    lane.feed(FrameLost("short"))
+    out = lane.b3() + lane.advance(0.5)
+    assert lane.sent(out) == ["C1"]
+    assert lane.machine.counters["resend_requested"] == 0
+
+
+def test_a_damaged_b5_is_asked_for_again_so_the_outcome_is_known_not_unknown(lane):
+    lane.b2(), lane.b3(), lane.b4()
+    lane.feed(FrameLost("bcc"))
+    out = lane.advance(0.15)
+    assert [(a.message.type_name, a.message.stop_type) for a in out if isinstance(a, Send)] == [("C2", STOP_RESEND)]
+    out = lane.b5()
+    assert BarrierCommand.RAISE in lane.barrier(out)
+    assert lane.machine.counters[Reason.CHARGED] == 1
+    assert lane.machine.counters[Reason.OUTCOME_UNKNOWN] == 0
+
+
+def test_a_line_that_keeps_damaging_frames_gets_two_resend_requests_per_transaction(lane):
+    lane.b2()
+    for _ in range(4):
+        lane.feed(FrameLost("bcc"))
+        lane.advance(0.2)
+    assert lane.machine.counters["resend_requested"] == 2
+
+
+def test_a_damaged_frame_between_transactions_asks_for_nothing(lane):
+    lane.feed(FrameLost("crc"))
+    assert lane.sent(lane.advance(0.5)) == []

@@ -329,6 +329,7 @@ class RsuLink:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._drop_logged: dict[str, tuple[float, int]] = {}  # reason → (last logged, suppressed since)
         self._callbacks: list[Callable[[LinkStatus], None]] = []
+        self._drop_callbacks: list[Callable[[str], None]] = []
         self._status = LinkStatus(False, "not started")
         self._connected_event = asyncio.Event()
         self._wake = asyncio.Event()
@@ -404,6 +405,11 @@ class RsuLink:
     def on_status(self, callback: Callable[[LinkStatus], None]) -> None:
         """Call ``callback(LinkStatus)`` on every connect and disconnect."""
         self._callbacks.append(callback)
+
+    def on_drop(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` for every damaged frame dropped (so the lane can ask
+        the RSU to resend the frame it is waiting for)."""
+        self._drop_callbacks.append(callback)
 
     async def wait_connected(self) -> None:
         await self._connected_event.wait()
@@ -499,6 +505,8 @@ class RsuLink:
         if isinstance(item, ProtocolError):
             self.drops[item.reason] += 1
             self._log_drop(item, arrived_at)
+            for callback in self._drop_callbacks:
+                callback(item.reason)
             return
         self.last_seen = arrived_at
         if not self._seen_on_this_connection:

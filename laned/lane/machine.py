@@ -34,11 +34,17 @@ from laned.lane.barrier import BarrierCommand, BarrierInterlock, BarrierPosition
 from laned.lane.dialect import CardView, Dialect, ObuView, VehicleView
 from laned.lane.outcomes import IDLE, OUTCOMES, Reason
 from laned.protocol import Message, ObuFlag, ProtocolError
+from laned.protocol.profiles.common import STOP_RESEND
 from laned.protocol.records import CardIssueFile, CardType, StationRecord, is_known_vehicle_class
 
 # B5 error codes (RSU_PROTOCOL.md, profile network2019) raised before the card was asked
 # to debit: the vehicle certainly did not pay. Any other error may follow a debit.
 NOT_DEBITED_CODES = frozenset({0x10, 0x11, 0x13, 0x17})
+
+# After a damaged frame during a transaction: wait this long for a good one, then ask the
+# RSU to resend (C2 stop type 2), at most this many times per transaction.
+RESEND_GRACE_S = 0.08
+MAX_RESENDS = 2
 
 
 # -- ports the machine reads synchronously (in-memory lookups, no I/O) ---------------------
@@ -120,8 +126,16 @@ class LinkLost:
     """The RSU link dropped (unplugged, silent): an in-flight transaction fails safely."""
 
 
+@dataclass(frozen=True, slots=True)
+class FrameLost:
+    """The link dropped a damaged frame (bad check byte, bad escape …): during a
+    transaction it was probably the RSU frame the lane is waiting for."""
+
+    reason: str = ""
+
+
 Event = Union[FrameIn, InputIn, Tick, IntentRecorded, IntentFailed, ChargeRecorded, ChargeRecordFailed, LinkUp,
-              LinkLost]
+              LinkLost, FrameLost]
 
 
 # -- actions --------------------------------------------------------------------------------
@@ -257,6 +271,8 @@ class Tx:
     seq: int | None = None
     deadline: float | None = None
     refetches: int = 0
+    resend_due: float | None = None  # when to ask the RSU to resend (C2 stop type 2)
+    resends: int = 0
     b4_rsctl: int | None = None
     purchase_time: dt.datetime | None = None
     balance_after: int | None = None
@@ -287,6 +303,9 @@ class LaneMachine:
         self.credits = 0  # vehicles allowed through and not yet past the safety loop
         self.want_down = True
         self.safety_occupied: bool | None = None
+        # The loop is held by a vehicle nobody paid for (a follow-car): its leaving must not
+        # use up the payment of the vehicle behind it.
+        self.unpaid_on_loop = False
         self.counters: Counter[str] = Counter()
         self.display = DisplayContent(line1=IDLE.line1, line2=IDLE.line2)
         self.light = Light.RED
@@ -309,6 +328,8 @@ class LaneMachine:
             self._charge_record_failed(event, now, out)
         elif isinstance(event, LinkLost):
             self._link_lost(now, out)
+        elif isinstance(event, FrameLost):
+            self._frame_lost(now)
         elif isinstance(event, LinkUp):
             out.append(Send(self.d.init(wall, exit_lane=self.s.direction is Direction.EXIT,
                                         tx_power=self.s.tx_power, channel=self.s.pll_channel)))
@@ -320,6 +341,8 @@ class LaneMachine:
     def _frame(self, ev: FrameIn, now: float, wall: dt.datetime, out: list[Action]) -> None:
         msg = ev.message
         kind = self.d.kind(msg)
+        if self.tx is not None and getattr(msg, "obu_id", None) == self.tx.obu.obu_id:
+            self.tx.resend_due = None  # what was damaged was not this transaction's frame
         if kind == "B2":
             if self.d.is_heartbeat(msg):
                 self.counters["heartbeat"] += 1
@@ -658,9 +681,27 @@ class LaneMachine:
         self.paid = [p for p in self.paid if now - p.at <= window]
         return any(p.obu_id == obu_id or (card_key is not None and p.card_key == card_key) for p in self.paid)
 
+    def _frame_lost(self, now: float) -> None:
+        tx = self.tx
+        self.counters["frame_damaged"] += 1
+        if tx is None or tx.stage in (Stage.INTENT, Stage.RECORDING) or tx.resend_due is not None:
+            return
+        # Wait briefly: noise in front of a good frame is also a "damaged frame", and the
+        # good frame right behind it makes a resend pointless.
+        tx.resend_due = now + RESEND_GRACE_S
+
     # -- timers --------------------------------------------------------------------------------
     def _timers(self, now: float, out: list[Action]) -> None:
         tx = self.tx
+        if tx is not None and tx.resend_due is not None and now >= tx.resend_due:
+            tx.resend_due = None
+            if tx.resends < MAX_RESENDS and tx.stage not in (Stage.INTENT, Stage.RECORDING):
+                # The RSU waits ~1.1 s for an answer to the frame the lane never got; asking
+                # it to send that frame again saves the transaction (and, for a B5, turns
+                # an unknown outcome into a known one).
+                tx.resends += 1
+                self.counters["resend_requested"] += 1
+                out.append(Send(self.d.stop(tx.obu.obu_id, STOP_RESEND)))
         if tx is None or tx.deadline is None or now < tx.deadline:
             return
         if tx.stage in (Stage.CHARGING, Stage.REFETCHING):
@@ -682,7 +723,9 @@ class LaneMachine:
             if self.credits == 0 and self.barrier.position is not BarrierPosition.DOWN:
                 self._follow_car(now, out)
         elif sample.active is False and was is True:
-            if self.credits > 0:
+            if self.unpaid_on_loop:
+                self.unpaid_on_loop = False
+            elif self.credits > 0:
                 self.credits -= 1
             if self.credits == 0:
                 self.want_down = True
@@ -691,6 +734,7 @@ class LaneMachine:
         """A vehicle under the open arm that nobody paid for: never trap it, report it."""
         self.counters[Reason.FOLLOW_CAR] += 1
         self.want_down = False
+        self.unpaid_on_loop = True
         out.append(MoveBarrier(self.barrier.command_raise()))
         o = OUTCOMES[Reason.FOLLOW_CAR]
         self._display(DisplayContent(line1=o.line1, line2=o.line2, light=Light.RED), out)
