@@ -300,3 +300,25 @@ def test_bad_geometry_is_refused() -> None:
         LaneGeometry(safety_loop=(1.0, 3.0))
     with pytest.raises(ValueError, match="rate_hz"):
         SensorFault(FaultKind.CHATTER)
+
+
+def test_a_refused_vehicle_waiting_at_the_arm_pulls_over_and_the_next_one_moves_up() -> None:
+    model = LaneModel()
+    first = model.add_vehicle(0.0, speed=5.0)
+    second = model.add_vehicle(0.0, speed=5.0)
+    run_until(model, lambda: not model.vehicle(first).moving, within=10.0)
+    model.divert(model.now, first)
+    assert model.vehicle(first) is None
+    assert [v for v, _ in model.diverted] == [first]
+    assert model.departed == ()
+    run_until(model, lambda: model.vehicle(second).front >= model.geometry.stop_x - 1e-6, within=10.0)
+    assert model.violations == ()
+
+
+def test_a_vehicle_under_the_arm_cannot_pull_over() -> None:
+    model = LaneModel(barrier=BarrierSpec(start_raised=True))
+    car = model.add_vehicle(0.0, speed=5.0)
+    run_until(model, lambda: model.vehicle(car).under_arm, within=10.0)
+    with pytest.raises(ValueError, match="cannot pull over"):
+        model.divert(model.now, car)
+    assert model.vehicle(car) is not None

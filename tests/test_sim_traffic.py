@@ -55,3 +55,17 @@ def test_a_scenario_must_be_a_list_and_must_be_json(tmp_path):
 def test_unknown_keys_are_refused_rather_than_ignored():
     with pytest.raises(ScenarioError, match="colour"):
         parse_scenario([{"plate": "鲁A1", "obu_id": "01020304", "card_number": "3" * 20, "colour": 1}])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_every_tailgater_follows_a_vehicle_that_pays(seed):
+    from laned.sim.traffic import LEADERS
+    for n in (1, 5, 12, 50):
+        vehicles = traffic_mix(n, seed)
+        assert len(vehicles) == n
+        for i, v in enumerate(vehicles):
+            if v.kind is Kind.FOLLOW_CAR:
+                assert i > 0 and vehicles[i - 1].kind in LEADERS
+                assert v.arrive_after == 0.0
+        if n >= len(Kind):
+            assert {v.kind for v in vehicles} == set(Kind)

@@ -80,6 +80,41 @@ def run(
         raise typer.Exit(2) from None
 
 
+@app.command()
+def sim(
+    vehicles: int = typer.Option(24, "--vehicles", "-n", help="How many vehicles of the seeded traffic mix."),
+    seed: int = typer.Option(1, "--seed", help="Seed of the traffic mix: the same seed, the same traffic."),
+    scenario: Optional[str] = typer.Option(None, "--scenario", help="A JSON list of vehicles instead of the mix "
+                                           "(schema: docs/sim.md)."),
+    as_json: bool = typer.Option(False, "--json", help="Print only the summary, as one JSON object."),
+    state_dir: Optional[str] = typer.Option(None, "--state-dir", help="Keep the journal, status list and daemon "
+                                            "log here (default: a temporary folder, removed after a clean run)."),
+    keep_state: bool = typer.Option(False, "--keep-state", help="Keep the temporary state folder."),
+    live: bool = typer.Option(True, "--live/--no-live", help="Live view on a terminal; one line per event otherwise."),
+    show_plates: bool = typer.Option(False, "--show-plates", help="Show plates in full (masked by default)."),
+) -> None:
+    """Run the lane against emulated RSU, fee display, IO module and traffic — no hardware, no broker.
+
+    Exit status 0: both rules held and every vehicle got what it should; 1: a safety
+    violation or a double charge; 3: some vehicle got another outcome than expected;
+    2: bad input.
+    """
+    from laned.cli import sim_cmd as tool
+    from laned.config import ConfigError
+    from laned.sim.lane_sim import SimError
+
+    try:
+        code = tool.main(vehicles=vehicles, seed=seed, scenario=scenario, as_json=as_json, state_dir=state_dir,
+                         keep_state=keep_state, live=live, show_plates=show_plates)
+    except tool.InputError as err:
+        typer.echo(f"laned sim: {err}", err=True)
+        raise typer.Exit(tool.EXIT_BAD_INPUT) from None
+    except (SimError, ConfigError) as err:
+        typer.echo(f"laned sim: could not run the simulation: {err}", err=True)
+        raise typer.Exit(tool.EXIT_BAD_INPUT) from None
+    raise typer.Exit(code)
+
+
 def main() -> None:
     app(prog_name="laned")
 

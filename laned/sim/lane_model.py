@@ -209,6 +209,7 @@ class LaneModel:
         self._vehicles: list[_Vehicle] = []  # ordered front-most first
         self._next_id = 1
         self._departed: list[tuple[str, float]] = []
+        self._diverted: list[tuple[str, float]] = []
         self._faults: dict[Signal, _Fault] = {}
         self._io_online = True
         self._light = Light.OFF
@@ -333,6 +334,27 @@ class LaneModel:
         )
         self._emit_changes()
         return vehicle_id
+
+    def divert(self, now: float, vehicle_id: str) -> None:
+        """A vehicle waiting before the arm gives up and pulls over to the manual lane.
+
+        Only a vehicle that has not reached the safety loop can leave sideways; one on the
+        loop or under the arm is committed to this lane and must drive on.
+        """
+        self.advance(now)
+        v = next((v for v in self._vehicles if v.id == vehicle_id), None)
+        if v is None:
+            raise ValueError(f"no vehicle {vehicle_id!r} in the lane")
+        if v.front > self.geometry.safety_loop[0] or v.rear < self.geometry.arm_x < v.front:
+            raise ValueError(f"{vehicle_id} is on the safety loop or under the arm; it cannot pull over")
+        self._vehicles.remove(v)
+        self._diverted.append((v.id, self._now))
+        self._emit_changes()
+
+    @property
+    def diverted(self) -> tuple[tuple[str, float], ...]:
+        """(vehicle id, time it pulled over to the manual lane), in order."""
+        return tuple(self._diverted)
 
     # -- barrier commands ---------------------------------------------------------
 

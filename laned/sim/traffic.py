@@ -56,6 +56,9 @@ EXPECT: dict[Kind, str] = {
     Kind.LOST_B5: "outcome_unknown",
 }
 
+# Seconds between arrivals: a busy ETC lane (the vehicles queue now and then).
+ARRIVAL_GAP_S = (0.6, 1.8)
+
 DEFAULT_WEIGHTS: dict[Kind, int] = {
     Kind.NORMAL: 40, Kind.LOW_BALANCE: 5, Kind.EXACT_BALANCE: 4, Kind.LISTED_CARD: 3, Kind.LISTED_OBU: 3,
     Kind.TAMPER: 3, Kind.NO_CARD: 3, Kind.EXPIRED: 3, Kind.FOLLOW_CAR: 4, Kind.SEEN_AGAIN: 4,
@@ -150,7 +153,33 @@ def traffic_mix(n: int, seed: int, weights: dict[Kind, int] | None = None) -> li
     kinds = list(Kind)[:n] if n >= len(Kind) else []
     kinds += rng.choices(list(weights), weights=list(weights.values()), k=n - len(kinds))
     rng.shuffle(kinds)
-    return [_vehicle(kind, i, rng) for i, kind in enumerate(kinds)]
+    return [_vehicle(kind, i, rng) for i, kind in enumerate(_behind_payers(kinds, rng))]
+
+
+# A tailgater slips through behind a vehicle the barrier opened for; behind a refused one
+# it would just queue. These kinds pay and pass.
+LEADERS = (Kind.NORMAL, Kind.EXACT_BALANCE)
+
+
+def _behind_payers(kinds: list[Kind], rng: random.Random) -> list[Kind]:
+    """Each follow-car right behind a paying vehicle; a follow-car with no payer left to
+    follow becomes a normal car."""
+    others = [k for k in kinds if k is not Kind.FOLLOW_CAR]
+    followers = len(kinds) - len(others)
+    free = [i for i, k in enumerate(others) if k in LEADERS]
+    rng.shuffle(free)
+    followed: set[int] = set()
+    for _ in range(followers):
+        if free:
+            followed.add(free.pop())
+        else:
+            others.append(Kind.NORMAL)  # no payer left to follow: it pays and drives itself
+    out: list[Kind] = []
+    for i, k in enumerate(others):
+        out.append(k)
+        if i in followed:
+            out.append(Kind.FOLLOW_CAR)
+    return out
 
 
 def _vehicle(kind: Kind, i: int, rng: random.Random) -> SimVehicle:
@@ -159,8 +188,8 @@ def _vehicle(kind: Kind, i: int, rng: random.Random) -> SimVehicle:
         plate=random_plate(rng), kind=kind, vehicle_class=1,
         obu_id=f"{0x10000000 + i * 7919 + rng.randrange(1000):08x}",
         card_number="3701" + f"{rng.randrange(10**16):016d}",
-        balance=rng.randrange(100_00, 2000_00), arrive_after=round(rng.uniform(3.0, 6.0), 2),
-        speed=round(rng.uniform(3.0, 6.0), 1),
+        balance=rng.randrange(100_00, 2000_00), arrive_after=round(rng.uniform(ARRIVAL_GAP_S[0], ARRIVAL_GAP_S[1]), 2),
+        speed=round(rng.uniform(5.0, 6.5), 1),
     )
     if kind is Kind.LOW_BALANCE:
         v["balance"] = rng.randrange(0, fee)

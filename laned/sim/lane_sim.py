@@ -1,0 +1,447 @@
+"""The simulated lane behind ``laned sim``: the real daemon against emulated devices.
+
+What runs, all in one event loop:
+
+- the daemon exactly as ``laned run`` builds it (:func:`laned.app.run_lane`): RSU link,
+  lane machine, barrier interlock, SQLite journal, Modbus drivers;
+- the emulated RSU (:mod:`laned.sim.rsu_emulator`) on a pseudo-terminal;
+- the fee display and the IO module as Modbus TCP servers (:mod:`laned.sim.modbus_devices`),
+  the IO module wired to a :class:`~laned.sim.lane_model.LaneModel` in which the vehicles
+  drive over the loops and under the arm;
+- a driver (:class:`LaneSim`) that lets the traffic in: each vehicle appears in the lane
+  model, its OBU enters the RSU's zone when it is the next vehicle to reach the arm, and a
+  vehicle kept waiting before a closed arm pulls over to the manual lane.
+
+The verdict compares what each vehicle was expected to get (``SimVehicle.expected``)
+with what the journal says happened, counts the charges the emulated cards really took
+(a second charge of one card is a double charge), and takes the safety violations from
+the lane model, which checks the arm against where the vehicles really are rather than
+against what the sensors said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import sqlite3
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from laned.app import run_lane
+from laned.config import Config, load_sim_config
+from laned.executor import LaneExecutor, Observation
+from laned.lane.status_list import StatusList, card_key, obu_key
+from laned.masking import mask_plate
+from laned.sim.lane_model import BarrierSpec, LaneGeometry, LaneModel
+from laned.sim.modbus_devices import EmulatedFeeDisplay, EmulatedIoModule, ModbusDeviceServer
+from laned.sim.rsu_emulator import EmulatorSettings, RsuEmulator, RsuState
+from laned.sim.rsu_scenario import ObuScenario
+from laned.sim.traffic import Kind, SimVehicle, status_entries
+
+log = logging.getLogger("laned.sim")
+
+STEP_S = 0.02  # how often the driver moves the lane model and lets traffic in
+JOURNAL_POLL_S = 0.1  # how often the driver reads what the lane decided
+SPAWN_X = -20.0  # m before the arm where a vehicle appears
+EXIT_X = 8.0  # m past the arm where a vehicle has left the lane
+RSU_ZONE_X = -15.0  # m before the arm where the RSU starts talking to an OBU
+PATIENCE_S = 1.5  # a driver facing a closed arm this long pulls over to the manual lane
+# Loop detectors see two vehicles as one when the gap between them is shorter than the
+# loop; the sim's drivers keep gaps the 2 m safety loop can still tell apart.
+SAFETY_LOOP_M = (-1.0, 1.0)
+GAP_M = 3.0  # a driver queueing behind another
+FOLLOW_GAP_M = 3.0  # a tailgater sticking to the car the barrier opened for
+SETTLE_S = 0.6  # after the last vehicle: let the journal and the display catch up
+BARRIER_TRAVEL_S = 0.8  # an ETC lane's fast barrier
+
+
+class SimError(RuntimeError):
+    """The simulation could not run (not: the lane got something wrong — that is the verdict)."""
+
+
+@dataclass
+class VehicleRun:
+    """One vehicle's way through the simulated lane."""
+
+    index: int
+    vehicle: SimVehicle
+    spawn_at: float  # seconds after the traffic started
+    model_id: str | None = None
+    announced: bool = False  # its OBU is in the RSU's zone
+    stopped_since: float | None = None
+    end: str = ""  # "passed" | "diverted" | "" while in the lane
+    outcome: str = "none"  # charged | refused | unknown | not_charged | entry_written | follow_car | none
+    reason: str | None = None
+    fee: int | None = None
+    seen_again: bool = False  # the RSU reported it again after it paid and the lane let it on
+
+    @property
+    def expected(self) -> str:
+        return self.vehicle.expected
+
+    @property
+    def as_expected(self) -> bool:
+        return self.reason == self.expected
+
+    def as_json(self, *, show_plates: bool) -> dict[str, Any]:
+        v = self.vehicle
+        return {"vehicle": self.index + 1, "plate": v.plate if show_plates else mask_plate(v.plate),
+                "kind": str(v.kind), "outcome": self.outcome, "reason": self.reason, "fee": self.fee,
+                "expected": self.expected, "as_expected": self.as_expected, "way": self.end or "in_lane"}
+
+
+@dataclass
+class SimSummary:
+    vehicles: int
+    charged: int
+    entry_written: int
+    refused: dict[str, int]
+    unknown: int
+    safety_violations: int
+    double_charges: int
+    turnaround_p50_ms: float | None
+    turnaround_p99_ms: float | None
+    outcomes: list[dict[str, Any]]
+    unexpected: int
+    follow_cars: int
+    passed: int
+    diverted: int
+    duration_s: float
+    violations: list[str] = field(default_factory=list)
+    state_dir: str | None = None  # where the journal and the daemon log are (None: removed)
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.safety_violations == 0 and self.double_charges == 0
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1]
+
+
+class LaneSim:
+    """``summary = await LaneSim(vehicles, state_dir).run()``."""
+
+    def __init__(self, vehicles: list[SimVehicle], state_dir: str | Path, *, seed: int = 0,
+                 show_plates: bool = False, on_change: Callable[[LaneSim], None] | None = None) -> None:
+        if not vehicles:
+            raise SimError("no vehicles to simulate")
+        self.state_dir = Path(state_dir)
+        self.seed = seed
+        self.show_plates = show_plates
+        self.on_change = on_change
+        t = 0.0
+        self.runs: list[VehicleRun] = []
+        for i, v in enumerate(vehicles):
+            t += v.arrive_after
+            self.runs.append(VehicleRun(i, v, t))
+        self.model: LaneModel | None = None
+        self.emulator: RsuEmulator | None = None
+        self.display: EmulatedFeeDisplay | None = None
+        self.io: EmulatedIoModule | None = None
+        self.executor: LaneExecutor | None = None
+        self.config: Config | None = None
+        self.observations: list[Observation] = []
+        self.started = 0.0
+        self.interrupted = False
+        self._by_model_id: dict[str, VehicleRun] = {}
+        self._by_obu: dict[str, VehicleRun] = {}
+        self._journal_rows: list[dict[str, Any]] = []
+        self._departed_seen = 0
+        self.events: list[tuple[float, int, str]] = []  # (seconds, vehicle number, what)
+
+    def trace(self, now: float, r: VehicleRun, what: str) -> None:
+        self.events.append((round(now - self.started, 2), r.index + 1, what))
+        log.debug("sim: vehicle %d (%s): %s", r.index + 1, r.vehicle.kind, what)
+
+    # -- the run ---------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event | None = None) -> SimSummary:
+        stop = stop or asyncio.Event()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        status_path = self._write_status_list()
+        self.display, self.io = EmulatedFeeDisplay(slave=1), EmulatedIoModule(slave=2)
+        self.model = LaneModel(now=time.monotonic(), geometry=LaneGeometry(spawn_x=SPAWN_X, safety_loop=SAFETY_LOOP_M, exit_x=EXIT_X),
+                               barrier=BarrierSpec(travel_time=BARRIER_TRAVEL_S))
+        self.io.attach_lane_model(self.model)
+        # Heartbeats as a real RSU sends them; an OBU that paid and is still in the zone is
+        # reported again half a second later (the ``seen_again`` vehicles).
+        settings = EmulatorSettings(heartbeat_interval=2.0, redetect_interval=0.5, seed=self.seed)
+        async with contextlib.AsyncExitStack() as stack:
+            server = await stack.enter_async_context(ModbusDeviceServer([self.display, self.io], transport="tcp"))
+            self.emulator = await stack.enter_async_context(RsuEmulator([], profile="national", settings=settings))
+            port = server.link.port  # type: ignore[union-attr]
+            self.config = load_sim_config(self.state_dir, overrides={
+                "rsu.port": self.emulator.path, "devices.io.port": port, "devices.fee_display.port": port,
+                "status_list.path": str(status_path)})
+            lane_stop = asyncio.Event()
+            lane = asyncio.create_task(run_lane(self.config, stop=lane_stop, observe=self._observe))
+            try:
+                await self._wait_ready(lane, stop)
+                self.started = time.monotonic()
+                await self._drive(lane, stop)
+            finally:
+                lane_stop.set()
+                self.executor = await asyncio.wait_for(lane, 15)
+        return self._verdict()
+
+    def _write_status_list(self) -> Path:
+        cards, obus = status_entries([r.vehicle for r in self.runs])
+        entries = [card_key(c[:4], c[4:]).with_reason() for c in sorted(cards)]
+        entries += [obu_key(bytes.fromhex(o)).with_reason() for o in sorted(obus)]
+        status = StatusList()
+        status.load_full(1, entries)
+        path = self.state_dir / "status_list.bin"
+        status.save(path)
+        return path
+
+    async def _wait_ready(self, lane: asyncio.Task[Any], stop: asyncio.Event) -> None:
+        """Until the daemon initialised the RSU (C0, C1) and read the IO module once."""
+        assert self.emulator is not None
+        deadline = time.monotonic() + 15.0
+        while self.emulator.state is not RsuState.SEARCHING or not self.io or not self.io.heard:
+            if lane.done():
+                lane.result()  # raises what stopped the daemon
+                raise SimError("the lane daemon stopped before it was ready")
+            if stop.is_set():
+                return
+            if time.monotonic() > deadline:
+                raise SimError(f"the lane did not initialise the emulated RSU within 15 s (RSU {self.emulator.state})")
+            await asyncio.sleep(STEP_S)
+        await asyncio.sleep(0.3)  # the interlock wants fresh clear samples before it trusts the loops
+
+    async def _drive(self, lane: asyncio.Task[Any], stop: asyncio.Event) -> None:
+        assert self.model is not None
+        last_traffic = self.runs[-1].spawn_at
+        # Generous: a lane that deadlocks must end the run with a verdict, not hang it.
+        deadline = self.started + last_traffic + 30.0 + 3.0 * len(self.runs)
+        done_at: float | None = None
+        last_journal_read = 0.0
+        while True:
+            if stop.is_set():
+                self.interrupted = True
+                break
+            now = time.monotonic()
+            if lane.done():
+                lane.result()  # raises what stopped the daemon
+                # It stopped cleanly: SIGINT/SIGTERM reached it (Ctrl-C). Report what ran.
+                self.interrupted = True
+                break
+            self.model.advance(now)
+            self._spawn(now)
+            self._track(now)
+            self._announce(now)
+            if now - last_journal_read > JOURNAL_POLL_S:
+                last_journal_read = now
+                self._read_journal()
+                self._turn_away(now)
+                self.on_change and self.on_change(self)
+            if all(r.end for r in self.runs) and self.emulator and self.emulator.state is not RsuState.IN_TRANSACTION:
+                done_at = done_at or now
+                if now - done_at >= SETTLE_S:
+                    break
+            if now > deadline:
+                log.error("simulation: %d vehicle(s) still in the lane at the deadline; stopping",
+                          sum(1 for r in self.runs if not r.end))
+                break
+            await asyncio.sleep(STEP_S)
+        self._read_journal()
+        self.on_change and self.on_change(self)
+
+    # -- traffic ---------------------------------------------------------------------------
+    def _spawn(self, now: float) -> None:
+        assert self.model is not None
+        elapsed = now - self.started
+        for r in self.runs:
+            if r.model_id is not None or r.spawn_at > elapsed:
+                continue
+            v = r.vehicle
+            speed = v.speed
+            gap = GAP_M
+            if v.kind is Kind.FOLLOW_CAR and r.index > 0:
+                # A tailgater keeps up with the car it follows.
+                speed = max(speed, self.runs[r.index - 1].vehicle.speed)
+                gap = FOLLOW_GAP_M
+            r.model_id = self.model.add_vehicle(now, length=v.length, speed=speed, follow_gap=gap,
+                                                vehicle_id=f"v{r.index + 1}")
+            self._by_model_id[r.model_id] = r
+            self._by_obu[v.obu_id] = r
+            self.trace(now, r, f"arrives ({v.kind}, {speed:.1f} m/s)")
+
+    def _track(self, now: float) -> None:
+        """Who left, who waits before a closed arm (and gives up)."""
+        model = self.model
+        assert model is not None
+        for vid, _ in model.departed[self._departed_seen:]:
+            r = self._by_model_id[vid]
+            r.end = "passed"
+            self.trace(now, r, "drove through and left the lane")
+        self._departed_seen = len(model.departed)
+        arm_open = model.barrier_position >= 1.0
+        for st in model.vehicles():
+            r = self._by_model_id[st.id]
+            waiting = not st.moving and not arm_open and st.front >= model.geometry.stop_x - 0.05
+            if not waiting:
+                r.stopped_since = None
+                continue
+            r.stopped_since = r.stopped_since or now
+            if now - r.stopped_since >= PATIENCE_S:
+                model.divert(now, st.id)
+                if r.announced and self.emulator is not None:
+                    self.emulator.remove_obu(r.vehicle.obu_id)
+                r.end = "diverted"
+                self.trace(now, r, f"waited {PATIENCE_S} s before the closed arm; pulled over to the manual lane")
+
+    def _turn_away(self, now: float) -> None:
+        """A driver told 请走人工车道 (refused, or a charge that went wrong) pulls over to the
+        manual lane while it still can; one already on the loop drives on."""
+        model = self.model
+        assert model is not None
+        for r in self.runs:
+            if r.end or r.model_id is None or r.outcome not in ("refused", "unknown", "not_charged"):
+                continue
+            st = model.vehicle(r.model_id)
+            if st is not None and st.front <= model.geometry.safety_loop[0] and not st.under_arm:
+                model.divert(now, r.model_id)
+                r.end = "diverted"
+                self.trace(now, r, f"told to use the manual lane ({r.reason}); pulled over")
+
+    def _announce(self, now: float) -> None:
+        """The RSU talks to one vehicle at a time, in the order they drive: the next one
+        enters its zone once the lane has decided about the one before. Follow-cars carry no
+        OBU; the car behind one is read once the tailgater reached the arm."""
+        model, emu = self.model, self.emulator
+        assert model is not None and emu is not None
+        if emu.state is RsuState.IN_TRANSACTION:
+            return
+        for r in self.runs:
+            if r.model_id is None:
+                return  # not in the lane yet
+            if r.end:
+                continue
+            if r.vehicle.kind is Kind.FOLLOW_CAR:
+                st = model.vehicle(r.model_id)
+                if st is not None and st.front <= model.geometry.arm_x:
+                    # Not before the tailgater reached the arm: otherwise the next car's
+                    # payment would already stand when it slips in, and it would pass on it.
+                    return
+                continue
+            if r.announced:
+                if r.outcome in ("none", "in_progress"):
+                    return  # the lane has not decided about it yet
+                continue
+            st = model.vehicle(r.model_id)
+            if st is None or st.front < RSU_ZONE_X:
+                return
+            r.announced = True
+            self.trace(now, r, "in the RSU zone")
+            emu.add_obu(ObuScenario.from_sim_vehicle(r.vehicle), arrive_in=0.0)
+            return
+
+    # -- what the lane did -------------------------------------------------------------------
+    def _observe(self, o: Observation) -> None:
+        self.observations.append(o)
+        if len(self.observations) > 2000:
+            del self.observations[:1000]
+        if o.kind == "alarm" and o.detail.get("code") == "follow_car":
+            self._blame_follow_car()
+
+    def _blame_follow_car(self) -> None:
+        """The vehicle that entered the safety loop with nobody's payment behind it: the
+        rearmost vehicle on the loop."""
+        model = self.model
+        if model is None:
+            return
+        on_loop = [st for st in model.vehicles() if st.on_safety_loop]
+        if not on_loop:
+            return
+        r = self._by_model_id[min(on_loop, key=lambda st: st.front).id]
+        if r.outcome == "none":
+            r.outcome, r.reason = "follow_car", "follow_car"
+
+    def _read_journal(self) -> None:
+        assert self.config is not None
+        path = self.config.journal.path
+        if not Path(path).exists():
+            return
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+        try:
+            db.row_factory = sqlite3.Row
+            rows = [dict(r) for r in db.execute("SELECT state, reason, obu_id, amount, fee, kind FROM transactions "
+                                                "ORDER BY seq")]
+        except sqlite3.Error as err:
+            log.debug("simulation: journal not readable yet (%s)", err)
+            return
+        finally:
+            db.close()
+        self._journal_rows = rows
+        before = {run.index: (run.outcome, run.seen_again) for run in self.runs}
+        for run in self.runs:
+            if run.outcome != "follow_car":
+                run.outcome, run.reason, run.fee, run.seen_again = "none", None, None, False
+        for row in rows:
+            r = self._by_obu.get((row["obu_id"] or "").lower())
+            if r is None:
+                continue
+            state, reason = row["state"], row["reason"]
+            if state == "event":
+                r.seen_again = r.seen_again or reason == "paid_on_record"
+                continue
+            if r.outcome in ("charged", "entry_written"):
+                continue  # what it paid stands; a later report of it adds nothing
+            r.outcome = {"intent": "in_progress"}.get(state, state)
+            r.reason = reason or state
+            r.fee = row["amount"] if state == "charged" else row["fee"]
+        now = time.monotonic()
+        for run in self.runs:
+            if before[run.index] != (run.outcome, run.seen_again):
+                fee = f" {run.fee / 100:.2f} yuan" if run.outcome == "charged" and run.fee is not None else ""
+                again = ", reported again and let on without a second charge" if run.seen_again else ""
+                self.trace(now, run, f"lane: {run.outcome} ({run.reason}){fee}{again}")
+
+    def _verdict(self) -> SimSummary:
+        model, emu = self.model, self.emulator
+        assert model is not None and emu is not None
+        per_card = Counter(p.obu_id for p in emu.charges)
+        journal_charged = Counter(r["obu_id"] for r in self._journal_rows if r["state"] == "charged")
+        double = sum(n - 1 for n in per_card.values() if n > 1) + sum(n - 1 for n in journal_charged.values() if n > 1)
+        turn = [t * 1000.0 for t in emu.turnarounds()]
+        refused = Counter(r.reason for r in self.runs if r.outcome == "refused" and r.reason)
+        return SimSummary(
+            vehicles=len(self.runs),
+            charged=sum(1 for r in self.runs if r.outcome == "charged"),
+            entry_written=sum(1 for r in self.runs if r.outcome == "entry_written"),
+            refused=dict(sorted(refused.items())),
+            unknown=sum(1 for r in self.runs if r.outcome == "unknown"),
+            safety_violations=len(model.violations),
+            double_charges=double,
+            turnaround_p50_ms=_round(percentile(turn, 50)),
+            turnaround_p99_ms=_round(percentile(turn, 99)),
+            outcomes=[r.as_json(show_plates=self.show_plates) for r in self.runs],
+            unexpected=sum(1 for r in self.runs if not r.as_expected),
+            follow_cars=sum(1 for r in self.runs if r.outcome == "follow_car"),
+            passed=sum(1 for r in self.runs if r.end == "passed"),
+            diverted=sum(1 for r in self.runs if r.end == "diverted"),
+            duration_s=round(time.monotonic() - self.started, 1) if self.started else 0.0,
+            violations=[f"{v.kind} ({v.vehicle}): {v.detail}" for v in model.violations],
+            state_dir=str(self.state_dir),
+            interrupted=self.interrupted,
+        )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
