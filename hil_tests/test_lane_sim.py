@@ -114,3 +114,22 @@ def test_a_bad_scenario_file_stops_the_sim_with_the_vehicle_and_key(tmp_path, co
     assert done.returncode == 2
     assert expected in done.stderr
     assert done.stdout == ""
+
+
+def test_ctrl_c_stops_the_sim_cleanly_with_a_summary_of_what_ran(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "laned.cli", "sim", "-n", "20", "--json",
+                             "--state-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "journal.db").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3.0)  # some traffic
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    summary = json.loads(out)
+    assert summary["interrupted"] is True and summary["vehicles"] == 20
+    assert summary["safety_violations"] == 0 and summary["double_charges"] == 0
+    assert any(o["way"] == "in_lane" for o in summary["outcomes"])

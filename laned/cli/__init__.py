@@ -97,7 +97,7 @@ def sim(
 
     Exit status 0: both rules held and every vehicle got what it should; 1: a safety
     violation or a double charge; 3: some vehicle got another outcome than expected;
-    2: bad input.
+    2: bad input; 130: interrupted.
     """
     from laned.cli import sim_cmd as tool
     from laned.config import ConfigError

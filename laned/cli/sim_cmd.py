@@ -2,7 +2,8 @@
 
 Exit status: 0 when the lane kept both rules and every vehicle got what it should;
 1 on any safety violation or double charge; 3 when some vehicle got another outcome
-than its kind calls for; 2 for bad input (scenario file, arguments).
+than its kind calls for; 2 for bad input (scenario file, arguments); 130 when stopped
+by Ctrl-C / SIGTERM (the summary covers what ran).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from laned.sim import sim_view
 from laned.sim.lane_sim import LaneSim, SimSummary
 from laned.sim.traffic import ScenarioError, SimVehicle, load_scenario, traffic_mix
 
-EXIT_OK, EXIT_RULE_BROKEN, EXIT_BAD_INPUT, EXIT_UNEXPECTED = 0, 1, 2, 3
+EXIT_OK, EXIT_RULE_BROKEN, EXIT_BAD_INPUT, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 LIVE_REFRESH_S = 0.2
 
 
@@ -44,6 +45,8 @@ def traffic(vehicles: int, seed: int, scenario: str | None) -> list[SimVehicle]:
 def exit_status(summary: SimSummary) -> int:
     if not summary.ok:
         return EXIT_RULE_BROKEN
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
     if summary.unexpected:
         return EXIT_UNEXPECTED
     return EXIT_OK

@@ -168,6 +168,10 @@ def summary_table(summary: SimSummary) -> Group:
                       o["reason"] or "", yuan(o["fee"]) if o["outcome"] == "charged" else "", o["way"],
                       "✓" if o["as_expected"] else f"✗ expected {o['expected']}")
     parts: list[Any] = [table, Panel(head, title="summary", title_align="left")]
+    if summary.interrupted:
+        unfinished = sum(1 for o in summary.outcomes if o["way"] == "in_lane")
+        parts.append(Text(f"interrupted after {summary.duration_s} s: {unfinished} vehicle(s) had not finished",
+                          style="yellow"))
     for v in summary.violations:
         parts.append(Text(f"SAFETY VIOLATION: {v}", style="bold red"))
     return Group(*parts)
