@@ -331,6 +331,16 @@ def test_an_obu_reported_again_while_its_charge_is_being_journalled_is_not_charg
     assert BarrierCommand.RAISE in ln.barrier(out) and ln.machine.counters[Reason.CHARGED] == 1
 
 
+def test_an_obu_reported_again_after_an_unknown_outcome_is_not_waved_through_nor_charged_again(lane):
+    lane.b2(), lane.b3(), lane.b4()
+    lane.b5(error=0x19)  # the card may or may not have been debited
+    out = lane.b2()
+    assert lane.sent(out) == ["C2"]
+    assert BarrierCommand.RAISE not in lane.barrier(out)
+    assert ("交易异常", "请走人工车道") in shown(out)
+    assert lane.machine.counters[Reason.PAID_ON_RECORD] == 0
+
+
 def test_a_damaged_b3_is_asked_for_again_and_the_vehicle_still_pays_once(lane):
     lane.b2()
     lane.feed(FrameLost("bcc"))

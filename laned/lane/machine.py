@@ -33,6 +33,7 @@ from laned.drivers.lane_io import InputSample, Light, Signal
 from laned.lane.barrier import BarrierCommand, BarrierInterlock, BarrierPosition, InterlockSettings
 from laned.lane.dialect import CardView, Dialect, ObuView, VehicleView
 from laned.lane.outcomes import IDLE, OUTCOMES, Reason
+from laned.lane.paid import Paid, PaidRecords
 from laned.protocol import Message, ObuFlag, ProtocolError
 from laned.protocol.profiles.common import STOP_RESEND
 from laned.protocol.records import CardIssueFile, CardType, StationRecord, is_known_vehicle_class
@@ -278,16 +279,6 @@ class Tx:
     balance_after: int | None = None
 
 
-@dataclass
-class Paid:
-    """An OBU/card that paid: recognised again within the re-detection window."""
-
-    obu_id: bytes
-    card_key: str | None
-    at: float
-    seq: int | None
-
-
 class LaneMachine:
     def __init__(self, settings: LaneSettings, dialect: Dialect, *, fees: FeeLookup | None = None,
                  status: StatusLookup | None = None, recent: list[Paid] | None = None) -> None:
@@ -299,7 +290,7 @@ class LaneMachine:
         self.tx: Tx | None = None
         # Charges whose B5 success is being journalled while the RSU already moved on.
         self._recording: dict[str, Tx] = {}
-        self.paid: list[Paid] = list(recent or [])
+        self.paid = PaidRecords(recent or ())
         self.credits = 0  # vehicles allowed through and not yet past the safety loop
         self.want_down = True
         self.safety_occupied: bool | None = None
@@ -593,7 +584,7 @@ class LaneMachine:
             return
         entry = self.s.direction is Direction.ENTRY
         reason = Reason.ENTRY_WRITTEN if entry else Reason.CHARGED
-        self.paid.append(Paid(tx.obu.obu_id, tx.card_file.card_key if tx.card_file else None, now, tx.seq))
+        self.paid.add(Paid(tx.obu.obu_id, tx.card_file.card_key if tx.card_file else None, now, tx.seq))
         self._let_through(tx, reason, now, out, fee=None if entry else tx.fee, balance=tx.balance_after)
 
     def _charge_record_failed(self, ev: ChargeRecordFailed, now: float, out: list[Action]) -> None:
@@ -603,7 +594,7 @@ class LaneMachine:
         # The card paid but the journal cannot say so: keep the lane closed for the operator.
         out.append(RaiseAlarm("journal_failed", f"charge seq {tx.seq} could not be completed: {ev.error}"))
         # It paid: never charge it again inside the window, even though the record failed.
-        self.paid.append(Paid(tx.obu.obu_id, tx.card_file.card_key if tx.card_file else None, now, tx.seq))
+        self.paid.add(Paid(tx.obu.obu_id, tx.card_file.card_key if tx.card_file else None, now, tx.seq))
         self._show(Reason.JOURNAL_FAILED, tx, out)
         self.counters[Reason.JOURNAL_FAILED] += 1
 
@@ -627,8 +618,15 @@ class LaneMachine:
 
     def _pass_on_record(self, tx: Tx, rsctl: int | None, now: float, out: list[Action]) -> None:
         out.append(Send(self.d.stop(tx.obu.obu_id), rsctl))
-        out.append(JournalEvent(str(Reason.PAID_ON_RECORD), self._record(tx, Reason.PAID_ON_RECORD)))
         self.tx = None
+        if not self._paid_for_sure(tx):
+            out.append(JournalEvent(str(Reason.OUTCOME_UNKNOWN), self._record(tx, Reason.OUTCOME_UNKNOWN)))
+            self.counters["seen_again_unknown"] += 1
+            self._show(Reason.OUTCOME_UNKNOWN, tx, out)
+            if self.credits == 0:
+                self._set_light(Light.RED, out)
+            return
+        out.append(JournalEvent(str(Reason.PAID_ON_RECORD), self._record(tx, Reason.PAID_ON_RECORD)))
         if self.credits == 0 and self.barrier.position is not BarrierPosition.UP:
             # Paid and still in the zone in front of a closed barrier: let it through again.
             self._let_through(tx, Reason.PAID_ON_RECORD, now, out)
@@ -650,7 +648,8 @@ class LaneMachine:
         out.append(RaiseAlarm(str(Reason.OUTCOME_UNKNOWN), f"seq {tx.seq} OBU {tx.obu.obu_id.hex()}: {why}"))
         self.counters[Reason.OUTCOME_UNKNOWN] += 1
         # Recognised as possibly paid: a second C6 for it inside the window could charge twice.
-        self.paid.append(Paid(tx.obu.obu_id, tx.card_file.card_key if tx.card_file else None, now, tx.seq))
+        self.paid.add(Paid(tx.obu.obu_id, tx.card_file.card_key if tx.card_file else None, now, tx.seq,
+                              settled=False))
         self.tx = None
         self._show(Reason.OUTCOME_UNKNOWN, tx, out)
         if self.credits == 0:
@@ -678,8 +677,12 @@ class LaneMachine:
 
     def _paid_recently(self, obu_id: bytes, card_key: str | None, now: float) -> bool:
         window = self.s.redetect_window
-        self.paid = [p for p in self.paid if now - p.at <= window]
-        return any(p.obu_id == obu_id or (card_key is not None and p.card_key == card_key) for p in self.paid)
+        self.paid.expire(now, window)
+        return bool(self.paid.find(obu_id, card_key))
+
+    def _paid_for_sure(self, tx: Tx) -> bool:
+        key = tx.card_file.card_key if tx.card_file else None
+        return any(p.settled for p in self.paid.find(tx.obu.obu_id, key))
 
     def _frame_lost(self, now: float) -> None:
         tx = self.tx

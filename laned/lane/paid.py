@@ -1,0 +1,71 @@
+"""Who paid, recently: the lane's memory for "an OBU seen again after paying".
+
+An OBU that paid is still in the RSU's zone for a while and is reported again; so is a
+card moved to another OBU. Within the re-detection window such a vehicle is let through
+on its record and never charged again. The lane looks this up on every B2 and B4, so
+the lookup is by key (OBU id, card) and does not grow with the traffic of the window.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+
+@dataclass
+class Paid:
+    """An OBU/card that paid: recognised again within the re-detection window."""
+
+    obu_id: bytes
+    card_key: str | None
+    at: float  # monotonic
+    seq: int | None
+    settled: bool = True  # False: its charge is unknown, it may not have paid
+
+
+class PaidRecords:
+    """The payments of the re-detection window, by OBU id and by card."""
+
+    def __init__(self, records: Iterable[Paid] = ()) -> None:
+        self._order: deque[Paid] = deque()
+        self._by_obu: dict[bytes, list[Paid]] = {}
+        self._by_card: dict[str, list[Paid]] = {}
+        for p in sorted(records, key=lambda p: p.at):
+            self.add(p)
+
+    def add(self, p: Paid) -> None:
+        self._order.append(p)
+        self._by_obu.setdefault(p.obu_id, []).append(p)
+        if p.card_key is not None:
+            self._by_card.setdefault(p.card_key, []).append(p)
+
+    def expire(self, now: float, window: float) -> None:
+        """Forget payments older than ``window`` seconds."""
+        while self._order and now - self._order[0].at > window:
+            p = self._order.popleft()
+            _forget(self._by_obu, p.obu_id, p)
+            if p.card_key is not None:
+                _forget(self._by_card, p.card_key, p)
+
+    def find(self, obu_id: bytes, card_key: str | None) -> list[Paid]:
+        """Payments of this OBU or of this card."""
+        found = list(self._by_obu.get(obu_id, ()))
+        if card_key is not None:
+            found += [p for p in self._by_card.get(card_key, ()) if p not in found]
+        return found
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __iter__(self) -> Iterator[Paid]:
+        return iter(self._order)
+
+
+def _forget(index: dict, key: object, p: Paid) -> None:
+    entries = index.get(key)
+    if entries is None:
+        return
+    entries[:] = [e for e in entries if e is not p]
+    if not entries:
+        del index[key]
