@@ -1,0 +1,269 @@
+"""Helpers of the lane scenario tests: the real daemon (``run_lane``) against the emulated
+RSU on a pty, optionally with the emulated fee display and IO module on Modbus TCP, and
+the journal read back from SQLite (read-only, as an operator's tool would).
+
+A *lane bench* is one daemon run: :func:`lane_bench` starts the emulators, builds the
+configuration the way ``laned run`` validates it, runs ``run_lane`` until the test is done
+and stops it cleanly. Everything the executor did is in ``bench.seen`` (Observations).
+
+Waits are deadline-bound polls; nothing sleeps a fixed time to let an effect happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from laned.app import run_lane
+from laned.config import Config, parse_config
+from laned.executor import LaneExecutor, Observation
+from laned.lane.status_list import StatusList, card_key, obu_key
+from laned.sim.lane_model import LaneModel
+from laned.sim.modbus_devices import EmulatedFeeDisplay, EmulatedIoModule, ModbusDeviceServer
+from laned.sim.rsu_emulator import EmulatorSettings, LogEntry, RsuEmulator, RsuState
+from laned.sim.rsu_scenario import ObuScenario
+
+FEE_TABLE = str(resources.files("laned") / "data" / "fee_table_sim.toml")
+LANE_ID = "G0001-0201-03"
+T = 8.0  # generous per-step deadline for a loaded 2-core box; each step normally takes ms
+DISPLAY_SLAVE = 1
+IO_SLAVE = 2
+
+# Short timings so exception paths take a fraction of a second: the RSU gives an OBU up
+# after 1.1 s without an answer (as the real one does) and re-reports an OBU that stays
+# in the zone after 0.3 s; no heartbeats unless a test wants them.
+FAST_RSU = EmulatorSettings(answer_timeout=1.1, heartbeat_interval=None, redetect_interval=0.3)
+
+
+def lane_section(**overrides: Any) -> dict[str, Any]:
+    lane: dict[str, Any] = {"lane_id": LANE_ID, "network": "3701", "station": "0201", "lane_number": 3,
+                            "direction": "exit", "b5_timeout_s": 0.5, "transaction_timeout_s": 3.0}
+    lane.update(overrides)
+    return lane
+
+
+def config_data(journal: Path, rsu_port: str, *, profile: str = "national", lane: dict[str, Any] | None = None,
+                rsu: dict[str, Any] | None = None, devices: dict[str, Any] | None = None,
+                status_list: Path | None = None, barrier: dict[str, Any] | None = None,
+                log: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The configuration as TOML would hold it (``parse_config`` / a file for ``laned run``)."""
+    data: dict[str, Any] = {
+        "lane": lane_section(**(lane or {})),
+        "rsu": {"profile": profile, "transport": "serial", "port": rsu_port, "baud": 115200, **(rsu or {})},
+        "journal": {"path": str(journal)},
+        "fee_table": {"path": FEE_TABLE},
+    }
+    if devices:
+        data["devices"] = devices
+    if status_list is not None:
+        data["status_list"] = {"path": str(status_list)}
+    if barrier:
+        data["barrier"] = barrier
+    if log:
+        data["log"] = log
+    return data
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """A minimal TOML writer for :func:`config_data` (tables of scalars and lists)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    lines: list[str] = []
+
+    def table(name: str, t: dict[str, Any]) -> None:
+        lines.append(f"[{name}]")
+        subs = []
+        for k, v in t.items():
+            if isinstance(v, dict):
+                subs.append((f"{name}.{k}", v))
+            else:
+                lines.append(f"{k} = {value(v)}")
+        lines.append("")
+        for sub_name, sub in subs:
+            table(sub_name, sub)
+
+    for name, t in data.items():
+        table(name, t)
+    return "\n".join(lines)
+
+
+def write_status_list(path: Path, *, obus: Iterable[bytes] = (), cards: Iterable[str] = ()) -> Path:
+    """Save a status list file the daemon loads at start (cards as network + number, 20 digits)."""
+    entries = [obu_key(o).with_reason() for o in obus] + [card_key(c[:4], c[4:]).with_reason() for c in cards]
+    status = StatusList()
+    status.load_full(1, entries)
+    status.save(path)
+    return path
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """Every row of ``transactions`` in seq order, read-only; [] while there is no table yet."""
+    if not Path(path).exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
+    try:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM transactions ORDER BY seq")]
+    except sqlite3.OperationalError as err:
+        if "no such table" in str(err):
+            return []
+        raise
+    finally:
+        db.close()
+
+
+async def poll_until(predicate: Callable[[], Any], timeout: float = T, what: str = "",
+                     describe: Callable[[], str] | None = None) -> Any:
+    """A deadline-bound poll (the daemon, the Modbus server and SQLite have no shared event)."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout} s for {what or predicate}" + (f"\n{describe()}" if describe else ""))
+        await asyncio.sleep(0.01)  # the poll interval, not a wait for an effect
+    return value
+
+
+@dataclass
+class LaneBench:
+    emu: RsuEmulator
+    config: Config
+    display: EmulatedFeeDisplay | None = None
+    io: EmulatedIoModule | None = None
+    model: LaneModel | None = None
+    seen: list[Observation] = field(default_factory=list)
+    executor: LaneExecutor | None = None  # set once the daemon stopped
+    task: asyncio.Task[LaneExecutor] | None = None
+    # Called synchronously with each observation, inside the executor's step: what a hook
+    # reads from the journal is what was durable when the executor acted.
+    hooks: list[Callable[[Observation], None]] = field(default_factory=list)
+
+    def observe(self, o: Observation) -> None:
+        self.seen.append(o)
+        for hook in self.hooks:
+            hook(o)
+
+    @property
+    def journal_path(self) -> Path:
+        return self.config.journal.path
+
+    def rows(self) -> list[dict[str, Any]]:
+        return read_journal(self.journal_path)
+
+    def observed(self, kind: str) -> list[dict[str, Any]]:
+        return [o.detail for o in self.seen if o.kind == kind]
+
+    def c2_for(self, obu_id: str) -> list[LogEntry]:
+        return [e for e in self.emu.received("C2") if e.obu_id == obu_id]
+
+    def c6_for(self, obu_id: str) -> list[LogEntry]:
+        return [e for e in self.emu.received("C6") if e.obu_id == obu_id]
+
+    def describe(self) -> str:
+        emu = self.emu
+        lines = [f"emulator {emu.state}, counters {dict(emu.counters)}, charges {len(emu.charges)}"]
+        lines += [f"  {e.direction} {e.name} {e.obu_id or ''} {e.note}" for e in emu.log[-25:]]
+        lines += [f"  lane {o.kind} {o.detail}" for o in self.seen[-25:]]
+        lines += [f"  journal {r['seq']} {r['kind']} {r['state']} {r['reason']}" for r in self.rows()]
+        if self.display is not None:
+            lines.append(f"  display {self.display.shown()}")
+        return "\n".join(lines)
+
+    async def until(self, predicate: Callable[[], Any], timeout: float = T, what: str = "") -> Any:
+        if self.task is not None and self.task.done():
+            self.task.result()  # what stopped the daemon
+        return await poll_until(predicate, timeout, what, self.describe)
+
+    async def decided(self, kind: str, timeout: float = T) -> dict[str, Any]:
+        """The first observation of ``kind`` (refused, unknown, barrier …)."""
+        found: dict[str, Any] = await self.until(lambda: next(iter(self.observed(kind)), None), timeout,
+                                                 f"the lane to report {kind!r}")
+        return found
+
+    async def journal_row(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = T,
+                          what: str = "a journal row") -> dict[str, Any]:
+        row: dict[str, Any] = await self.until(lambda: next((r for r in self.rows() if predicate(r)), None),
+                                               timeout, what)
+        return row
+
+    async def display_shows(self, line1: str, timeout: float = T) -> Any:
+        assert self.display is not None, "no fee display on this bench"
+        display = self.display
+        return await self.until(lambda: display.shown() if display.shown().line1 == line1 else None, timeout,
+                                f"the fee display to show {line1!r}")
+
+
+@asynccontextmanager
+async def lane_bench(tmp_path: Path, obus: Iterable[ObuScenario] = (), *, profile: str = "national",
+                     lane: dict[str, Any] | None = None, rsu: dict[str, Any] | None = None,
+                     settings: EmulatorSettings = FAST_RSU, display: bool = True,
+                     model: LaneModel | None = None, status_list: Path | None = None,
+                     barrier: dict[str, Any] | None = None,
+                     hooks: Iterable[Callable[[Observation], None]] = ()) -> AsyncIterator[LaneBench]:
+    """The daemon against the emulated RSU (and fee display; IO module wired to ``model``)."""
+    async with AsyncExitStack() as stack:
+        emu = await stack.enter_async_context(RsuEmulator(obus, profile=profile, settings=settings))
+        devices: dict[str, Any] = {}
+        fee_display = io = None
+        if display or model is not None:
+            emulated: list[Any] = []
+            if display:
+                fee_display = EmulatedFeeDisplay(DISPLAY_SLAVE)
+                emulated.append(fee_display)
+            if model is not None:
+                io = EmulatedIoModule(IO_SLAVE)
+                io.attach_lane_model(model)
+                emulated.append(io)
+            server = await stack.enter_async_context(ModbusDeviceServer(emulated, transport="tcp"))
+            port = server.link.port  # type: ignore[union-attr]
+            if fee_display is not None:
+                devices["fee_display"] = {"kind": "modbus_tcp", "host": "127.0.0.1", "port": port,
+                                          "slave": DISPLAY_SLAVE}
+            if io is not None:
+                devices["io"] = {"kind": "modbus_tcp", "host": "127.0.0.1", "port": port, "slave": IO_SLAVE}
+        cfg = parse_config(config_data(tmp_path / "journal.db", emu.path, profile=profile, lane=lane, rsu=rsu,
+                                       devices=devices, status_list=status_list, barrier=barrier))
+        bench = LaneBench(emu, cfg, fee_display, io, model, hooks=list(hooks))
+        stop = asyncio.Event()
+        bench.task = asyncio.create_task(run_lane(cfg, stop=stop, observe=bench.observe))
+        mover = asyncio.create_task(_move(model)) if model is not None else None
+        try:
+            await bench.until(lambda: emu.state is not RsuState.UNINIT and emu.received("C1"), T,
+                              "the daemon to initialise the RSU (C0, C1)")
+            yield bench
+        except BaseException:
+            print(bench.describe())  # shown by pytest with the failure
+            raise
+        finally:
+            if mover is not None:
+                mover.cancel()
+            stop.set()
+            bench.executor = await asyncio.wait_for(bench.task, 15)
+
+
+async def _move(model: LaneModel) -> None:
+    """Keep the lane model's vehicles and arm moving on the real clock."""
+    while True:
+        model.advance(time.monotonic())
+        await asyncio.sleep(0.01)
+
+
+def today() -> dt.date:
+    """The lane's civil date (the daemon compares contract dates with its wall clock)."""
+    return dt.datetime.now().date()
