@@ -185,5 +185,6 @@ async def test_a_daemon_killed_after_the_b5_was_journalled_stays_charged_once_an
             await until(second, lambda: [e for e in emu.received("C2") if e.obu_id == OBU], "the C2", emu)
             assert len(emu.charges) == 1 and len(emu.received("C6")) == 1
             assert await second.stop() == 0
+            assert "link lost" not in second.log()  # a clean stop is not reported as a fault
             assert [(r["seq"], r["state"], r["tac"]) for r in rows(tmp_path)] == [(1, "charged", charge.tac.hex()),
                                                                                   (2, "event", None)]

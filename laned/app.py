@@ -138,6 +138,9 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
             if st.connected:
                 log.info("rsu: connected; initialising it (C0)")
                 executor.handle(LinkUp())
+            elif stop.is_set():
+                log.info("rsu: link closed (the lane is stopping)")
+                executor.handle(LinkLost())
             else:
                 log.warning("rsu: link lost (%s); an in-flight transaction is recorded as unknown", st.reason)
                 executor.handle(LinkLost())
