@@ -119,6 +119,7 @@ class LaneSection(_Model):
     redetect_window_s: float = Field(300.0, gt=0, le=3600)
     transaction_timeout_s: float = Field(3.0, gt=0, le=30)  # B2 to B5, the whole exchange
     b5_timeout_s: float = Field(1.0, gt=0, le=1.1)
+    passage_timeout_s: float = Field(60.0, ge=5, le=600)  # a paid vehicle that never reaches the loop
     missing_entry_policy: Literal["max_fee", "refuse"] = "max_fee"
     credit_card_policy: Literal["allow", "refuse"] = "allow"
     accepted_issuers: list[IssuerId] = Field(default_factory=list)  # empty: every issuer
@@ -347,6 +348,7 @@ class Config(_Model):
             station=bytes.fromhex(lane.station), lane_number=lane.lane_number,
             accepted_issuers=frozenset(bytes.fromhex(i) for i in lane.accepted_issuers),
             redetect_window=lane.redetect_window_s, b5_timeout=lane.b5_timeout_s,
+            passage_timeout=lane.passage_timeout_s,
             missing_entry_policy=MissingEntryPolicy(lane.missing_entry_policy),
             allow_credit_cards=lane.credit_card_policy == "allow", tx_power=self.rsu.tx_power,
             pll_channel=self.rsu.pll_channel, interlock=self.barrier.interlock())

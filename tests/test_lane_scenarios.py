@@ -249,6 +249,27 @@ def test_a_tailgater_does_not_use_up_the_payment_of_the_car_behind_it(lane):
     assert BarrierCommand.LOWER in lane.barrier(out)
 
 
+def test_a_paid_vehicle_that_never_reaches_the_loop_stops_holding_the_arm_open(lane):
+    lane.pay()  # it paid, then turned back instead of driving through
+    out = lane.advance(59.0)
+    assert BarrierCommand.LOWER not in lane.barrier(out)
+    out = lane.advance(3.0)
+    assert BarrierCommand.LOWER in lane.barrier(out)
+    assert lane.machine.credits == 0 and lane.machine.counters["passage_timeout"] == 1
+    assert any(j[0] == "JournalEvent" and j[1].kind == "passage_timeout" for j in lane.journal)
+
+
+def test_the_passage_timeout_waits_while_the_loop_is_occupied(lane):
+    lane.pay()
+    lane.loop(True)  # a long vehicle, or a slow one, still on the loop
+    out = lane.advance(70.0)
+    assert lane.machine.credits == 1 and BarrierCommand.LOWER not in lane.barrier(out)
+    lane.loop(False)
+    out = lane.advance(2.0)
+    assert lane.machine.counters["passage_timeout"] == 0
+    assert BarrierCommand.LOWER in lane.barrier(out)
+
+
 def test_a_stale_safety_loop_keeps_the_barrier_up():
     ln = Lane()
     ln.advance(4.0)

@@ -241,6 +241,9 @@ class LaneSettings:
     accepted_issuers: frozenset[bytes] = frozenset()  # empty: every issuer
     redetect_window: float = 300.0  # s an OBU/card that paid is recognised
     b5_timeout: float = 1.0  # s after C6
+    # A vehicle let through that has not passed the safety loop after this long (it
+    # turned back, or was never there) no longer holds the arm open for whoever comes next.
+    passage_timeout: float = 60.0
     refetch_attempts: int = 1
     missing_entry_policy: MissingEntryPolicy = MissingEntryPolicy.MAX_FEE
     allow_credit_cards: bool = True
@@ -292,6 +295,7 @@ class LaneMachine:
         self._recording: dict[str, Tx] = {}
         self.paid = PaidRecords(recent or ())
         self.credits = 0  # vehicles allowed through and not yet past the safety loop
+        self._credit_at: list[float] = []  # when each of those was let through, oldest first
         self.want_down = True
         self.safety_occupied: bool | None = None
         # The loop is held by a vehicle nobody paid for (a follow-car): its leaving must not
@@ -637,6 +641,7 @@ class LaneMachine:
                      balance: int | None = None) -> None:
         self.counters[reason] += 1
         self.credits += 1
+        self._credit_at.append(now)
         self.want_down = False
         self._show(reason, tx, out, fee=fee, balance=balance)
         out.append(MoveBarrier(self.barrier.command_raise()))
@@ -684,6 +689,20 @@ class LaneMachine:
         key = tx.card_file.card_key if tx.card_file else None
         return any(p.settled for p in self.paid.find(tx.obu.obu_id, key))
 
+    def _expire_passages(self, now: float, out: list[Action]) -> None:
+        if self.safety_occupied is not False:
+            return  # someone (or, for all the lane knows, someone) is passing right now
+        while self._credit_at and now - self._credit_at[0] > self.s.passage_timeout:
+            self._credit_at.pop(0)
+            self.credits -= 1
+            self.counters["passage_timeout"] += 1
+            out.append(RaiseAlarm("passage_timeout", f"a vehicle let through did not pass within "
+                                  f"{self.s.passage_timeout:g} s; the arm no longer waits for it"))
+            out.append(JournalEvent("passage_timeout", {"lane_id": self.s.lane_id, "reason": "passage_timeout"}))
+            if self.credits == 0:
+                self.want_down = True
+                self._set_light(Light.RED, out)
+
     def _frame_lost(self, now: float) -> None:
         tx = self.tx
         self.counters["frame_damaged"] += 1
@@ -695,6 +714,7 @@ class LaneMachine:
 
     # -- timers --------------------------------------------------------------------------------
     def _timers(self, now: float, out: list[Action]) -> None:
+        self._expire_passages(now, out)
         tx = self.tx
         if tx is not None and tx.resend_due is not None and now >= tx.resend_due:
             tx.resend_due = None
@@ -730,6 +750,7 @@ class LaneMachine:
                 self.unpaid_on_loop = False
             elif self.credits > 0:
                 self.credits -= 1
+                self._credit_at = self._credit_at[1:]
             if self.credits == 0:
                 self.want_down = True
 
