@@ -294,8 +294,9 @@ class LaneMachine:
         # Charges whose B5 success is being journalled while the RSU already moved on.
         self._recording: dict[str, Tx] = {}
         self.paid = PaidRecords(recent or ())
-        self.credits = 0  # vehicles allowed through and not yet past the safety loop
-        self._credit_at: list[float] = []  # when each of those was let through, oldest first
+        # When each vehicle allowed through and not yet past the safety loop was let
+        # through, oldest first.
+        self._credit_at: list[float] = []
         self.want_down = True
         self.safety_occupied: bool | None = None
         # The loop is held by a vehicle nobody paid for (a follow-car): its leaving must not
@@ -305,6 +306,11 @@ class LaneMachine:
         self.display = DisplayContent(line1=IDLE.line1, line2=IDLE.line2)
         self.light = Light.RED
         self.c6_sent: list[tuple[bytes, float, str]] = []  # (obu_id, now, tx_id), for invariant checks
+
+    @property
+    def credits(self) -> int:
+        """Vehicles allowed through and not yet past the safety loop."""
+        return len(self._credit_at)
 
     # -- entry point -----------------------------------------------------------------------
     def handle(self, event: Event, now: float, wall: dt.datetime) -> list[Action]:
@@ -640,7 +646,6 @@ class LaneMachine:
     def _let_through(self, tx: Tx, reason: Reason, now: float, out: list[Action], *, fee: int | None = None,
                      balance: int | None = None) -> None:
         self.counters[reason] += 1
-        self.credits += 1
         self._credit_at.append(now)
         self.want_down = False
         self._show(reason, tx, out, fee=fee, balance=balance)
@@ -694,7 +699,6 @@ class LaneMachine:
             return  # someone (or, for all the lane knows, someone) is passing right now
         while self._credit_at and now - self._credit_at[0] > self.s.passage_timeout:
             self._credit_at.pop(0)
-            self.credits -= 1
             self.counters["passage_timeout"] += 1
             out.append(RaiseAlarm("passage_timeout", f"a vehicle let through did not pass within "
                                   f"{self.s.passage_timeout:g} s; the arm no longer waits for it"))
@@ -748,9 +752,8 @@ class LaneMachine:
         elif sample.active is False and was is True:
             if self.unpaid_on_loop:
                 self.unpaid_on_loop = False
-            elif self.credits > 0:
-                self.credits -= 1
-                self._credit_at = self._credit_at[1:]
+            elif self._credit_at:
+                self._credit_at.pop(0)
             if self.credits == 0:
                 self.want_down = True
 
