@@ -20,7 +20,7 @@ from laned.config import Config
 from laned.drivers.fee_display import FeeDisplay
 from laned.drivers.lane_io import LaneIO
 from laned.drivers.rsu import LinkStatus, RsuLink
-from laned.executor import LaneExecutor, Observation
+from laned.executor import LaneExecutor
 from laned.lane.dialect import Dialect
 from laned.lane.fee_table import FeeSchedule, FeeTable
 from laned.lane.machine import FrameLost, LaneMachine, LinkLost, LinkUp

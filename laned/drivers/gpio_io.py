@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from functools import partial
 from typing import Final
 
@@ -31,6 +31,7 @@ from laned.drivers.errors import DeviceError, DeviceOffline, ReadbackMismatch
 from laned.drivers.fanout import Fanout
 from laned.drivers.gpio_profile import BarrierMode, GpioPinMap
 from laned.drivers.lane_io import DeviceHealth, InputSample, Light, Output, SampledLaneIO, Signal
+from laned.drivers.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +90,7 @@ class GpioLaneIO(SampledLaneIO):
         self._task = asyncio.create_task(self._run(), name=f"{self.name}-poll")
 
     async def close(self) -> None:
-        for task in (self._pulse_task, self._task):
-            if task is not None and not task.done():
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+        await cancel_and_wait(self._pulse_task, self._task)
         if self._online:
             # Leave the lane in a defined state: barrier outputs released, no light,
             # no alarm. Best effort; a failure is logged, the pins are closed anyway.

@@ -45,6 +45,7 @@ from pymodbus.pdu import ModbusPDU
 
 from laned.drivers.errors import DeviceError, DeviceOffline, DeviceRejected, DeviceTimeout, UnexpectedReply
 from laned.drivers.lane_io import DeviceHealth
+from laned.drivers.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -579,13 +580,7 @@ class ModbusBus:
         self._closed = True
         # Taken before cancelling: the worker forgets its current request as it unwinds.
         in_flight = self._current
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(*self._tasks)
         closed = DeviceOffline(self.name, "request", "the bus is closed (laned is stopping)")
         leftovers = [p for _, _, p in self._queue] + ([in_flight] if in_flight else [])
         for pending in leftovers:

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -41,6 +41,7 @@ from laned.drivers.modbus_bus import (
     ReadInputRegisters,
     WriteCoil,
 )
+from laned.drivers.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +156,7 @@ class ModbusLaneIO(SampledLaneIO):
         self._poll_task = asyncio.create_task(self._poll_forever(), name=f"{self.name}-poll")
 
     async def close(self) -> None:
-        for task in (self._pulse_task, self._poll_task):
-            if task is not None and not task.done():
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+        await cancel_and_wait(self._pulse_task, self._poll_task)
         # Leave the lane in a defined state: barrier outputs released, no light, no
         # alarm. Best effort; the bus may already be gone.
         try:

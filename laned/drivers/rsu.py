@@ -63,6 +63,7 @@ from laned.protocol.errors import ProtocolError
 from laned.protocol.messages import Message
 from laned.protocol.profiles import Profile, get_profile
 from laned.protocol.rsctl import LaneSequence, reply_rsctl
+from laned.drivers.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -356,12 +357,7 @@ class RsuLink:
     async def close(self) -> None:
         self._stopping = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(task)
         self._drop_transport("closed")
         self._queue.put_nowait(_END)
 

@@ -316,14 +316,18 @@ def parse_obu_scenarios(data: Any, *, source: str = "scenario") -> list[ObuScena
     return out
 
 
-def load_obu_scenarios(path: str | Path) -> list[ObuScenario]:
+def read_json_file(path: str | Path, error: type[ValueError]) -> Any:
+    """A scenario file's JSON; ``error`` names the file and what is wrong with it."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as err:
-        raise ScenarioFileError(f"cannot read scenario {path}: {err.strerror}") from None
+        raise error(f"cannot read scenario {path}: {err.strerror}") from None
     except json.JSONDecodeError as err:
-        raise ScenarioFileError(f"scenario {path} is not JSON: line {err.lineno} column {err.colno}: {err.msg}") from None
-    return parse_obu_scenarios(data, source=str(path))
+        raise error(f"scenario {path} is not JSON: line {err.lineno} column {err.colno}: {err.msg}") from None
+
+
+def load_obu_scenarios(path: str | Path) -> list[ObuScenario]:
+    return parse_obu_scenarios(read_json_file(path, ScenarioFileError), source=str(path))
 
 
 def scenarios_from_sim(vehicles: Any, start: float = 0.0) -> list[ObuScenario]:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import json
 import random
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from laned.sim.rsu_scenario import read_json_file
 
 PROVINCES = "京津沪渝冀晋辽吉黑苏浙皖闽赣鲁豫鄂湘粤琼川贵云陕甘青"
 LETTERS = "ABCDEFGHJKLMNPQRSTUVWXY"
@@ -118,13 +119,7 @@ class ScenarioError(ValueError):
 
 
 def load_scenario(path: str | Path) -> list[SimVehicle]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ScenarioError(f"cannot read scenario {path}: {err.strerror}") from None
-    except json.JSONDecodeError as err:
-        raise ScenarioError(f"scenario {path} is not JSON: line {err.lineno} column {err.colno}: {err.msg}") from None
-    return parse_scenario(data, source=str(path))
+    return parse_scenario(read_json_file(path, ScenarioError), source=str(path))
 
 
 def parse_scenario(data: Any, *, source: str = "scenario") -> list[SimVehicle]:
