@@ -296,7 +296,7 @@ def test_the_re_detection_window_finds_a_recent_charge_by_obu_or_card(journal):
 
 
 def test_iter_since_yields_every_row_after_a_position_in_order(journal, monkeypatch):
-    monkeypatch.setattr(journal_mod, "BATCH", 2)  # cross several batches
+    monkeypatch.setattr(journal_mod.store, "BATCH", 2)  # cross several batches (iter_since reads it there)
     for i in range(5):
         journal.record_event("alarm", at(i), detail=f"#{i}")
     assert [e.seq for e in journal.iter_since(0)] == [1, 2, 3, 4, 5]

@@ -1,0 +1,107 @@
+"""The journal's SQLite schema, its migrations, and how values go to and come from a row."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from laned.journal.errors import JournalError
+from laned.journal.records import B5_FIELDS, U32_MAX, B5Result, JournalEntry, TxState
+
+SCHEMA_VERSION = 1
+
+_BYTES = frozenset({"obu_id", "issuer", "obu_serial", "obu_status", "tac", "psam_no"})
+_DATES = frozenset({"contract_start", "contract_expiry"})
+_DATETIMES = frozenset({"purchase_time", "trans_time"})
+
+
+def to_db(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if name in _BYTES:
+        return bytes(value).hex()
+    if name in _DATES or name in _DATETIMES:
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def from_db(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if name in _BYTES:
+        return bytes.fromhex(value)
+    if name in _DATES:
+        return dt.date.fromisoformat(value)
+    if name in _DATETIMES:
+        return dt.datetime.fromisoformat(value)
+    if name == "state":
+        return TxState(value)
+    if name == "reconciled":
+        return bool(value)
+    return value
+
+
+_SCHEMA_V1 = f"""
+CREATE TABLE lane_counter (
+    lane_id TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL CHECK (last_seq >= 0)
+);
+CREATE TABLE transactions (
+    lane_id TEXT NOT NULL,
+    seq INTEGER NOT NULL CHECK (seq > 0),
+    uuid TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ({", ".join(repr(s.value) for s in TxState)})),
+    reconciled INTEGER NOT NULL DEFAULT 0 CHECK (reconciled IN (0, 1)),
+    created_iso TEXT NOT NULL, created_unix REAL NOT NULL,
+    updated_iso TEXT NOT NULL, updated_unix REAL NOT NULL,
+    obu_id TEXT, issuer TEXT, obu_serial TEXT, contract_start TEXT, contract_expiry TEXT, obu_status TEXT,
+    plate TEXT, plate_colour INTEGER, vehicle_class INTEGER,
+    card_network TEXT, card_number TEXT, card_type INTEGER, balance_before INTEGER,
+    entry_station TEXT, fee INTEGER, amount INTEGER CHECK (amount BETWEEN 0 AND {U32_MAX}), purchase_time TEXT,
+    tac TEXT, psam_no TEXT, psam_trans_serial INTEGER, icc_pay_serial INTEGER, trans_type INTEGER,
+    balance_after INTEGER, trans_time TEXT,
+    fee_table_version INTEGER, status_list_version INTEGER,
+    reason TEXT, message TEXT, detail TEXT,
+    PRIMARY KEY (lane_id, seq)
+);
+CREATE INDEX transactions_state ON transactions (lane_id, state);
+CREATE INDEX transactions_obu ON transactions (lane_id, obu_id, created_unix);
+CREATE INDEX transactions_card ON transactions (lane_id, card_network, card_number, created_unix);
+-- What the RSU answered, kept apart from the state so a result is never lost even when the
+-- state change could not follow (Journal.record_b5). open() applies any it finds pending.
+CREATE TABLE b5_results (
+    lane_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    tac TEXT NOT NULL,
+    psam_no TEXT, psam_trans_serial INTEGER, icc_pay_serial INTEGER, trans_type INTEGER,
+    balance_after INTEGER, trans_time TEXT,
+    received_iso TEXT NOT NULL, received_unix REAL NOT NULL,
+    PRIMARY KEY (lane_id, seq),
+    FOREIGN KEY (lane_id, seq) REFERENCES transactions (lane_id, seq)
+);
+"""
+
+# MIGRATIONS[n] takes a database at user_version n to n + 1. Append, never edit.
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def entry_from_row(names: list[str], row: tuple[Any, ...]) -> JournalEntry:
+    values = {n: from_db(n, v) for n, v in zip(names, row)}
+    result = {n: values.pop(n) for n in B5_FIELDS}
+    return JournalEntry(**values, b5=B5Result(**result) if result["tac"] is not None else None)
+
+
+def stamp(now: dt.datetime) -> tuple[str, float]:
+    if not isinstance(now, dt.datetime):
+        raise JournalError(f"now must be a datetime, got {now!r}")
+    return now.isoformat(), now.timestamp()
+
+
+def check_money(what: str, value: int | None) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= U32_MAX):
+        raise JournalError(f"{what} is {value!r}, expected whole fen 0–{U32_MAX}")
