@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from laned.drivers.lane_io import InputSample, Signal
+from laned.lane.signals import InputSample, Signal
 from laned.lane.dialect import Dialect
 from laned.lane.machine import (
     Action, ChargeRecorded, FrameIn, InputIn, IntentRecorded, JournalCharged, JournalIntent, LaneMachine,

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from laned.drivers.lane_io import Light
+from laned.lane.signals import Light
 from laned.lane.barrier import BarrierCommand, BarrierPosition
 from laned.lane.machine import (
     Direction, FrameLost, IntentFailed, JournalIntent, LaneSettings, LinkLost, MissingEntryPolicy, Send, SetLight,

@@ -1,25 +1,17 @@
-"""The fee-display interface (费额显示器) every display backend implements."""
+"""The fee-display interface (费额显示器) every display backend implements.
+
+What to show (:class:`~laned.lane.display.DisplayContent`) is the lane's decision and lives
+in the lane's layer; it is re-exported here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from laned.drivers.lane_io import DeviceHealth, Light
+from laned.drivers.lane_io import DeviceHealth
+from laned.lane.display import DisplayContent
 
-
-@dataclass(frozen=True, slots=True)
-class DisplayContent:
-    """What the driver should show. Money in fen; ``None`` blanks the field."""
-
-    plate: str | None = None
-    vehicle_class: int | None = None
-    fee_fen: int | None = None
-    balance_fen: int | None = None
-    line1: str = ""
-    line2: str = ""
-    light: Light = Light.RED
-    brightness: int | None = None  # 0–100 %; None keeps the current setting
+__all__ = ["DisplayContent", "FeeDisplay"]
 
 
 @runtime_checkable

@@ -1,10 +1,10 @@
 """The lane-IO interface every IO backend implements (Modbus DI/DO module, GPIO, sim).
 
-The lane logic only ever sees *samples*: a signal's state together with the time it was
-read, so staleness is visible to the barrier interlock. ``active`` means "the physical
-condition is present" (loop occupied, limit switch reached) after NO/NC polarity has been
-applied; ``None`` means the state is unknown (read failed, device offline), which the
-interlock treats as occupied.
+The lane logic only ever sees *samples* (:class:`~laned.lane.signals.InputSample`): a
+signal's state together with the time it was read. The values the lane shares with the
+drivers (``Signal``, ``Light``, ``InputSample``) live in the lane's layer,
+``laned/lane/signals.py``, and are re-exported here; the outputs (``Output``) are the
+drivers' own.
 """
 
 from __future__ import annotations
@@ -13,17 +13,13 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, AsyncIterator, Protocol, runtime_checkable
 
+from laned.lane.signals import InputSample, Light, Signal
+
 if TYPE_CHECKING:
     from laned.drivers.fanout import Fanout
 
 
-class Signal(enum.StrEnum):
-    """Inputs of a lane."""
-
-    ENTRY_LOOP = "entry_loop"
-    SAFETY_LOOP = "safety_loop"  # the loop under the barrier arm
-    BARRIER_UP = "barrier_up"  # limit switch: arm fully raised
-    BARRIER_DOWN = "barrier_down"  # limit switch: arm fully lowered
+__all__ = ["DeviceHealth", "InputSample", "LaneIO", "Light", "Output", "SampledLaneIO", "Signal"]
 
 
 class Output(enum.StrEnum):
@@ -34,24 +30,6 @@ class Output(enum.StrEnum):
     LIGHT_GREEN = "light_green"
     LIGHT_RED = "light_red"
     ALARM = "alarm"
-
-
-class Light(enum.StrEnum):
-    RED = "red"
-    GREEN = "green"
-    OFF = "off"
-
-
-@dataclass(frozen=True, slots=True)
-class InputSample:
-    """One reading of one input. ``at`` is the monotonic time of the read, in seconds."""
-
-    signal: Signal
-    active: bool | None
-    at: float
-
-    def is_fresh(self, now: float, max_age: float) -> bool:
-        return self.active is not None and (now - self.at) <= max_age
 
 
 @dataclass(frozen=True, slots=True)

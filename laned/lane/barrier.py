@@ -13,6 +13,10 @@ A stale, unknown, chattering or disagreeing input *latches a fault*; the latch i
 only by a sustained clear sequence: every presence input fresh and clear for
 ``release_after`` seconds. While the arm is moving down, any doubt reverses it (raise).
 
+A raise that does not reach the up limit switch within ``raise_travel_timeout`` (a stuck
+arm, a blown fuse, a broken switch) is reported through :meth:`BarrierInterlock.travel_alarm`,
+once when it happens and once when it is over; it is an alarm, not an interlock fault.
+
 This module is sans-IO: time is passed in, commands come out. Nothing else in laned
 emits a lower command — the lane machine, an operator and a remote command all go through
 :meth:`BarrierInterlock.request_lower`.
@@ -24,7 +28,7 @@ import enum
 from collections import deque
 from dataclasses import dataclass, field
 
-from laned.drivers.lane_io import InputSample, Signal
+from laned.lane.signals import InputSample, Signal
 
 
 class BarrierCommand(enum.StrEnum):
@@ -49,6 +53,9 @@ class InterlockSettings:
     chatter_changes: int = 6  # this many changes …
     chatter_window: float = 1.0  # … within this many seconds is chatter
     disagree_after: float = 0.5  # s two presence inputs may disagree before it is a fault
+    # s from a raise command to the up limit switch; None: do not check. Only checked once
+    # the switch has reported (a lane whose IO has no up switch never sees a sample of it).
+    raise_travel_timeout: float | None = 6.0
 
 
 @dataclass
@@ -64,6 +71,16 @@ class LowerDecision:
     reason: str  # why not, for logs and `laned status`
 
 
+@dataclass(frozen=True, slots=True)
+class TravelAlarm:
+    """A change of the raise-travel fault, reported once: ``active`` when the up limit switch
+    was not reached in time, not ``active`` when it is over (the arm reached the switch, or
+    the raise was superseded by a lower)."""
+
+    active: bool
+    detail: str
+
+
 class BarrierInterlock:
     def __init__(self, settings: InterlockSettings | None = None) -> None:
         self.s = settings or InterlockSettings()
@@ -74,6 +91,11 @@ class BarrierInterlock:
         self._disagree_since: float | None = None
         self.lower_commands = 0
         self.reversals = 0
+        self.travel_fault: str | None = None  # the raise that did not reach the up switch in time
+        self._up_switch_seen = False
+        self._raising = False  # a raise was commanded and the up switch has not answered yet
+        self._raise_since: float | None = None  # when; stamped by the next call with a time
+        self._travel_reported = False  # travel_fault has been returned as an active TravelAlarm
 
     # -- inputs ------------------------------------------------------------------------
     def update(self, sample: InputSample) -> None:
@@ -82,6 +104,9 @@ class BarrierInterlock:
             self.position = BarrierPosition.DOWN
         elif sample.signal is Signal.BARRIER_UP and sample.active:
             self.position = BarrierPosition.UP
+            self._raising = False
+        if sample.signal is Signal.BARRIER_UP and sample.active is not None:
+            self._up_switch_seen = True
         st = self._inputs.get(sample.signal)
         if st is None:
             return
@@ -163,21 +188,48 @@ class BarrierInterlock:
             return LowerDecision(True, f"already {self.position}"), None
         self.position = BarrierPosition.LOWERING
         self.lower_commands += 1
+        self._raising = False  # a lower supersedes the raise: its travel no longer counts
         return LowerDecision(True, "clear"), BarrierCommand.LOWER
 
-    def command_raise(self) -> BarrierCommand:
-        """Raising is always allowed."""
+    def command_raise(self, now: float | None = None) -> BarrierCommand:
+        """Raising is always allowed. Without ``now`` the raise is timed from the next call
+        that passes the time (:meth:`tick`, :meth:`travel_alarm`)."""
         if self.position is not BarrierPosition.UP:
             self.position = BarrierPosition.RAISING
+            if not self._raising:
+                self._raising, self._raise_since = True, now
         return BarrierCommand.RAISE
 
     def tick(self, now: float) -> BarrierCommand | None:
         """Call on every input change and timer: reverses a lowering arm on any doubt."""
         self._update_fault(now)
+        if self._raising and self._raise_since is None:
+            self._raise_since = now
         if self.position is BarrierPosition.LOWERING and (self.fault is not None or self._doubts(now)):
             self.reversals += 1
             self.position = BarrierPosition.RAISING
+            self._raising, self._raise_since = True, now
             return BarrierCommand.RAISE
+        return None
+
+    def travel_alarm(self, now: float) -> TravelAlarm | None:
+        """Call after :meth:`tick`: a :class:`TravelAlarm` when the raise-travel fault starts
+        (the up limit switch not reached ``raise_travel_timeout`` after the raise) or ends;
+        None when nothing changed. :attr:`travel_fault` holds the fault while it lasts."""
+        if self._raising and self._raise_since is None:
+            self._raise_since = now
+        timeout = self.s.raise_travel_timeout
+        if (self._raising and self._raise_since is not None and timeout is not None and self._up_switch_seen
+                and now - self._raise_since > timeout and not self._travel_reported):
+            self.travel_fault = (f"the arm did not reach the up limit switch within {timeout:g} s of the raise "
+                                 f"command (commanded {now - self._raise_since:.1f} s ago)")
+            self._travel_reported = True
+            return TravelAlarm(True, self.travel_fault)
+        if self._travel_reported and not self._raising:
+            why = "the arm reached the up limit switch" if self.position is BarrierPosition.UP else \
+                "the raise was superseded by a lower"
+            self.travel_fault, self._travel_reported = None, False
+            return TravelAlarm(False, why)
         return None
 
     def status(self, now: float) -> dict[str, object]:
@@ -187,4 +239,5 @@ class BarrierInterlock:
             "doubts": self._doubts(now),
             "lower_commands": self.lower_commands,
             "reversals": self.reversals,
+            "travel_fault": self.travel_fault,
         }

@@ -63,6 +63,15 @@ class Profile:
             return "ok"
         return self.error_codes.get((frame_type, code), "unknown error code")
 
+    def is_heartbeat(self, msg: Message) -> bool:
+        """The RSU saying it is alive with no OBU in range; never answered. The one
+        definition (the link counts them, the lane ignores them): B2 with ErrorCode 0x80 or
+        OBU id 00000000/FFFFFFFF (document (3), lane code (2)), or B1 (gb2019tcp)."""
+        if msg.frame_type == 0xB1:
+            return True
+        return msg.frame_type == 0xB2 and (getattr(msg, "error_code", None) == 0x80
+                                           or getattr(msg, "obu_id", None) in (bytes(4), b"\xff" * 4))
+
     def sender_of(self, frame_type: int) -> Sender:
         cls = self.messages.get(frame_type)
         if cls is not None:
