@@ -174,7 +174,9 @@ async def test_heartbeats_only_keep_the_rsu_link_alive_they_are_never_answered_o
     else:
         assert ex.machine.counters["heartbeat"] == 0
         assert len(bench.emu.received("C0")) >= 2  # lost after 0.6 s of silence, reopened, re-initialised
-    assert bench.rows() == []
+    # No transaction: at most the lane's own record of closing ETC while the link was down.
+    assert {r["kind"] for r in bench.rows()} <= {"etc_closed", "etc_opened"}
+    assert bool(bench.rows()) is not heartbeats
     assert bench.emu.received("C2") == [] and bench.emu.charges == []
 
 

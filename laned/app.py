@@ -1,9 +1,12 @@
 """The composition root: configuration → drivers, journal, lane machine, executor.
 
-``run_lane`` builds every part from a validated :class:`~laned.config.Config`, runs them
-in one ``asyncio.TaskGroup`` and shuts down cleanly on SIGTERM/SIGINT. A failing device
-degrades the lane (the interlock treats unknown inputs as occupied, the machine refuses
-when the journal cannot write); it never takes the daemon down.
+``run_lane`` builds every part from a validated :class:`~laned.config.Config` and runs
+every long-running task — the lane executor, each driver's supervisor, the udev hotplug
+follower, health and the systemd watchdog — in **one** ``asyncio.TaskGroup``, each task
+named. Device faults are lane events (degraded modes), never exceptions; anything else
+that ends a task ends ``run_lane`` with :class:`LaneTaskFailed` naming the task, so
+``laned run`` exits non-zero, systemd restarts it and the journal's crash recovery runs.
+SIGTERM/SIGINT stop it cleanly.
 """
 
 from __future__ import annotations
@@ -14,20 +17,46 @@ import logging
 import signal
 import time
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from laned.config import Config
 from laned.drivers.fee_display import FeeDisplay
 from laned.drivers.lane_io import LaneIO
-from laned.drivers.rsu import LinkStatus, RsuLink
+from laned.drivers.rsu import FrameDropped, LinkItem, LinkStatus, RsuFrame, RsuLink
+from laned.drivers.tasks import watch
 from laned.executor import LaneExecutor
-from laned.lane.dialect import Dialect
-from laned.lane.fee_table import FeeSchedule, FeeTable
-from laned.lane.machine import FrameLost, LaneMachine, LinkLost, LinkUp
+from laned.health.alarms import AlarmRegistry
+from laned.health.monitor import HealthMonitor
+from laned.health.sdnotify import Notifier, Watchdog
+from laned.lane.events import Device, DeviceStatus, FrameIn, FrameLost, LinkLost, LinkUp
+from laned.lane.fee_table import FeeSchedule, FeeTable, FeeTableError
+from laned.lane.machine import LaneMachine
 from laned.lane.status_list import StatusList
 from laned.protocol import get_profile
 
 log = logging.getLogger("laned")
+
+# The watchdog is fed only while the lane's own task has handled an event this recently:
+# the ticker posts one every 50 ms, so a lane task stuck for this long is wedged.
+LANE_STUCK_S = 2.0
+
+# At start, how long to wait for the RSU's first open attempt (or connection) before the
+# lane announces itself in service or degraded: an unopenable port fails at once, a TCP
+# connect within its own timeout.
+STARTUP_RSU_WAIT_S = 2.0
+
+
+class LaneTaskFailed(Exception):
+    """A long-running task of the lane ended unexpectedly: laned must exit non-zero."""
+
+    def __init__(self, task: str, error: BaseException) -> None:
+        self.task = task
+        self.error = error
+        super().__init__(f"task {task} failed: {type(error).__name__}: {error}")
+
+
+class _Stopping(Exception):
+    """Raised inside the task group to end it when a stop was asked for."""
 
 
 def make_rsu(cfg: Config) -> RsuLink:
@@ -77,33 +106,103 @@ def make_display(cfg: Config, buses: Buses) -> FeeDisplay | None:
     return ModbusFeeDisplay(buses.get(dev), dev.slave, dev.profile, name="fee_display")
 
 
-def hotplug_for(rsu: RsuLink, match: Any, **kw: Any) -> Any:
-    """A udev watcher that closes the RSU link at once on unplug and reopens it on replug."""
-    from laned.drivers.hotplug import DeviceAdded, DeviceRemoved, HotplugWatcher
+def load_fees(cfg: Config) -> tuple[FeeSchedule | None, str]:
+    """The fee table, or None and why: a lane without one starts with ETC closed."""
+    try:
+        return FeeSchedule(FeeTable.load(cfg.fee_table.path)), ""
+    except (FeeTableError, OSError) as err:
+        return None, f"no usable fee table: {err}"
 
-    watcher = HotplugWatcher(match, name="rsu-hotplug", **kw)
-    tasks: set[asyncio.Task[None]] = set()
 
-    def on_event(ev: Any) -> None:
+async def follow_hotplug(watcher: Any, rsu: RsuLink) -> None:
+    """Close the RSU link at once when its adapter is unplugged; reopen it on replug."""
+    from laned.drivers.hotplug import DeviceAdded, DeviceRemoved
+
+    async for ev in watcher.events():
         if isinstance(ev, DeviceRemoved):
-            log.warning("rsu: adapter %s unplugged; link closed, in-flight transaction recorded", ev.devnode)
-            task = asyncio.get_running_loop().create_task(rsu.device_removed())
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            log.warning("rsu: adapter %s unplugged; link closed, ETC closed until it is back", ev.devnode)
+            await rsu.device_removed()
         elif isinstance(ev, DeviceAdded):
             log.info("rsu: adapter %s plugged in; reopening", ev.devnode)
             rsu.device_added(ev.devnode)
 
-    watcher.on_event(on_event)
-    return watcher
+
+def rsu_feed(executor: LaneExecutor, stop: asyncio.Event) -> Callable[[LinkItem], None]:
+    """The RSU link's items, in order, as lane events."""
+    ever_connected = False
+
+    def feed(item: LinkItem) -> None:
+        nonlocal ever_connected
+        if isinstance(item, RsuFrame):
+            executor.post(FrameIn(item.message, item.rsctl))
+        elif isinstance(item, FrameDropped):
+            executor.post(FrameLost(item.reason))
+        elif isinstance(item, LinkStatus):
+            if item.connected:
+                ever_connected = True
+                log.info("rsu: connected; initialising it (C0)")
+                executor.post(LinkUp())
+                return
+            if stop.is_set():
+                log.info("rsu: link closed (the lane is stopping)")
+            elif not ever_connected:
+                log.warning("rsu: not available (%s); ETC closed until it answers", item.reason)
+            else:
+                log.warning("rsu: link lost (%s); ETC closed, an in-flight charge is recorded as unknown",
+                            item.reason)
+            executor.post(LinkLost(item.reason))
+
+    return feed
+
+
+async def _named(name: str, work: Awaitable[None]) -> None:
+    try:
+        await work
+    except (asyncio.CancelledError, _Stopping):
+        raise
+    except Exception as err:
+        # A task with its own group (the executor) fails with a group of one: name the
+        # error itself, which is what the operator's one log line must show.
+        while isinstance(err, BaseExceptionGroup) and len(err.exceptions) == 1:
+            err = err.exceptions[0]
+        raise LaneTaskFailed(name, err) from err
+
+
+async def watch_writer(writer: Any) -> None:
+    """End with the journal writer's death: a lane that cannot journal must restart."""
+    loop = asyncio.get_running_loop()
+    died: asyncio.Future[None] = loop.create_future()
+
+    def on_death(err: BaseException) -> None:  # on the writer's thread
+        loop.call_soon_threadsafe(lambda: died.done() or died.set_exception(err))
+
+    writer.on_death(on_death)
+    await died
+
+
+async def _first_rsu_attempt(rsu: RsuLink) -> None:
+    deadline = time.monotonic() + STARTUP_RSU_WAIT_S
+    while rsu.status.reason == "not started" and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)  # polling the link's own state; it has no "first attempt" event
 
 
 async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
-                   observe: Any = None, uevent_source: Any = None) -> LaneExecutor:
-    """Run the lane until ``stop`` is set (or SIGTERM); returns the executor for inspection."""
-    from laned.journal import Journal, MachineJournal
+                   observe: Any = None, uevent_source: Any = None,
+                   notifier: Notifier | None = None, wall: Callable[[], dt.datetime] = dt.datetime.now,
+                   journal_options: dict[str, Any] | None = None,
+                   started: Callable[[LaneExecutor], None] | None = None) -> LaneExecutor:
+    """Run the lane until ``stop`` is set (or SIGTERM); returns the executor for inspection
+    (its ``health`` is the health monitor, with every alarm change).
+
+    Raises :class:`LaneTaskFailed` when a task ended unexpectedly. ``wall`` (the lane's
+    civil clock) and ``journal_options`` (``commit_delay_s``, ``commit_hook`` of
+    :meth:`JournalWriter.open`) are for fault-injection tests and benchmarks; ``started`` is
+    called with the executor once everything runs (its ``rsu`` is the link, for a test that
+    plays udev)."""
+    from laned.journal import JournalWriter
 
     stop = stop or asyncio.Event()
+    notifier = notifier or Notifier.from_env()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
@@ -112,19 +211,23 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
             pass
     settings = cfg.lane_settings()
     profile = get_profile(cfg.rsu.profile)
-    fees = FeeSchedule(FeeTable.load(cfg.fee_table.path))
+    fees, fees_problem = load_fees(cfg)
     status = StatusList()
+    status_loaded_at = None
     if cfg.status_list is not None and cfg.status_list.path.exists():
         status.load(cfg.status_list.path)
+        status_loaded_at = dt.datetime.fromtimestamp(cfg.status_list.path.stat().st_mtime).astimezone()
     async with AsyncExitStack() as stack:
-        store = Journal.open(cfg.journal.path, settings.lane_id, now=dt.datetime.now())
-        stack.callback(store.close)
-        if store.recovery.completed or store.recovery.unknown:
-            log.warning("journal: recovered after an unclean stop: %s", store.recovery)
-        journal = MachineJournal(store)
-        recent = journal.recent_paid(settings.redetect_window, dt.datetime.now(), time.monotonic())
-        machine = LaneMachine(settings, Dialect(profile, obu_div_factor=bytes.fromhex(cfg.lane.obu_div_factor)),
-                              fees=fees, status=status, recent=recent)
+        # One thread owns the journal: every commit (and its fsync) happens there, never on
+        # the loop that answers the RSU and samples the safety loop.
+        writer = JournalWriter.open(cfg.journal.path, settings.lane_id, now=wall(), **(journal_options or {}))
+        await writer.astart()
+        stack.push_async_callback(writer.aclose)
+        if writer.recovery.completed or writer.recovery.unknown:
+            log.warning("journal: recovered after an unclean stop: %s", writer.recovery)
+        wall0, mono0 = wall(), time.monotonic()
+        recent = await writer.submit_async(lambda mj: mj.recent_paid(settings.redetect_window, wall0, mono0))
+        machine = LaneMachine(settings, cfg.dialect(), fees=fees, status=status, recent=recent)
         rsu = make_rsu(cfg)
         buses = Buses()
         io = make_io(cfg, buses)
@@ -132,37 +235,101 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
         for bus in buses.all():
             await bus.start()
             stack.push_async_callback(bus.close)
-        executor = LaneExecutor(machine, rsu, io, display, journal, wall=dt.datetime.now, observe=observe)
-
-        def on_status(st: LinkStatus) -> None:
-            if st.connected:
-                log.info("rsu: connected; initialising it (C0)")
-                executor.handle(LinkUp())
-            elif stop.is_set():
-                log.info("rsu: link closed (the lane is stopping)")
-                executor.handle(LinkLost())
-            else:
-                log.warning("rsu: link lost (%s); an in-flight transaction is recorded as unknown", st.reason)
-                executor.handle(LinkLost())
-
-        rsu.on_status(on_status)
-        rsu.on_drop(lambda reason: executor.handle(FrameLost(reason)))
+        registry = AlarmRegistry()
+        monitor = HealthMonitor(
+            registry=registry, settings=cfg.health.settings(cfg.barrier, cfg.rsu), post=lambda ev: executor.post(ev),
+            rsu=rsu, io=io, display=display, writer=writer, journal_path=cfg.journal.path, fees=fees,
+            status_list=status,
+            status_list_loaded_at=status_loaded_at, fee_table_required=settings.direction.value == "exit",
+            status_list_required=cfg.status_list is not None, rsu_ready=lambda: machine.counters["rsu_ready"],
+            wall=lambda: wall().astimezone(), observe=observe)
+        executor = LaneExecutor(machine, rsu, io, display, writer, wall=wall, observe=observe,
+                                on_alarm=monitor.lane_alarm)
+        executor.health = monitor
+        if fees is None:
+            log.error("fee table: %s; ETC closed until a valid one is installed", fees_problem)
+            executor.post(DeviceStatus(Device.FEES, False, fees_problem))
+        rsu.attach(rsu_feed(executor, stop))
         await stack.enter_async_context(rsu)
+        watcher = None
         if cfg.hotplug.enabled and cfg.hotplug.match is not None:
-            await stack.enter_async_context(hotplug_for(rsu, cfg.hotplug.match, source_factory=uevent_source))
+            from laned.drivers.hotplug import HotplugWatcher
+            watcher = HotplugWatcher(cfg.hotplug.match, name="rsu-hotplug", source_factory=uevent_source)
+            await stack.enter_async_context(watcher)
         if io is not None:
             await io.start()
             stack.push_async_callback(io.close)
         if display is not None:
             await display.start()
             stack.push_async_callback(display.close)
-        run = asyncio.create_task(executor.run(rsu.frames(), io.samples() if io is not None else None))
-        log.info("lane %s running (%s lane, RSU profile %s)", settings.lane_id, settings.direction, profile.name)
-        await stop.wait()
-        run.cancel()
+        await _first_rsu_attempt(rsu)
+        executor.settle()
+        announce(settings.lane_id, settings.direction, profile.name, rsu, io, display, fees_problem)
+
+        def status_line() -> str:
+            modes = machine.modes
+            state = f"ETC closed ({modes.describe()})" if modes.closed else "in service"
+            return f"lane {settings.lane_id} {state}; {monitor.status_line()}"
+
+        def healthy() -> str | None:
+            if not executor.running:
+                return "the lane executor is not running"
+            if not writer.alive:
+                return f"the journal writer is not alive ({writer.death or 'stuck in one operation'})"
+            if executor.last_handled is not None and time.monotonic() - executor.last_handled > LANE_STUCK_S:
+                return f"the lane has handled no event for {time.monotonic() - executor.last_handled:.1f} s"
+            return None
+
+        watchdog = Watchdog(notifier, healthy)
         try:
-            await run
-        except (asyncio.CancelledError, Exception):
-            pass
+            async with asyncio.TaskGroup() as tg:
+                def task(name: str, work: Awaitable[None]) -> None:
+                    tg.create_task(_named(name, work), name=name)
+
+                task("lane-executor", executor.run(io.samples() if io is not None else None))
+                task("rsu-link", watch("rsu", [rsu.task]))
+                for bus in buses.all():
+                    task(bus.name, watch(bus.name, bus.tasks))
+                for driver in (io, display):
+                    if driver is not None:
+                        task(driver.name, watch(driver.name, getattr(driver, "tasks", [])))
+                if watcher is not None:
+                    task("rsu-hotplug", follow_hotplug(watcher, rsu))
+                task("journal-writer", watch_writer(writer))
+                task("health", monitor.run(after=lambda: notifier.status(status_line())))
+                task("sd-watchdog", watchdog.run())
+                # READY once the lane is in service or in a degraded mode it has announced.
+                notifier.ready(status_line())
+                if started is not None:
+                    started(executor)
+                # The group's own body waits for the stop: a task that fails interrupts this
+                # wait, which is how Python 3.11's TaskGroup un-cancels the caller afterwards.
+                await stop.wait()
+                raise _Stopping
+        except* _Stopping:
+            notifier.stopping(f"lane {settings.lane_id} stopping")
+        except* LaneTaskFailed as group:
+            first = group.exceptions[0]
+            raise first from None
         log.info("lane %s stopped", settings.lane_id)
         return executor
+
+
+def announce(lane_id: str, direction: Any, profile: str, rsu: RsuLink, io: LaneIO | None,
+             display: FeeDisplay | None, fees_problem: str) -> None:
+    """Say once, at start, whether the lane is in service or degraded and why."""
+    problems = []
+    if not rsu.connected:
+        problems.append(f"rsu: {rsu.status.reason}")
+    for driver in (io, display):
+        if driver is not None:
+            h = driver.health()
+            if not h.online:
+                problems.append(f"{h.device}: {h.detail}")
+    if fees_problem:
+        problems.append(f"fees: {fees_problem}")
+    if problems:
+        log.warning("lane %s started DEGRADED (%s lane, RSU profile %s): %s", lane_id, direction, profile,
+                    "; ".join(problems))
+    else:
+        log.info("lane %s in service (%s lane, RSU profile %s)", lane_id, direction, profile)

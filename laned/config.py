@@ -39,8 +39,11 @@ from laned.drivers.gpio_profile import GpioPinMap
 from laned.drivers.hotplug import UdevMatch
 from laned.drivers.modbus_bus import BusSettings, RtuLink, TcpLink
 from laned.lane.barrier import InterlockSettings
+from laned.lane.dialect import Dialect, RsuInit
 from laned.lane.machine import Direction, LaneSettings, MissingEntryPolicy
-from laned.protocol.profiles import PROFILES
+from laned.lane.modes import DisplayPolicy
+from laned.health.checks import HealthSettings
+from laned.protocol.profiles import PROFILES, get_profile
 
 DEFAULT_PATH = Path("/etc/laned/laned.toml")
 SIM_CONFIG = Path(__file__).parent / "data" / "sim.toml"  # package data
@@ -117,14 +120,16 @@ class LaneSection(_Model):
     lane_number: int = Field(ge=0, le=255)
     direction: Literal["entry", "exit"]
     redetect_window_s: float = Field(300.0, gt=0, le=3600)
-    transaction_timeout_s: float = Field(3.0, gt=0, le=30)  # B2 to B5, the whole exchange
+    # B2 to B5, the whole exchange: one not at the charge by then is given up (the next OBU is
+    # served); from the intent on, b5_timeout_s governs (a charge is never abandoned blind).
+    transaction_timeout_s: float = Field(3.0, gt=0, le=30)
     b5_timeout_s: float = Field(1.0, gt=0, le=1.1)
     passage_timeout_s: float = Field(60.0, ge=5, le=600)  # a paid vehicle that never reaches the loop
     missing_entry_policy: Literal["max_fee", "refuse"] = "max_fee"
     credit_card_policy: Literal["allow", "refuse"] = "allow"
     accepted_issuers: list[IssuerId] = Field(default_factory=list)  # empty: every issuer
     obu_div_factor: DivFactor = "0000000000000000"  # for issuers without their own
-    obu_div_factors: dict[IssuerId, DivFactor] = Field(default_factory=dict)  # issuer -> factor (C1)
+    obu_div_factors: dict[IssuerId, DivFactor] = Field(default_factory=dict)  # issuer -> factor (C1, national)
 
     @model_validator(mode="after")
     def _timeouts(self) -> "LaneSection":
@@ -137,11 +142,6 @@ class LaneSection(_Model):
     def station_key(self) -> str:
         """The fee table's key of this station ("3701-0201")."""
         return f"{self.network}-{self.station}"
-
-    def div_factor_for(self, issuer: bytes | None) -> bytes:
-        """The OBU diversification factor C1 carries for an OBU of ``issuer``."""
-        factor = self.obu_div_factors.get(issuer.hex()) if issuer else None
-        return bytes.fromhex(factor or self.obu_div_factor)
 
 
 # -- [rsu] ----------------------------------------------------------------------------------------
@@ -241,6 +241,9 @@ def _profile_for(value: Any, info: ValidationInfo,
 
 class FeeDisplaySection(_DeviceLink):
     kind: Literal["modbus_tcp", "modbus_rtu", "none"] = "none"
+    # When the display stops answering: keep taking payments with an alarm, or close ETC
+    # (drivers can no longer see fee and balance).
+    on_offline: Literal["continue", "close"] = "continue"
     # Register map; the reference display's when left out.
     profile: FeeDisplayProfile | None = Field(None, validate_default=True)
 
@@ -287,7 +290,8 @@ class BarrierSection(_Model):
     def interlock(self) -> InterlockSettings:
         return InterlockSettings(staleness=self.staleness_s, hold_off=self.hold_off_s,
                                  release_after=self.release_after_s, chatter_changes=self.chatter_changes,
-                                 chatter_window=self.chatter_window_s, disagree_after=self.disagree_after_s)
+                                 chatter_window=self.chatter_window_s, disagree_after=self.disagree_after_s,
+                                 raise_travel_timeout=self.raise_travel_timeout_s)
 
 
 class HotplugSection(_Model):
@@ -304,15 +308,30 @@ class HotplugSection(_Model):
         return self
 
 
-class TlsSection(_Model):
-    ca_file: ConfigPath | None = None
-    cert_file: ConfigPath | None = None
-    key_file: SecretPath | None = None
-
-
 class LogSection(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
+
+
+class HealthSection(_Model):
+    """Thresholds of the health checks (docs/alarms.md)."""
+
+    # Below this much free space under the journal, no C6 goes out (disk_low, ETC closed).
+    disk_min_free_mb: int = Field(256, ge=16, le=1 << 20)
+    disk_min_free_pct: float = Field(5.0, ge=0, lt=100)
+    journal_slow_commit_ms: int = Field(200, ge=10, le=10_000)  # a commit slower than this: journal_slow
+    status_list_max_age_h: float = Field(48.0, gt=0, le=24 * 30)  # older: status_list_old
+    clock_jump_s: float = Field(2.0, gt=0, le=3600)  # a wall-clock step larger than this: clock_jump
+
+    def settings(self, barrier: "BarrierSection", rsu: "RsuSection") -> HealthSettings:
+        return HealthSettings(disk_min_free_bytes=self.disk_min_free_mb << 20, disk_min_free_pct=self.disk_min_free_pct,
+                              journal_slow_commit_s=self.journal_slow_commit_ms / 1000,
+                              status_list_max_age_s=self.status_list_max_age_h * 3600, clock_jump_s=self.clock_jump_s,
+                              input_staleness_s=barrier.staleness_s,
+                              raise_travel_timeout_s=barrier.raise_travel_timeout_s,
+                              # Silent this long is reported; the link itself is reopened at the
+                              # silence timeout, so the report never comes later than that.
+                              rsu_heartbeat_limit_s=min(65.0, rsu.silence_timeout_s))
 
 
 class Config(_Model):
@@ -324,8 +343,9 @@ class Config(_Model):
     devices: DevicesSection = DevicesSection()
     barrier: BarrierSection = BarrierSection()
     hotplug: HotplugSection = HotplugSection()
-    tls: TlsSection = TlsSection()
     log: LogSection = LogSection()
+    health: HealthSection = HealthSection()
+    # No [tls] yet: it comes back with the MQTT uplink that uses it (its key_file a SecretPath).
 
     @model_validator(mode="before")
     @classmethod
@@ -348,10 +368,39 @@ class Config(_Model):
             station=bytes.fromhex(lane.station), lane_number=lane.lane_number,
             accepted_issuers=frozenset(bytes.fromhex(i) for i in lane.accepted_issuers),
             redetect_window=lane.redetect_window_s, b5_timeout=lane.b5_timeout_s,
-            passage_timeout=lane.passage_timeout_s,
+            transaction_timeout=lane.transaction_timeout_s, passage_timeout=lane.passage_timeout_s,
             missing_entry_policy=MissingEntryPolicy(lane.missing_entry_policy),
             allow_credit_cards=lane.credit_card_policy == "allow", tx_power=self.rsu.tx_power,
-            pll_channel=self.rsu.pll_channel, interlock=self.barrier.interlock())
+            pll_channel=self.rsu.pll_channel, interlock=self.barrier.interlock(),
+            display_policy=DisplayPolicy(self.devices.fee_display.on_offline))
+
+    def dialect(self) -> Dialect:
+        """How the lane reads and builds RSU frames: the profile, the C0 settings and the OBU
+        diversification factor of each issuer (C1)."""
+        lane, rsu = self.lane, self.rsu
+        return Dialect(get_profile(rsu.profile),
+                       div_factors={bytes.fromhex(i): bytes.fromhex(f) for i, f in lane.obu_div_factors.items()},
+                       default_div_factor=bytes.fromhex(lane.obu_div_factor),
+                       rsu_init=RsuInit(wait_time=rsu.wait_time, trans_mode=rsu.trans_mode,
+                                        bst_interval=rsu.bst_interval))
+
+    def summary(self) -> str:
+        """One line for the start-up log: which lane, which RSU, which devices (by the
+        ``vendor`` their profile names)."""
+        lane, rsu = self.lane, self.rsu
+        where = rsu.port if rsu.transport == "serial" else f"{rsu.host}:{rsu.tcp_port}"
+        parts = [f"lane {lane.lane_id} ({lane.direction}, station {lane.station_key})",
+                 f"RSU profile {rsu.profile} on {where}"]
+        for what, dev in (("IO", self.devices.io), ("fee display", self.devices.fee_display)):
+            profile = dev.profile
+            if dev.kind == "none" or profile is None:
+                parts.append(f"no {what}")
+            elif isinstance(profile, GpioPinMap):
+                parts.append(f"{what} on GPIO")
+            else:
+                at = f"{dev.host}:{dev.port}" if dev.kind == "modbus_tcp" else dev.serial_port
+                parts.append(f"{what} {profile.vendor!r} ({dev.kind} {at}, slave {dev.slave})")
+        return "; ".join(parts)
 
 
 # -- errors --------------------------------------------------------------------------------------

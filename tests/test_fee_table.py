@@ -122,3 +122,18 @@ def test_the_sim_table_prices_every_class_from_every_station():
     classes = [*range(1, 5), *range(11, 17), *range(21, 27)]
     assert len(t.stations) >= 3
     assert all(t.fee(station, k) is not None for station in t.stations for k in classes)
+
+
+def test_a_table_past_its_valid_until_is_expired_and_says_since_when():
+    table = FeeTable.from_mapping({"version": 3, "valid_from": "2026-01-01T00:00:00",
+                                   "valid_until": "2026-12-01T00:00:00", "stations": {"3701-0102": {"1": 100}}})
+    schedule = FeeSchedule(table)
+    assert schedule.expired(dt.datetime(2026, 11, 30, 23, 59)) is None
+    assert schedule.expired(dt.datetime(2026, 12, 1, 0, 0)) == \
+        "fee table version 3 expired at 2026-12-01T00:00:00"
+
+
+def test_a_valid_until_before_valid_from_is_refused_naming_both():
+    with pytest.raises(FeeTableError, match="valid_until 2025-01-01T00:00:00 is not after valid_from"):
+        FeeTable.from_mapping({"version": 3, "valid_from": "2026-01-01T00:00:00",
+                               "valid_until": "2025-01-01T00:00:00", "stations": {"3701-0102": {"1": 100}}})

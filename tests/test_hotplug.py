@@ -293,7 +293,8 @@ def test_pyudev_monitor_is_a_uevent_source() -> None:
 
 
 async def test_the_daemon_closes_the_rsu_link_on_unplug_and_reopens_it_on_replug():
-    from laned.app import hotplug_for
+    from laned.app import follow_hotplug
+    from laned.drivers.hotplug import HotplugWatcher
 
     class FakeLink:
         def __init__(self):
@@ -311,12 +312,14 @@ async def test_the_daemon_closes_the_rsu_link_on_unplug_and_reopens_it_on_replug
     link = FakeLink()
     source = PipeUeventSource()
     props = {"ID_SERIAL": "FTDI_RSU_A10", "DEVLINKS": "/dev/laned-rsu"}
-    watcher = hotplug_for(link, UdevMatch(properties={"ID_SERIAL": "FTDI_RSU_A10"}),
-                          source_factory=lambda: source, present=lambda: [])
+    watcher = HotplugWatcher(UdevMatch(properties={"ID_SERIAL": "FTDI_RSU_A10"}), name="rsu-hotplug",
+                             source_factory=lambda: source, present=lambda: [])
     async with watcher:
+        follower = asyncio.create_task(follow_hotplug(watcher, link))
         source.send("remove", "/dev/ttyUSB0", props)
         await asyncio.wait_for(link.changed.wait(), 5)
         link.changed.clear()
         source.send("add", "/dev/ttyUSB1", props)
         await asyncio.wait_for(link.changed.wait(), 5)
+        follower.cancel()
     assert link.calls == ["removed", ("added", "/dev/ttyUSB1")]

@@ -17,7 +17,7 @@ from laned.drivers.lane_io import InputSample, Signal
 from laned.lane.barrier import BarrierCommand
 from laned.lane.machine import (
     ChargeRecorded, IntentFailed, IntentRecorded, JournalCharged, JournalIntent, LaneMachine, LaneSettings,
-    FrameLost, LinkLost, MoveBarrier, Paid, Send, Tick,
+    Device, DeviceStatus, FrameLost, LinkLost, LinkUp, MoveBarrier, Paid, Send, SendFailed, Tick,
 )
 from laned.lane.dialect import Dialect
 from laned.protocol import get_profile
@@ -41,6 +41,7 @@ class LaneInvariants(RuleBasedStateMachine):
         self.clear_since: float | None = None
         self.seq = 0
         self.charged_count = 0
+        self.down: set[Device] = set()
 
     # -- applying events and checking what came out -------------------------------------------
     def apply(self, event):
@@ -57,6 +58,8 @@ class LaneInvariants(RuleBasedStateMachine):
                 for obu, at in self.c6_log:
                     assert not (obu == a.message.obu_id and self.lane.now - at <= self.s.redetect_window), \
                         f"second C6 for {obu.hex()} after {self.lane.now - at:.1f} s"
+                # Invariant: no charge the lane could not finish (a degraded mode is on).
+                assert not (self.down - {Device.DISPLAY}), f"C6 while ETC is closed: {self.down}"
                 self.c6_log.append((a.message.obu_id, self.lane.now))
             elif isinstance(a, MoveBarrier) and a.command is BarrierCommand.LOWER:
                 # Invariant: lower only when the safety loop is known, fresh, clear for the hold-off.
@@ -112,7 +115,24 @@ class LaneInvariants(RuleBasedStateMachine):
 
     @rule()
     def link_lost(self):
+        self.down.add(Device.RSU)
         self.apply(LinkLost())
+
+    @rule()
+    def link_up(self):
+        self.down.discard(Device.RSU)
+        self.apply(LinkUp())
+
+    @rule(what=st.sampled_from(["C1", "C2", "C6"]))
+    def send_fails(self, what):
+        self.apply(SendFailed(what, "rsu: write failed"))
+
+    @rule(device=st.sampled_from([Device.IO, Device.DISPLAY, Device.JOURNAL, Device.DISK, Device.FEES]),
+          online=st.booleans())
+    def device_status(self, device, online):
+        """Devices come and go (degraded modes): the invariants hold in every mode."""
+        (self.down.discard if online else self.down.add)(device)
+        self.apply(DeviceStatus(device, online, "" if online else "lost"))
 
     @rule(reason=st.sampled_from(["bcc", "short", "escape"]))
     def damaged_frame(self, reason):
@@ -171,6 +191,7 @@ class LaneInvariants(RuleBasedStateMachine):
         self.pending_intents.clear()
         self.pending_charges.clear()
         self.charged_count = 0
+        self.down.clear()  # the new process learns its devices' state afresh
         self.loop_sample = None
         self.clear_since = None
 

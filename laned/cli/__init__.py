@@ -52,6 +52,10 @@ def decode(
     raise typer.Exit(code)
 
 
+# EX_SOFTWARE (sysexits.h): an internal error; systemd's Restart=on-failure restarts laned.
+EXIT_TASK_FAILED = 70
+
+
 @app.command()
 def run(
     config: str = typer.Option("/etc/laned/laned.toml", "--config", "-c", help="The lane's TOML configuration."),
@@ -67,17 +71,28 @@ def run(
     except ConfigError as err:
         typer.echo(f"laned run: configuration refused:\n{err}", err=True)
         raise typer.Exit(2) from None
-    logging.basicConfig(level=cfg.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from laned.logs import setup_logging
+
+    setup_logging(cfg.log.level, cfg.log.format)
+    logging.getLogger("laned").info("configuration %s: %s", config, cfg.summary())
     from laned.app import run_lane
     from laned.journal import JournalError
     from laned.lane.fee_table import FeeTableError
     from laned.lane.status_list import StatusListError
+
+    from laned.app import LaneTaskFailed
 
     try:
         asyncio.run(run_lane(cfg))
     except (FeeTableError, StatusListError, JournalError) as err:
         typer.echo(f"laned run: cannot start: {err}", err=True)
         raise typer.Exit(2) from None
+    except LaneTaskFailed as err:
+        # One line for the operator; the traceback goes to the debug log for the developer.
+        logging.getLogger("laned").debug("task %s failed", err.task, exc_info=err.error)
+        logging.getLogger("laned").critical("laned: %s; exiting with status %d so that systemd restarts it "
+                                            "(the journal's crash recovery runs at start)", err, EXIT_TASK_FAILED)
+        raise typer.Exit(EXIT_TASK_FAILED) from None
 
 
 @app.command()

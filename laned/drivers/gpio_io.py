@@ -89,6 +89,10 @@ class GpioLaneIO(SampledLaneIO):
         self._try_open()
         self._task = asyncio.create_task(self._run(), name=f"{self.name}-poll")
 
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return [self._task] if self._task is not None else []
+
     async def close(self) -> None:
         await cancel_and_wait(self._pulse_task, self._task)
         if self._online:

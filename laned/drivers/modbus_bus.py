@@ -117,9 +117,11 @@ class BusSettings(BaseModel):
     frame_gap_s: float | None = Field(default=None, ge=0.0, le=1.0)
     after_timeout_gap_s: float | None = Field(default=None, ge=0.0, le=10.0)
     breaker_threshold: int = Field(default=3, ge=1, le=100)
-    breaker_cooldown_s: float = Field(default=5.0, gt=0.0, le=600.0)
-    reconnect_min_s: float = Field(default=0.5, gt=0.0, le=60.0)
-    reconnect_max_s: float = Field(default=30.0, gt=0.0, le=600.0)
+    # The breaker and the reconnect backoff decide how long a device that answers again
+    # still counts as gone: both are capped so the lane is back in service within 2 s.
+    breaker_cooldown_s: float = Field(default=1.0, gt=0.0, le=2.0)
+    reconnect_min_s: float = Field(default=0.2, gt=0.0, le=2.0)
+    reconnect_max_s: float = Field(default=1.0, gt=0.0, le=2.0)
     connect_timeout_s: float = Field(default=3.0, gt=0.0, le=60.0)
 
     @model_validator(mode="after")
@@ -573,6 +575,11 @@ class ModbusBus:
             asyncio.create_task(self._keep_link(), name=f"{self.name}-link"),
             asyncio.create_task(self._serve(), name=f"{self.name}-scheduler"),
         ]
+
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The link keeper and the scheduler: both run until close()."""
+        return list(self._tasks)
 
     async def close(self) -> None:
         if self._closed:

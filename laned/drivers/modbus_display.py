@@ -22,6 +22,7 @@ import time
 from typing import Final
 
 from laned.drivers.device_profiles import DEFAULT_FEE_DISPLAY_PROFILE, MAX_WRITE_REGISTERS, FeeDisplayProfile
+from laned.drivers.tasks import cancel_and_wait
 from laned.drivers.errors import DeviceError
 from laned.drivers.fee_display import DisplayContent
 from laned.drivers.lane_io import DeviceHealth
@@ -66,13 +67,12 @@ class ModbusFeeDisplay:
         self._task = asyncio.create_task(self._catch_up(), name=f"{self.name}-rewrite")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
+
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return [self._task] if self._task is not None else []
 
     async def __aenter__(self) -> ModbusFeeDisplay:
         await self.start()

@@ -155,6 +155,11 @@ class ModbusLaneIO(SampledLaneIO):
             await self._poll(index, read)
         self._poll_task = asyncio.create_task(self._poll_forever(), name=f"{self.name}-poll")
 
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The long-running poll task (the short barrier pulse task is not watched)."""
+        return [self._poll_task] if self._poll_task is not None else []
+
     async def close(self) -> None:
         await cancel_and_wait(self._pulse_task, self._poll_task)
         # Leave the lane in a defined state: barrier outputs released, no light, no
@@ -246,6 +251,11 @@ class ModbusLaneIO(SampledLaneIO):
     async def set_alarm(self, on: bool) -> None:
         async with self._outputs_lock:
             await self._apply(((Output.ALARM, on),), Priority.CONTROL)
+
+    @property
+    def readback_problems(self) -> tuple[str, ...]:
+        """One text per output whose last write did not read back (cleared when one does)."""
+        return tuple(self._mismatches.values())
 
     @property
     def readback_faults(self) -> int:

@@ -30,8 +30,9 @@ and ``BlockingIOError`` and removes the writer as soon as the buffer is empty
 (:class:`_SerialTransport`). TCP uses ``asyncio.open_connection``.
 
 Liveness: ``last_seen`` is the arrival time of the latest frame of any kind — B0, answers,
-and heartbeats (B2 with ErrorCode ``0x80`` or OBU id ``00000000``/``FFFFFFFF``, document
-(3) and lane code (2); B1 in gb2019tcp). An RSU that stays silent longer than
+and heartbeats (as the profile defines them,
+:meth:`~laned.protocol.profiles.base.Profile.is_heartbeat`: B2 with ErrorCode ``0x80`` or
+OBU id ``00000000``/``FFFFFFFF``; B1 in gb2019tcp). An RSU that stays silent longer than
 ``silence_timeout`` (it should heartbeat every 3–60 s) is treated as lost and reopened.
 Port errors, EOF, ``EIO`` (a pty whose master closed, an unplugged adapter) close the
 port, report ``LinkStatus(connected=False, reason)`` and reconnect with capped
@@ -76,24 +77,17 @@ MAX_WRITE_BUFFER = 1 << 20
 MAX_QUEUED_FRAMES = 4096
 # A noisy line can break hundreds of frames a minute: log a drop reason at most this often
 # (the counters in ``drops`` keep the exact numbers).
+# A port that stays unopenable is reported again this often (with the attempt count), so
+# the log says it is still down without one line per attempt.
+OPEN_FAILURE_LOG_INTERVAL_S = 30.0
+# Reconnect backoff: from the first to the cap. The cap is what an outage costs on top of
+# its own length: the lane must be back in service within 2 s of the RSU answering.
+RECONNECT_BACKOFF_S = (0.2, 1.0)
 DROP_LOG_INTERVAL_S = 10.0
 # Bytes of a dropped frame shown in the log: envelope, TYPE and the OBU id. Never more, as
 # B4 carries the card number and the plate (STYLE.md: card numbers and plates masked).
 DROP_LOG_BYTES = 10
 TCP_CONNECT_TIMEOUT_S = 5.0
-HEARTBEAT_OBU_IDS = (b"\x00\x00\x00\x00", b"\xff\xff\xff\xff")
-
-
-def is_heartbeat(message: Message) -> bool:
-    """A frame the RSU sends to say it is alive and nothing is in range (not answered)."""
-    t = message.frame_type
-    if t == 0xB1:
-        return True
-    if t != 0xB2:
-        return False
-    if getattr(message, "error_code", None) == 0x80:
-        return True
-    return getattr(message, "obu_id", None) in HEARTBEAT_OBU_IDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,16 +99,23 @@ class RsuFrame:
     seq: int | None
     arrived_at: float  # time.monotonic() at the read that completed the frame
     wire: bytes
-
-    @property
-    def heartbeat(self) -> bool:
-        return is_heartbeat(self.message)
+    heartbeat: bool = False  # as the profile defines it (Profile.is_heartbeat)
 
 
 @dataclass(frozen=True, slots=True)
 class LinkStatus:
     connected: bool
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FrameDropped:
+    """A damaged frame the link dropped (bad check byte, escape, layout …)."""
+
+    reason: str
+
+
+LinkItem = RsuFrame | FrameDropped | LinkStatus
 
 
 _END = object()
@@ -164,7 +165,10 @@ class _SerialTransport:
         if not data:
             self._link._lost(self, "end of file on the port")
             return
-        self._link._on_data(data)
+        try:
+            self._link._on_data(data)
+        except Exception as err:  # a bug: the loop would only log it; the link's owner must die of it
+            self._link._fail(err)
 
     def write(self, data: bytes) -> None:
         if self._buf:
@@ -264,6 +268,8 @@ class _TcpTransport:
             raise
         except OSError as err:
             self._link._lost(self, f"read failed: {_oserror(err)}")
+        except Exception as err:  # a bug: nobody awaits this task, so the link's supervisor re-raises it
+            self._link._fail(err)
 
     def write(self, data: bytes) -> None:
         if self._writer.is_closing():
@@ -298,7 +304,7 @@ class RsuLink:
 
     def __init__(self, profile: Profile | str, *, port: str | None = None, baud: int = 115200,
                  host: str | None = None, tcp_port: int | None = None, silence_timeout: float = 70.0,
-                 backoff: tuple[float, float] = (0.2, 5.0), name: str = "rsu") -> None:
+                 backoff: tuple[float, float] = RECONNECT_BACKOFF_S, name: str = "rsu") -> None:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         if (port is None) == (host is None):
             raise ValueError("RsuLink needs either a serial port or a TCP host (not both)")
@@ -342,6 +348,9 @@ class RsuLink:
         self._next_attempt = 0.0
         self._seen_on_this_connection = False
         self._open_failures = 0
+        self._sink: Callable[[LinkItem], None] | None = None
+        self._open_warned_at = 0.0
+        self._fatal: BaseException | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -397,6 +406,22 @@ class RsuLink:
         """True while unsent bytes wait for the port (a writer callback is registered)."""
         t = self._transport
         return t is not None and t.writing
+
+    def attach(self, sink: Callable[[LinkItem], None]) -> None:
+        """Deliver frames, dropped frames and link status changes to ``sink``, in the order
+        they happened (instead of :meth:`frames`): the lane's one ordered event stream."""
+        self._sink = sink
+
+    @property
+    def connected_at(self) -> float | None:
+        """Monotonic time the current connection came up (None while not connected)."""
+        return self._connected_at if self._transport is not None else None
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The link's supervisor task (reconnect, silence); it ends with the link's
+        exception if anything unexpected happened in reading."""
+        return self._task
 
     def on_status(self, callback: Callable[[LinkStatus], None]) -> None:
         """Call ``callback(LinkStatus)`` on every connect and disconnect."""
@@ -503,15 +528,21 @@ class RsuLink:
             self._log_drop(item, arrived_at)
             for callback in self._drop_callbacks:
                 callback(item.reason)
+            if self._sink is not None:
+                self._sink(FrameDropped(item.reason))
             return
         self.last_seen = arrived_at
         if not self._seen_on_this_connection:
             self._seen_on_this_connection = True
             self._delay = self.backoff[0]
-        frame = RsuFrame(item.message, item.rsctl, item.seq, arrived_at, item.raw.wire)
+        frame = RsuFrame(item.message, item.rsctl, item.seq, arrived_at, item.raw.wire,
+                         heartbeat=self.profile.is_heartbeat(item.message))
         self.stats["frames"] += 1
         if frame.heartbeat:
             self.stats["heartbeats"] += 1
+        if self._sink is not None:
+            self._sink(frame)
+            return
         if self._queue.qsize() >= MAX_QUEUED_FRAMES:
             self._queue.get_nowait()  # the oldest: a lane this far behind acts on the newest
             self.stats["queue_overflow"] += 1
@@ -536,11 +567,21 @@ class RsuLink:
             self._connected_event.set()
         else:
             self._connected_event.clear()
+        if self._sink is not None:
+            self._sink(status)
         for cb in list(self._callbacks):
             try:
                 cb(status)
             except Exception:
                 log.exception("%s: status callback failed", self.name)
+
+    def _fail(self, err: BaseException) -> None:
+        """Something unexpected (a bug) happened while reading: the supervisor ends with it."""
+        log.critical("%s: unexpected error while reading from %s: %r; the link's supervisor stops",
+                     self.name, self.description, err)
+        if self._fatal is None:
+            self._fatal = err
+        self._wake.set()
 
     def _lost(self, transport: object, reason: str) -> None:
         """Called by a transport that hit an error or EOF."""
@@ -575,15 +616,23 @@ class RsuLink:
                 assert self.port is not None
                 transport = _SerialTransport(self, self.port, self.baud)
         except (OSError, serial.SerialException, asyncio.TimeoutError, ValueError) as err:
+            # pyserial repeats the path twice in its message; the errno says it all.
+            code = getattr(err, "errno", None)
+            why = _oserror(OSError(code, os.strerror(code))) if isinstance(code, int) else str(err)
             self._open_failures += 1
             self.stats["open_failures"] += 1
-            level = logging.WARNING if self._open_failures == 1 else logging.DEBUG
-            log.log(level, "%s: cannot open %s: %s (retrying in %.1f s)", self.name, self.description, err,
-                    self._delay)
+            now = time.monotonic()
+            if self._open_failures == 1 or now - self._open_warned_at >= OPEN_FAILURE_LOG_INTERVAL_S:
+                self._open_warned_at = now
+                log.warning("%s: cannot open %s: %s (attempt %d; retrying every %.1f s at most; ETC stays "
+                            "closed until it opens)", self.name, self.description, why, self._open_failures,
+                            self.backoff[1])
+            else:
+                log.debug("%s: cannot open %s: %s", self.name, self.description, why)
             self._next_attempt = time.monotonic() + self._delay
             self._delay = min(self._delay * 2, self.backoff[1])
             if self._status.connected or self._status.reason == "not started":
-                self._set_status(False, f"cannot open {self.description}: {err}")
+                self._set_status(False, f"cannot open {self.description}: {why}")
             return
         if self._stopping or self._removed:
             transport.close()
@@ -599,6 +648,9 @@ class RsuLink:
 
     async def _supervise(self) -> None:
         while not self._stopping:
+            if self._fatal is not None:
+                self._drop_transport("laned error")
+                raise self._fatal
             self._wake.clear()
             now = time.monotonic()
             timeout: float | None

@@ -8,6 +8,7 @@ File format (TOML, or the same structure in JSON), documented in docs/fee_table.
 
     version = 7
     valid_from = 2026-11-01T00:00:00
+    valid_until = 2027-11-01T00:00:00     # optional: after it the lane refuses to price
     [stations."3701-0102"]
     1 = 3500
     12 = 9000
@@ -48,6 +49,7 @@ class FeeTable:
     valid_from: dt.datetime  # local, naive
     fees: Mapping[tuple[str, int], int]  # (station key lower-case, class) -> fen
     _max: Mapping[int, int] = field(default_factory=dict)
+    valid_until: dt.datetime | None = None  # local, naive; None: until a newer table replaces it
 
     def fee(self, entry_station: str, vehicle_class: int) -> int | None:
         return self.fees.get((entry_station.lower(), vehicle_class))
@@ -70,9 +72,17 @@ class FeeTable:
         valid_from = _valid_from(data.get("valid_from"))
         if valid_from is None:
             errors.append(f"valid_from is {data.get('valid_from')!r}, expected a date-time like 2026-11-01T00:00:00")
-        unknown = sorted(set(data) - {"version", "valid_from", "stations"})
+        valid_until = None
+        if data.get("valid_until") is not None:
+            valid_until = _valid_from(data["valid_until"])
+            if valid_until is None:
+                errors.append(f"valid_until is {data['valid_until']!r}, expected a date-time like 2027-11-01T00:00:00")
+            elif valid_from is not None and valid_until <= valid_from:
+                errors.append(f"valid_until {valid_until.isoformat()} is not after valid_from {valid_from.isoformat()}")
+        unknown = sorted(set(data) - {"version", "valid_from", "valid_until", "stations"})
         if unknown:
-            errors.append(f"{', '.join(unknown)}: not a fee table setting (expected version, valid_from, stations)")
+            errors.append(f"{', '.join(unknown)}: not a fee table setting (expected version, valid_from, "
+                          "valid_until, stations)")
         fees: dict[tuple[str, int], int] = {}
         stations = data.get("stations")
         if not isinstance(stations, Mapping) or not stations:
@@ -89,7 +99,7 @@ class FeeTable:
         maximum: dict[int, int] = {}
         for (_, k), amount in fees.items():
             maximum[k] = max(amount, maximum.get(k, 0))
-        return cls(version, valid_from, fees, maximum)
+        return cls(version, valid_from, fees, maximum, valid_until)
 
     @classmethod
     def load(cls, path: str | Path) -> "FeeTable":
@@ -202,6 +212,13 @@ class FeeSchedule:
             self.current, self.pending = self.pending, None
             return True
         return False
+
+    def expired(self, now: dt.datetime) -> str | None:
+        """Why the table in force can no longer price (past its ``valid_until``), or None."""
+        until = self.current.valid_until
+        if until is not None and local_naive(now) >= until:
+            return f"fee table version {self.current.version} expired at {until.isoformat()}"
+        return None
 
     def fee(self, entry_station: str, vehicle_class: int) -> int | None:
         return self.current.fee(entry_station, vehicle_class)

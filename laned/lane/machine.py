@@ -28,12 +28,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Union
 
-from laned.drivers.fee_display import DisplayContent
-from laned.drivers.lane_io import InputSample, Light, Signal
 from laned.lane.barrier import BarrierCommand, BarrierInterlock, BarrierPosition, InterlockSettings
 from laned.lane.dialect import CardView, Dialect, ObuView, VehicleView
+from laned.lane.display import DisplayContent
+from laned.lane.events import (
+    Action, ChargeRecorded, ChargeRecordFailed, ClearAlarm, Device, DeviceStatus, Event, FrameIn, FrameLost, InputIn,
+    IntentFailed, IntentRecorded, JournalCharged, JournalEvent, JournalIntent, JournalNotCharged, JournalRefusal,
+    JournalUnknown, LinkLost, LinkUp, MoveBarrier, RaiseAlarm, Send, SendFailed, SetLight, Show, Tick,
+)
+from laned.lane.modes import Availability, DisplayPolicy
 from laned.lane.outcomes import IDLE, OUTCOMES, Reason
 from laned.lane.paid import Paid, PaidRecords
+from laned.lane.signals import InputSample, Light, Signal
 from laned.protocol import Message, ObuFlag, ProtocolError
 from laned.protocol.profiles.common import STOP_RESEND
 from laned.protocol.records import CardIssueFile, CardType, StationRecord, is_known_vehicle_class
@@ -41,6 +47,12 @@ from laned.protocol.records import CardIssueFile, CardType, StationRecord, is_kn
 # B5 error codes (RSU_PROTOCOL.md, profile network2019) raised before the card was asked
 # to debit: the vehicle certainly did not pay. Any other error may follow a debit.
 NOT_DEBITED_CODES = frozenset({0x10, 0x11, 0x13, 0x17})
+
+# After an IO outage, a vehicle let through before or during it may already have crossed
+# the loop unseen: it holds the arm open this long more at most (unless it is seen on the
+# loop), not the whole passage timeout. A vehicle still waiting is re-read by the RSU and
+# let out on its record.
+OUTAGE_PASSAGE_GRACE_S = 8.0
 
 # After a damaged frame during a transaction: wait this long for a good one, then ask the
 # RSU to resend (C2 stop type 2), at most this many times per transaction.
@@ -76,149 +88,6 @@ class EmptyStatusList:
         return None
 
 
-# -- events ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class FrameIn:
-    message: Message
-    rsctl: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class InputIn:
-    sample: InputSample
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class IntentRecorded:
-    tx_id: str
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class IntentFailed:
-    tx_id: str
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class ChargeRecorded:
-    tx_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class ChargeRecordFailed:
-    tx_id: str
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class LinkUp:
-    """The RSU link (re)connected: initialise the RSU with C0."""
-
-
-@dataclass(frozen=True, slots=True)
-class LinkLost:
-    """The RSU link dropped (unplugged, silent): an in-flight transaction fails safely."""
-
-
-@dataclass(frozen=True, slots=True)
-class FrameLost:
-    """The link dropped a damaged frame (bad check byte, bad escape …): during a
-    transaction it was probably the RSU frame the lane is waiting for."""
-
-    reason: str = ""
-
-
-Event = Union[FrameIn, InputIn, Tick, IntentRecorded, IntentFailed, ChargeRecorded, ChargeRecordFailed, LinkUp,
-              LinkLost, FrameLost]
-
-
-# -- actions --------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    message: Message
-    reply_to: int | None = None  # RSCTL of the RSU frame answered; None = lane-initiated
-
-
-@dataclass(frozen=True, slots=True)
-class Show:
-    content: DisplayContent
-
-
-@dataclass(frozen=True, slots=True)
-class MoveBarrier:
-    command: BarrierCommand
-
-
-@dataclass(frozen=True, slots=True)
-class SetLight:
-    light: Light
-
-
-@dataclass(frozen=True, slots=True)
-class RaiseAlarm:
-    code: str
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class JournalIntent:
-    """Write the intent durably, then feed back IntentRecorded (or IntentFailed)."""
-
-    tx_id: str
-    record: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class JournalCharged:
-    """Write the B5 result durably, then feed back ChargeRecorded (or ChargeRecordFailed)."""
-
-    tx_id: str
-    seq: int
-    result: dict[str, Any]
-    entry: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class JournalUnknown:
-    tx_id: str
-    seq: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class JournalNotCharged:
-    """The B5 error came before the card was asked to debit: the intent ends as not charged."""
-
-    tx_id: str
-    seq: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class JournalRefusal:
-    tx_id: str
-    record: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class JournalEvent:
-    kind: str
-    record: dict[str, Any]
-
-
-Action = Union[Send, Show, MoveBarrier, SetLight, RaiseAlarm, JournalIntent, JournalCharged, JournalUnknown,
-               JournalNotCharged,
-               JournalRefusal, JournalEvent]
-
-
 # -- settings and state ------------------------------------------------------------------------
 
 class Direction(enum.StrEnum):
@@ -241,6 +110,7 @@ class LaneSettings:
     accepted_issuers: frozenset[bytes] = frozenset()  # empty: every issuer
     redetect_window: float = 300.0  # s an OBU/card that paid is recognised
     b5_timeout: float = 1.0  # s after C6
+    transaction_timeout: float = 3.0  # s from B2 to the intent; later stages wait b5_timeout
     # A vehicle let through that has not passed the safety loop after this long (it
     # turned back, or was never there) no longer holds the arm open for whoever comes next.
     passage_timeout: float = 60.0
@@ -250,6 +120,7 @@ class LaneSettings:
     tx_power: int = 10
     pll_channel: int = 0
     interlock: InterlockSettings = field(default_factory=InterlockSettings)
+    display_policy: DisplayPolicy = DisplayPolicy.CONTINUE  # does losing the fee display close ETC?
 
 
 class Stage(enum.StrEnum):
@@ -282,6 +153,18 @@ class Tx:
     balance_after: int | None = None
 
 
+class LaneStateError(RuntimeError):
+    """The machine found its own state impossible (a bug, never bad input): laned must
+    stop and restart rather than guess, so the journal's crash recovery decides."""
+
+
+def _seq(tx: Tx) -> int:
+    """The journal seq of a transaction past its intent."""
+    if tx.seq is None:
+        raise LaneStateError(f"transaction {tx.tx_id} in stage {tx.stage} has no journal seq")
+    return tx.seq
+
+
 class LaneMachine:
     def __init__(self, settings: LaneSettings, dialect: Dialect, *, fees: FeeLookup | None = None,
                  status: StatusLookup | None = None, recent: list[Paid] | None = None) -> None:
@@ -306,6 +189,14 @@ class LaneMachine:
         self.display = DisplayContent(line1=IDLE.line1, line2=IDLE.line2)
         self.light = Light.RED
         self.c6_sent: list[tuple[bytes, float, str]] = []  # (obu_id, now, tx_id), for invariant checks
+        self.modes = Availability(settings.display_policy)
+        # The interlock starts latched ("no input sampled yet"); that one is no news.
+        self._fault_reported: str | None = self.barrier.fault
+
+    def may_lower(self, now: float) -> bool:
+        """Whether a lower decided earlier may still start now: every presence input is
+        fresh and clear (the IO worker asks this as the command reaches the module)."""
+        return not self.barrier.occupied(now)
 
     @property
     def credits(self) -> int:
@@ -329,11 +220,17 @@ class LaneMachine:
             self._charge_record_failed(event, now, out)
         elif isinstance(event, LinkLost):
             self._link_lost(now, out)
+            self._device(DeviceStatus(Device.RSU, False, event.reason or "link lost"), now, out)
         elif isinstance(event, FrameLost):
             self._frame_lost(now)
         elif isinstance(event, LinkUp):
             out.append(Send(self.d.init(wall, exit_lane=self.s.direction is Direction.EXIT,
                                         tx_power=self.s.tx_power, channel=self.s.pll_channel)))
+            self._device(DeviceStatus(Device.RSU, True), now, out)
+        elif isinstance(event, DeviceStatus):
+            self._device(event, now, out)
+        elif isinstance(event, SendFailed):
+            self._send_failed(event, now, out)
         self._timers(now, out)
         self._barrier(now, out)
         return out
@@ -386,7 +283,7 @@ class LaneMachine:
         if self._paid_recently(obu.obu_id, None, now):
             self._pass_on_record(tx, rsctl, now, out)
             return
-        reason = self._check_obu(obu, wall.date())
+        reason = Reason.ETC_CLOSED if self.modes.closed else self._check_obu(obu, wall.date())
         if reason is not None:
             self._refuse(tx, reason, rsctl, now, out)
             return
@@ -468,7 +365,9 @@ class LaneMachine:
         if self._paid_recently(tx.obu.obu_id, cf.card_key, now):
             self._pass_on_record(tx, rsctl, now, out)
             return
-        reason = self._check_card(tx, cf, wall.date())
+        # A device lost since the B2 (IO module, journal, fee table): no charge that the
+        # lane could not finish.
+        reason = Reason.ETC_CLOSED if self.modes.closed else self._check_card(tx, cf, wall.date())
         if reason is None and self.s.direction is Direction.EXIT:
             reason = self._price(tx, card)
         if reason is not None:
@@ -524,10 +423,17 @@ class LaneMachine:
             self.counters["late_intent"] += 1
             return
         tx.seq = ev.seq
+        if self.modes.closed:
+            # Lost a device while the intent was being written: no C6 went out, so the
+            # intent certainly ends as not charged.
+            out.append(JournalNotCharged(tx.tx_id, ev.seq, f"ETC closed before the charge: {self.modes.describe()}"))
+            self._refuse(tx, Reason.ETC_CLOSED, tx.b4_rsctl, now, out, journal=False)
+            return
         tx.stage = Stage.CHARGING
         tx.deadline = now + self.s.b5_timeout
         entry_lane = self.s.direction is Direction.ENTRY
-        assert tx.purchase_time is not None
+        if tx.purchase_time is None:  # set with the intent; a C6 must carry the time the intent says
+            tx.purchase_time = wall.replace(microsecond=0, tzinfo=None)
         out.append(Send(self.d.charge(tx.obu.obu_id, 0 if entry_lane else tx.fee, tx.purchase_time,
                                       self._station_record(tx), entry_lane=entry_lane), tx.b4_rsctl))
         self.c6_sent.append((tx.obu.obu_id, now, tx.tx_id))
@@ -547,12 +453,12 @@ class LaneMachine:
             if tx is None or tx.stage not in (Stage.RECORDING,):
                 out.append(Send(self.d.stop(res.obu_id), rsctl))
             return
-        assert tx.seq is not None
+        seq = _seq(tx)
         if res.error_code == 0:
             tx.stage = Stage.RECORDING
             tx.balance_after = res.balance_after
             out.append(Send(self.d.continue_(res.obu_id), rsctl))
-            out.append(JournalCharged(tx.tx_id, tx.seq, {
+            out.append(JournalCharged(tx.tx_id, seq, {
                 "tac": res.tac, "psam_no": res.psam_no, "psam_trans_serial": res.psam_trans_serial,
                 "icc_pay_serial": res.icc_pay_serial, "trans_type": res.trans_type,
                 "balance_after": res.balance_after, "trans_time": res.trans_time,
@@ -560,7 +466,7 @@ class LaneMachine:
             return
         self.counters[f"b5_error_{res.error_code:02x}"] += 1
         if res.error_code in NOT_DEBITED_CODES and tx.stage is Stage.CHARGING:
-            out.append(JournalNotCharged(tx.tx_id, tx.seq, f"not debited: B5 error {res.error_code:02x}"))
+            out.append(JournalNotCharged(tx.tx_id, seq, f"not debited: B5 error {res.error_code:02x}"))
             self._refuse(tx, Reason.CHARGE_FAILED, rsctl, now, out, journal=False)
             return
         if self._refetch(tx, now, out):
@@ -612,6 +518,57 @@ class LaneMachine:
         if self.tx is not None:
             self._abandon(now, out, "the RSU link was lost")
 
+    def _send_failed(self, ev: SendFailed, now: float, out: list[Action]) -> None:
+        self.counters["send_failed"] += 1
+        out.append(RaiseAlarm("rsu_send_failed", f"{ev.type_name} not sent: {ev.error}"))
+        if self.tx is not None:
+            # A C6 that may or may not have left: _abandon records it as unknown, never
+            # as not charged, so the vehicle is neither charged twice nor waved through.
+            self._abandon(now, out, f"{ev.type_name} could not be sent: {ev.error}")
+
+    # -- degraded modes ------------------------------------------------------------------------
+    def _device(self, ev: DeviceStatus, now: float, out: list[Action]) -> None:
+        was_down = self.modes.is_down(ev.device)
+        changed = self.modes.update(ev.device, ev.online, ev.detail)
+        if ev.device is Device.IO and was_down and ev.online:
+            self._io_back(now, out)
+        if ev.device is Device.DISPLAY and was_down != (not ev.online):
+            if ev.online:
+                out.append(ClearAlarm("display_offline"))
+                out.append(Show(self.display))  # what it missed while it was away
+            else:
+                out.append(RaiseAlarm("display_offline", ev.detail or "the fee display does not answer"))
+        if not changed:
+            return
+        if self.modes.closed:
+            why = self.modes.describe()
+            self.counters["etc_closures"] += 1
+            out.append(RaiseAlarm("etc_closed", why))
+            out.append(JournalEvent("etc_closed", {"lane_id": self.s.lane_id, "reason": "etc_closed",
+                                                   "detail": why}))
+            if self.credits == 0 and not self.unpaid_on_loop:
+                o = OUTCOMES[Reason.ETC_CLOSED]
+                self._display(DisplayContent(line1=o.line1, line2=o.line2, light=Light.RED), out)
+                self._set_light(Light.RED, out)
+        else:
+            out.append(ClearAlarm("etc_closed"))
+            out.append(JournalEvent("etc_opened", {"lane_id": self.s.lane_id, "reason": "etc_opened"}))
+            if self.credits == 0 and not self.unpaid_on_loop and self.tx is None:
+                self._display(DisplayContent(line1=IDLE.line1, line2=IDLE.line2), out)
+
+    def _io_back(self, now: float, out: list[Action]) -> None:
+        """The IO module answers again: whatever it missed is asked again. Raising is
+        always safe; lowering still only comes from the interlock on fresh inputs."""
+        if self.credits or self.unpaid_on_loop or not self.want_down:
+            self.counters["raise_reissued"] += 1
+            out.append(MoveBarrier(self.barrier.command_raise()))
+        # The light may have been lost with the module: send it again.
+        out.append(SetLight(self.light))
+        # A paid vehicle may have crossed the loop while its samples were unknown: it no
+        # longer holds the arm for the full passage timeout, only for a short grace.
+        cutoff = now - self.s.passage_timeout + OUTAGE_PASSAGE_GRACE_S
+        self._credit_at = [min(t, cutoff) for t in self._credit_at]
+
     # -- outcomes ---------------------------------------------------------------------------
     def _refuse(self, tx: Tx, reason: Reason, rsctl: int | None, now: float, out: list[Action], *,
                 journal: bool = True) -> None:
@@ -653,8 +610,7 @@ class LaneMachine:
         self._set_light(Light.GREEN, out)
 
     def _unknown(self, tx: Tx, why: str, now: float, out: list[Action]) -> None:
-        assert tx.seq is not None
-        out.append(JournalUnknown(tx.tx_id, tx.seq, why))
+        out.append(JournalUnknown(tx.tx_id, _seq(tx), why))
         out.append(RaiseAlarm(str(Reason.OUTCOME_UNKNOWN), f"seq {tx.seq} OBU {tx.obu.obu_id.hex()}: {why}"))
         self.counters[Reason.OUTCOME_UNKNOWN] += 1
         # Recognised as possibly paid: a second C6 for it inside the window could charge twice.
@@ -667,7 +623,8 @@ class LaneMachine:
 
     def _abandon(self, now: float, out: list[Action], why: str) -> None:
         tx = self.tx
-        assert tx is not None
+        if tx is None:
+            return
         if tx.stage in (Stage.CHARGING, Stage.REFETCHING):
             self._unknown(tx, why, now, out)
         elif tx.stage is Stage.RECORDING:
@@ -729,6 +686,12 @@ class LaneMachine:
                 tx.resends += 1
                 self.counters["resend_requested"] += 1
                 out.append(Send(self.d.stop(tx.obu.obu_id, STOP_RESEND)))
+        if tx is not None and tx.stage in (Stage.OBU, Stage.VEHICLE) and now - tx.started > self.s.transaction_timeout:
+            # The RSU went quiet before the card was read (the OBU left, a B3/B4 was lost):
+            # free the lane for the next OBU. From the intent on, b5_timeout governs.
+            self.counters["transaction_timeout"] += 1
+            self._abandon(now, out, "transaction timeout")
+            return
         if tx is None or tx.deadline is None or now < tx.deadline:
             return
         if tx.stage in (Stage.CHARGING, Stage.REFETCHING):
@@ -771,6 +734,18 @@ class LaneMachine:
 
     def _barrier(self, now: float, out: list[Action]) -> None:
         reverse = self.barrier.tick(now)
+        travel = self.barrier.travel_alarm(now)
+        if travel is not None:
+            out.append(RaiseAlarm("barrier_raise_timeout", travel.detail) if travel.active
+                       else ClearAlarm("barrier_raise_timeout", travel.detail))
+        fault = self.barrier.fault
+        if fault != self._fault_reported:
+            if fault is not None:
+                out.append(RaiseAlarm("interlock_fault", f"{fault}; the arm is not lowered until every presence "
+                                      f"input is fresh and clear for {self.s.interlock.release_after:g} s"))
+            else:
+                out.append(ClearAlarm("interlock_fault", "presence inputs fresh and clear again"))
+            self._fault_reported = fault
         if reverse is not None:
             out.append(MoveBarrier(reverse))
             return

@@ -50,6 +50,7 @@ class Reason(enum.StrEnum):
     CHARGE_FAILED = "charge_failed"  # B5 error before the card was debited: not charged
     OUTCOME_UNKNOWN = "outcome_unknown"  # the card may have been debited: reconciliation
     JOURNAL_FAILED = "journal_failed"
+    ETC_CLOSED = "etc_closed"  # a degraded mode: the lane cannot finish a payment now
     # -- lane events ---------------------------------------------------------------------
     FOLLOW_CAR = "follow_car"
 
@@ -81,6 +82,7 @@ OUTCOMES: dict[Reason, Outcome] = {
     Reason.CHARGE_FAILED: Outcome("交易失败", "请走人工车道"),
     Reason.OUTCOME_UNKNOWN: Outcome("交易异常", "请走人工车道", alarm=True),
     Reason.JOURNAL_FAILED: Outcome("ETC暂停使用", "请走人工车道", alarm=True),
+    Reason.ETC_CLOSED: Outcome("ETC暂停", "请走人工车道"),
     Reason.FOLLOW_CAR: Outcome("跟车违章", "请停车缴费", alarm=True),
 }
 
