@@ -8,9 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given, settings
 
 from laned.cli.decode_cmd import hex_from_line, run
+from laned.protocol import PROFILES
+from tests.test_protocol_mutated_payloads import TYPED, envelope_frame, mutated
+from tests.test_protocol_properties import SETTINGS, forms, messages
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "rsu_frames.json").read_text())
 
@@ -93,3 +98,76 @@ def test_a_missing_file_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "laned.cli", "decode", "--file", str(tmp_path / "none.txt")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "cannot read" in proc.stderr
+
+
+# -- bad frames never stop the tool; no frame at all is an error ----------------------------
+
+def laned_decode(*args: str, stdin: str | None = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "laned.cli", "decode", *args], input=stdin,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_network2019_b4_too_short_for_its_layout_is_named_on_stderr_not_a_traceback():
+    proc = laned_decode("--profile", "network2019", "ffff18b4a1b2c3d40000a8ff")
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("laned decode: byte 0: layout: B4 (network2019)")
+    assert line.endswith("[ffff18b4a1b2c3d40000a8ff]")
+
+
+def test_hex_without_a_frame_exits_2_saying_how_many_bytes_held_none():
+    proc = laned_decode("00112233445566")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == ["laned decode: no frame found in 7 bytes of input (no frame start FF FF in it)"]
+
+
+def test_empty_input_exits_2_saying_no_frame_was_found():
+    proc = laned_decode()
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["laned decode: no frame found in 0 bytes of input (no hex in it)"]
+
+
+def test_a_text_file_without_hex_exits_2_saying_no_frame_was_found(tmp_path):
+    log = tmp_path / "lane.log"
+    log.write_text("2024-11-22 09:30:12 lane started\n# nothing from the RSU yet\n")
+    proc = laned_decode("--file", str(log))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["laned decode: no frame found in 0 bytes of input (no hex in it)"]
+
+
+def test_a_binary_capture_is_refused_as_not_hex_text_naming_the_file(tmp_path):
+    capture = tmp_path / "rsu.bin"
+    capture.write_bytes(bytes.fromhex(VECTORS["frames"][0]["hex"]) * 3)  # raw bytes, not hex text
+    proc = laned_decode("--file", str(capture))
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.splitlines()
+    assert f"{capture} is not hex text" in line and "no frame found" in line and "xxd -p" in line
+
+
+def test_a_log_file_with_frames_across_lines_and_comments_decodes_in_stream_offsets(tmp_path, capsys):
+    from laned.cli.decode_cmd import main
+
+    c4, c0 = "ffff84c40141ff", VECTORS["frames"][0]["hex"]
+    log = tmp_path / "capture.log"
+    log.write_bytes(f"# capture of lane 3\r\n09:30:12 RX: {c4[:6]}\r\n  # a comment between the halves\r\n"
+                    f"09:30:12 RX: {c4[6:]} (ok)\r\n{c0}".encode())
+    assert main([], str(log), "national", "auto", True) == 0
+    objs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(o["type"], o["offset"]) for o in objs] == [("C4", 0), ("C0", len(c4) // 2)]
+
+
+# -- whatever the frame, one output per frame and never a traceback ----------------------
+
+@settings(max_examples=150, **SETTINGS)
+@given(st.data(), st.booleans())
+def test_a_damaged_frame_of_any_profile_is_printed_or_named_never_a_traceback(data, as_json):
+    # The fields of a frame that decodes are then read as records (0015, 0019, the vehicle
+    # file, OBU flags, yuan, dates): that reading must hold for damaged values too.
+    profile_name, type_code = data.draw(st.sampled_from(TYPED))
+    form = data.draw(st.sampled_from(forms(PROFILES[profile_name].messages[type_code])))
+    original = data.draw(messages(profile_name, type_code, form))
+    _, frame = envelope_frame(profile_name, data.draw(mutated(profile_name, original.encode())), 0x18)
+    code, out, err = decode(frame, profile_name, as_json=as_json)
+    shown = len(out) if as_json else out.count("┏")  # one table per frame
+    assert shown + len(err.splitlines()) == 1, (out, err)
+    assert code == (0 if shown else 2)

@@ -9,13 +9,20 @@ their messages this way, so adding a vendor variant is one file of declarations.
 Short forms (RSU_PROTOCOL.md): an RSU frame whose ErrorCode (its *status field*) is not
 00 may end right after it — the heartbeat B2 is ``B2 00000000 80``. Fields that are
 absent are ``None`` and are not sent when the message is encoded.
+
+Decoding checks every length before it reads a field, and raises nothing but
+:class:`ProtocolError` (``layout`` when the bytes do not fit the layout, ``field`` when a
+field's bytes mean nothing). construct's *compiled* parser is not used for decoding: it
+reads ``Bytes(n)`` as a bare ``io.read(n)`` that returns fewer bytes without complaint
+(a 2-byte OBU id, an EF04Info shorter than EF04Length) and integers as
+``struct.unpack(io.read(n))``, which raises ``struct.error`` on a short frame.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import struct
 import enum
+import struct
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Callable, ClassVar, TypeVar
 
@@ -88,6 +95,8 @@ class Layout:
         self.required = frozenset(f.name for f in fs if f.default is MISSING)
         self.status_field = status_field
         self._fast: dict[tuple[str, ...], struct.Struct | None] = {}
+        # Variable-size forms: a checked parser, DATA → raw values (see _variable_parser).
+        self._variable: dict[tuple[str, ...], Callable[[bytes], dict[str, Any]]] = {}
         # Prefix forms: (names, fixed length or None, compiled struct, converters).
         self.forms: list[tuple[tuple[str, ...], int | None, Any, list[tuple[str, Callable[[Any], Any]]]]] = []
         self.full = self._form(self.names)
@@ -108,6 +117,8 @@ class Layout:
             pass
         convs = [(n, self.kinds[n].decode) for n in names if self.kinds[n].decode is not None]
         self._fast[names] = _struct_of(kinds) if size is not None else None
+        if size is None:
+            self._variable[names] = _variable_parser(self, names)
         return names, size, struct, convs  # type: ignore[return-value]
 
     # -- decoding --------------------------------------------------------------------
@@ -116,8 +127,9 @@ class Layout:
             return self._parse_full(data)  # hot path: the complete frame of a fixed layout
         return self._parse_form(data)
 
-    def _field_error(self, name: str, err: FieldError, data: bytes) -> FieldError:
-        return FieldError(f"{self.label} {name}: {err.detail}", data)
+    def _field_error(self, name: str, err: Exception, data: bytes) -> FieldError:
+        detail = err.detail if isinstance(err, FieldError) else f"{type(err).__name__}: {err}"
+        return FieldError(f"{self.label} {name}: {detail}", data)
 
     def _parse_form(self, data: bytes) -> Message:
         n = len(data)
@@ -129,31 +141,27 @@ class Layout:
                 form = self.pre_optional
             elif form[1] is not None:
                 raise LayoutError(self._length_message(n), data)
-        names, _, compiled, convs = form
+        names, _, _, convs = form
         fast = self._fast[names]
         if fast is not None:
-            values = dict(zip(names, fast.unpack(data)))
+            values = dict(zip(names, fast.unpack(data)))  # n is the form's size: checked above
         else:
-            try:
-                c = compiled.parse(data)
-            except cs.ConstructError as err:
-                raise LayoutError(f"{self.label}: {n} data bytes do not fit the layout ({err})", data) from None
-            values = {name: c[name] for name in names}
+            values = self._variable[names](data)
         for name, conv in convs:
             try:
                 values[name] = conv(values[name])
-            except FieldError as err:
-                raise FieldError(f"{self.label} {name}: {err.detail}", data) from None
+            except _CONVERTER_ERRORS as err:
+                raise self._field_error(name, err, data) from None
         if form is self.head and values[self.status_field] == 0:  # type: ignore[index]
             raise LayoutError(f"{self.label}: frame ends after {self.status_field} 00; only an error frame may", data)
         return self.cls(**values)
 
     def _length_message(self, n: int) -> str:
-        allowed = [str(self.full[1])]
-        if self.head is not None:
-            allowed.insert(0, f"{self.head[1]} (error frame)")
+        allowed = [f"{self.head[1]} (error frame)"] if self.head is not None else []
         if self.pre_optional is not None:
-            allowed.insert(0, str(self.pre_optional[1]))
+            allowed.append(str(self.pre_optional[1]))
+        full = self.full[1]
+        allowed.append(str(full) if full is not None else f"at least {_fixed_size(self, self.full[0])}")
         return f"{self.label} needs {' or '.join(allowed)} data bytes after TYPE, got {n}"
 
     # -- encoding --------------------------------------------------------------------
@@ -205,8 +213,8 @@ def _full_parser(layout: Layout) -> Callable[[bytes], Any] | None:
     fast = layout._fast[names]
     if fast is None or any(f.name not in names for f in dataclasses.fields(cls)):
         return None
-    env: dict[str, Any] = {"unpack": fast.unpack, "new": object.__new__, "cls": cls, "FieldError": FieldError,
-                           "fail": layout._field_error}
+    env: dict[str, Any] = {"unpack": fast.unpack, "new": object.__new__, "cls": cls,
+                           "CONVERTER_ERRORS": _CONVERTER_ERRORS, "fail": layout._field_error}
     lines = ["def parse_full(data):", "    v = unpack(data)", "    obj = new(cls)"]
     for i, name in enumerate(names):
         env[f"set{i}"] = getattr(cls, name).__set__  # the slot's member descriptor
@@ -217,7 +225,7 @@ def _full_parser(layout: Layout) -> Callable[[bytes], Any] | None:
             env[f"conv{i}"] = conv
             lines += ["    try:",
                       f"        set{i}(obj, conv{i}(v[{i}]))",
-                      "    except FieldError as err:",
+                      "    except CONVERTER_ERRORS as err:",
                       f"        raise fail({name!r}, err, data) from None"]
     lines.append("    return obj")
     exec("\n".join(lines), env)  # noqa: S102 - source built above from the layout's field names
@@ -245,6 +253,68 @@ def _struct_of(kinds: list[Kind]) -> struct.Struct | None:
                 return None
         fmt += code
     return struct.Struct(fmt)
+
+
+# What a field kind's converter (raw → typed, ``Kind.decode``) may raise for bytes that
+# mean nothing. The converters of laned.protocol.fields raise FieldError only, for every
+# input of their size; ValueError (UnicodeDecodeError is one), IndexError and
+# OverflowError are what Python's own date, codec and indexing raise, caught as well so
+# that a converter added later cannot let bad bytes stop the link. Not Exception: a
+# TypeError or AttributeError is a bug in laned and must show. Handlers cost nothing
+# until something is raised (3.11 zero-cost exceptions), so the hot path stays as fast.
+_CONVERTER_ERRORS = (FieldError, ValueError, IndexError, OverflowError)
+
+
+def _fixed_size(layout: Layout, names: tuple[str, ...]) -> int:
+    """Bytes of the fixed-size fields among ``names`` (the least a variable form needs)."""
+    return sum(layout.kinds[n].size or 0 for n in names)
+
+
+def _variable_parser(layout: Layout, names: tuple[str, ...]) -> Callable[[bytes], dict[str, Any]]:
+    """A checked parser of one variable-size form: DATA → raw values, or LayoutError.
+
+    Every variable layout of the profiles is a fixed-size head and one variable field at
+    the end: ``Rest`` (the TCP profiles' raw tail) or bytes whose count an earlier field
+    holds (EF04Info after EF04Length). That shape gets ``struct.unpack_from`` for the
+    head and two length checks. Any other shape (a variable field with fields after it)
+    gets construct's interpreted parser, which checks every read and raises only
+    ``ConstructError``; both end in a :class:`LayoutError` naming the frame's bytes.
+    """
+    label = layout.label
+    kinds = [layout.kinds[n] for n in names]
+    *head_kinds, last = kinds
+    head = _struct_of(head_kinds) if all(k.size is not None for k in head_kinds) else None
+    counted = last.length_from is not None and last.length_from in names[:-1]
+    if head is not None and last.size is None and (counted or last is Rest):
+        need, tail_name, head_names = head.size, names[-1], names[:-1]
+        unpack_from = head.unpack_from
+        count_at = head_names.index(last.length_from) if counted else -1
+
+        def parse(data: bytes) -> dict[str, Any]:
+            n = len(data)
+            if n < need:
+                raise LayoutError(layout._length_message(n), data)
+            v = unpack_from(data)
+            tail = data[need:]
+            if count_at >= 0 and len(tail) != v[count_at]:
+                raise LayoutError(f"{label} {tail_name}: {head_names[count_at]} says {v[count_at]} bytes, "
+                                  f"{len(tail)} follow", data)
+            values = dict(zip(head_names, v))
+            values[tail_name] = tail
+            return values
+
+        return parse
+
+    interpreted = cs.Struct(*[n / layout.kinds[n].con for n in names], cs.Terminated)
+
+    def parse_interpreted(data: bytes) -> dict[str, Any]:
+        try:
+            c = interpreted.parse(data)
+        except cs.ConstructError as err:  # StreamError (short), TerminatedError (bytes left over)…
+            raise LayoutError(f"{label}: {len(data)} data bytes do not fit the layout ({err})", data) from None
+        return {name: c[name] for name in names}
+
+    return parse_interpreted
 
 
 def message(type_code: int, sender: Sender, *, profile: str = "", status_field: str | None = None,
