@@ -1,5 +1,8 @@
 """The lane state machine: ETC transactions, passage accounting and the barrier, sans-IO.
 
+The transaction record and its admission rules are in ``transaction.py``, the settings
+in ``settings.py``, events and actions in ``events.py``, degraded modes in ``modes.py``.
+
 Events go in (:class:`FrameIn`, :class:`InputIn`, :class:`Tick`, journal confirmations),
 actions come out (:class:`Send`, :class:`Show`, :class:`MoveBarrier`, journal records…),
 and time is passed in with every call: ``handle(event, now, wall)`` where ``now`` is the
@@ -22,27 +25,40 @@ The two rules, and how this module keeps them:
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Protocol, Union
+from typing import Any
 
-from laned.lane.barrier import BarrierCommand, BarrierInterlock, BarrierPosition, InterlockSettings
-from laned.lane.dialect import CardView, Dialect, ObuView, VehicleView
+from laned.lane.barrier import BarrierInterlock, BarrierPosition
+from laned.lane.dialect import Dialect, ObuView, VehicleView
 from laned.lane.display import DisplayContent
 from laned.lane.events import (
     Action, ChargeRecorded, ChargeRecordFailed, ClearAlarm, Device, DeviceStatus, Event, FrameIn, FrameLost, InputIn,
     IntentFailed, IntentRecorded, JournalCharged, JournalEvent, JournalIntent, JournalNotCharged, JournalRefusal,
     JournalUnknown, LinkLost, LinkUp, MoveBarrier, RaiseAlarm, Send, SendFailed, SetLight, Show, Tick,
 )
-from laned.lane.modes import Availability, DisplayPolicy
+from laned.lane.modes import Availability
 from laned.lane.outcomes import IDLE, OUTCOMES, Reason
 from laned.lane.paid import Paid, PaidRecords
+from laned.lane.settings import (
+    Direction, EmptyStatusList, FeeLookup, LaneSettings, MissingEntryPolicy, StatusLookup,
+)
 from laned.lane.signals import InputSample, Light, Signal
-from laned.protocol import Message, ObuFlag, ProtocolError
+from laned.lane.transaction import (
+    LaneStateError, Stage, Tx, check_card, check_obu, price, record, seq_of, station_record,
+)
+from laned.protocol import Message, ProtocolError
 from laned.protocol.profiles.common import STOP_RESEND
-from laned.protocol.records import CardIssueFile, CardType, StationRecord, is_known_vehicle_class
+from laned.protocol.records import CardIssueFile, is_known_vehicle_class
+
+# What other modules import from here: the machine's interface in one place.
+__all__ = [
+    "Action", "ChargeRecorded", "ChargeRecordFailed", "ClearAlarm", "Device", "DeviceStatus", "Direction",
+    "EmptyStatusList", "Event", "FeeLookup", "FrameIn", "FrameLost", "InputIn", "IntentFailed", "IntentRecorded",
+    "JournalCharged", "JournalEvent", "JournalIntent", "JournalNotCharged", "JournalRefusal", "JournalUnknown",
+    "LaneMachine", "LaneSettings", "LaneStateError", "LinkLost", "LinkUp", "MissingEntryPolicy", "MoveBarrier",
+    "Paid", "RaiseAlarm", "Send", "SendFailed", "SetLight", "Show", "Stage", "StatusLookup", "Tick", "Tx",
+]
 
 # B5 error codes (RSU_PROTOCOL.md, profile network2019) raised before the card was asked
 # to debit: the vehicle certainly did not pay. Any other error may follow a debit.
@@ -58,111 +74,6 @@ OUTAGE_PASSAGE_GRACE_S = 8.0
 # RSU to resend (C2 stop type 2), at most this many times per transaction.
 RESEND_GRACE_S = 0.08
 MAX_RESENDS = 2
-
-
-# -- ports the machine reads synchronously (in-memory lookups, no I/O) ---------------------
-
-class StatusLookup(Protocol):
-    version: int
-
-    def is_listed_card(self, network: str, card_number: str) -> int | None: ...
-
-    def is_listed_obu(self, obu: bytes) -> int | None: ...
-
-
-class FeeLookup(Protocol):
-    version: int
-
-    def fee(self, entry_station: str, vehicle_class: int) -> int | None: ...
-
-    def max_fee(self, vehicle_class: int) -> int | None: ...
-
-
-class EmptyStatusList:
-    version = 0
-
-    def is_listed_card(self, network: str, card_number: str) -> int | None:
-        return None
-
-    def is_listed_obu(self, obu: bytes) -> int | None:
-        return None
-
-
-# -- settings and state ------------------------------------------------------------------------
-
-class Direction(enum.StrEnum):
-    ENTRY = "entry"
-    EXIT = "exit"
-
-
-class MissingEntryPolicy(enum.StrEnum):
-    MAX_FEE = "max_fee"
-    REFUSE = "refuse"
-
-
-@dataclass(frozen=True)
-class LaneSettings:
-    lane_id: str = "G0001-01"
-    direction: Direction = Direction.EXIT
-    network: str = "3701"  # BCD, 4 digits
-    station: bytes = b"\x01\x02"
-    lane_number: int = 1
-    accepted_issuers: frozenset[bytes] = frozenset()  # empty: every issuer
-    redetect_window: float = 300.0  # s an OBU/card that paid is recognised
-    b5_timeout: float = 1.0  # s after C6
-    transaction_timeout: float = 3.0  # s from B2 to the intent; later stages wait b5_timeout
-    # A vehicle let through that has not passed the safety loop after this long (it
-    # turned back, or was never there) no longer holds the arm open for whoever comes next.
-    passage_timeout: float = 60.0
-    refetch_attempts: int = 1
-    missing_entry_policy: MissingEntryPolicy = MissingEntryPolicy.MAX_FEE
-    allow_credit_cards: bool = True
-    tx_power: int = 10
-    pll_channel: int = 0
-    interlock: InterlockSettings = field(default_factory=InterlockSettings)
-    display_policy: DisplayPolicy = DisplayPolicy.CONTINUE  # does losing the fee display close ETC?
-
-
-class Stage(enum.StrEnum):
-    OBU = "obu"  # B2 accepted, C1 sent
-    VEHICLE = "vehicle"  # B3 accepted, C1 sent
-    INTENT = "intent"  # B4 accepted, intent being written
-    CHARGING = "charging"  # C6 sent, awaiting B5
-    REFETCHING = "refetching"  # C8 sent, awaiting B5
-    RECORDING = "recording"  # B5 success being journalled
-
-
-@dataclass
-class Tx:
-    tx_id: str
-    obu: ObuView
-    started: float
-    stage: Stage = Stage.OBU
-    vehicle: VehicleView | None = None
-    card: CardView | None = None
-    card_file: CardIssueFile | None = None
-    entry: StationRecord | None = None
-    fee: int = 0
-    seq: int | None = None
-    deadline: float | None = None
-    refetches: int = 0
-    resend_due: float | None = None  # when to ask the RSU to resend (C2 stop type 2)
-    resends: int = 0
-    b4_rsctl: int | None = None
-    purchase_time: dt.datetime | None = None
-    balance_after: int | None = None
-
-
-class LaneStateError(RuntimeError):
-    """The machine found its own state impossible (a bug, never bad input): laned must
-    stop and restart rather than guess, so the journal's crash recovery decides."""
-
-
-def _seq(tx: Tx) -> int:
-    """The journal seq of a transaction past its intent."""
-    if tx.seq is None:
-        raise LaneStateError(f"transaction {tx.tx_id} in stage {tx.stage} has no journal seq")
-    return tx.seq
 
 
 class LaneMachine:
@@ -283,33 +194,12 @@ class LaneMachine:
         if self._paid_recently(obu.obu_id, None, now):
             self._pass_on_record(tx, rsctl, now, out)
             return
-        reason = Reason.ETC_CLOSED if self.modes.closed else self._check_obu(obu, wall.date())
+        reason = Reason.ETC_CLOSED if self.modes.closed else check_obu(obu, wall.date(), self.s, self.d.profile, self.status)
         if reason is not None:
             self._refuse(tx, reason, rsctl, now, out)
             return
         self.tx = tx
         out.append(Send(self.d.continue_(obu.obu_id), rsctl))
-
-    def _check_obu(self, obu: ObuView, today: dt.date) -> Reason | None:
-        flags = self.d.profile.obu_flags(obu.obu_status or b"\x00\x00")
-        if ObuFlag.CARD_ABSENT in flags:
-            return Reason.NO_CARD
-        if ObuFlag.OBU_REMOVED in flags:
-            return Reason.OBU_TAMPERED
-        if ObuFlag.OBU_LOCKED in flags:
-            return Reason.OBU_LOCKED
-        if ObuFlag.CARD_ERROR in flags:
-            return Reason.CARD_ERROR
-        if obu.contract_expiry is not None and obu.contract_expiry < today:
-            return Reason.OBU_EXPIRED
-        if obu.contract_start is not None and obu.contract_start > today:
-            return Reason.OBU_NOT_YET_VALID
-        if self.s.accepted_issuers and (obu.issuer or b"") not in self.s.accepted_issuers:
-            return Reason.ISSUER_NOT_ACCEPTED
-        if self.status.is_listed_obu(obu.obu_id) is not None or (
-                obu.serial_number is not None and self.status.is_listed_obu(obu.serial_number) is not None):
-            return Reason.OBU_LISTED
-        return None
 
     def _current(self, obu_id: bytes, stage: Stage, rsctl: int | None, out: list[Action]) -> Tx | None:
         """The transaction a B3/B4 belongs to, or None after answering C2 to a stray frame."""
@@ -367,9 +257,9 @@ class LaneMachine:
             return
         # A device lost since the B2 (IO module, journal, fee table): no charge that the
         # lane could not finish.
-        reason = Reason.ETC_CLOSED if self.modes.closed else self._check_card(tx, cf, wall.date())
+        reason = Reason.ETC_CLOSED if self.modes.closed else check_card(tx, cf, wall.date(), self.s, self.status)
         if reason is None and self.s.direction is Direction.EXIT:
-            reason = self._price(tx, card)
+            reason = price(tx, card, self.s, self.fees, self.counters)
         if reason is not None:
             self._refuse(tx, reason, rsctl, now, out)
             return
@@ -377,45 +267,6 @@ class LaneMachine:
         tx.b4_rsctl = rsctl
         tx.purchase_time = wall.replace(microsecond=0, tzinfo=None)
         out.append(JournalIntent(tx.tx_id, self._record(tx, "intent")))
-
-    def _check_card(self, tx: Tx, cf: CardIssueFile, today: dt.date) -> Reason | None:
-        if cf.expiry_date is not None and cf.expiry_date < today:
-            return Reason.CARD_EXPIRED
-        if cf.start_date is not None and cf.start_date > today:
-            return Reason.CARD_NOT_YET_VALID
-        if self.status.is_listed_card(cf.network, cf.card_number) is not None:
-            return Reason.CARD_LISTED
-        veh = tx.vehicle
-        if veh is not None and veh.plate and cf.plate and veh.plate != cf.plate:
-            return Reason.PLATE_MISMATCH
-        if veh is not None and cf.vehicle_class and veh.vehicle_class != cf.vehicle_class:
-            return Reason.CLASS_MISMATCH
-        if cf.card_type == CardType.CREDIT and not self.s.allow_credit_cards:
-            return Reason.CREDIT_CARD_REFUSED
-        return None
-
-    def _price(self, tx: Tx, card: CardView) -> Reason | None:
-        vclass = tx.vehicle.vehicle_class if tx.vehicle and tx.vehicle.vehicle_class else 0
-        fee: int | None = None
-        try:
-            tx.entry = StationRecord.decode(card.last_station) if card.last_station is not None else None
-        except ProtocolError:
-            tx.entry = None
-        if tx.entry is not None and not tx.entry.is_empty and self.fees is not None:
-            fee = self.fees.fee(tx.entry.station_key, vclass)
-        if fee is None:
-            if self.s.missing_entry_policy is MissingEntryPolicy.REFUSE or self.fees is None:
-                return Reason.NO_ENTRY_RECORD if tx.entry is None or tx.entry.is_empty else Reason.NO_FEE
-            fee = self.fees.max_fee(vclass)
-            if fee is None:
-                return Reason.NO_FEE
-            self.counters["charged_max_fee"] += 1
-        tx.fee = fee
-        cf = tx.card_file
-        # Stored-value cards must cover the fee; a balance equal to the fee is enough.
-        if cf is not None and cf.card_type != CardType.CREDIT and (card.rest_money or 0) < fee:
-            return Reason.INSUFFICIENT_BALANCE
-        return None
 
     def _intent_recorded(self, ev: IntentRecorded, now: float, wall: dt.datetime, out: list[Action]) -> None:
         tx = self.tx
@@ -435,7 +286,7 @@ class LaneMachine:
         if tx.purchase_time is None:  # set with the intent; a C6 must carry the time the intent says
             tx.purchase_time = wall.replace(microsecond=0, tzinfo=None)
         out.append(Send(self.d.charge(tx.obu.obu_id, 0 if entry_lane else tx.fee, tx.purchase_time,
-                                      self._station_record(tx), entry_lane=entry_lane), tx.b4_rsctl))
+                                      station_record(tx, self.s), entry_lane=entry_lane), tx.b4_rsctl))
         self.c6_sent.append((tx.obu.obu_id, now, tx.tx_id))
 
     def _intent_failed(self, ev: IntentFailed, now: float, out: list[Action]) -> None:
@@ -453,7 +304,7 @@ class LaneMachine:
             if tx is None or tx.stage not in (Stage.RECORDING,):
                 out.append(Send(self.d.stop(res.obu_id), rsctl))
             return
-        seq = _seq(tx)
+        seq = seq_of(tx)
         if res.error_code == 0:
             tx.stage = Stage.RECORDING
             tx.balance_after = res.balance_after
@@ -610,7 +461,7 @@ class LaneMachine:
         self._set_light(Light.GREEN, out)
 
     def _unknown(self, tx: Tx, why: str, now: float, out: list[Action]) -> None:
-        out.append(JournalUnknown(tx.tx_id, _seq(tx), why))
+        out.append(JournalUnknown(tx.tx_id, seq_of(tx), why))
         out.append(RaiseAlarm(str(Reason.OUTCOME_UNKNOWN), f"seq {tx.seq} OBU {tx.obu.obu_id.hex()}: {why}"))
         self.counters[Reason.OUTCOME_UNKNOWN] += 1
         # Recognised as possibly paid: a second C6 for it inside the window could charge twice.
@@ -779,32 +630,5 @@ class LaneMachine:
             self.light = light
             out.append(SetLight(light))
 
-    def _station_record(self, tx: Tx) -> bytes:
-        """The 40-byte station record C6 writes into card file 0019 (see records.StationRecord)."""
-        veh = tx.vehicle
-        plate = (veh.plate or "") if veh else ""
-        ts = int(tx.purchase_time.replace(tzinfo=dt.timezone.utc).timestamp()) if tx.purchase_time else 0
-        rec = (bytes.fromhex(self.s.network) + self.s.station + bytes((self.s.lane_number,)) + ts.to_bytes(4, "big")
-               + bytes(((veh.vehicle_class or 0) if veh else 0, 1 if self.s.direction is Direction.ENTRY else 2))
-               + bytes(12) + plate.encode("gbk", "replace")[:12].ljust(12, b"\x00") + bytes(5))
-        return rec
-
     def _record(self, tx: Tx, state: str) -> dict[str, Any]:
-        cf, veh, obu = tx.card_file, tx.vehicle, tx.obu
-        return {
-            "tx_id": tx.tx_id, "lane_id": self.s.lane_id, "state": str(state), "direction": str(self.s.direction),
-            "obu_id": obu.obu_id, "issuer": obu.issuer, "obu_serial": obu.serial_number,
-            "contract_start": obu.contract_start, "contract_expiry": obu.contract_expiry,
-            "obu_status": obu.obu_status,
-            "plate": veh.plate if veh else None, "plate_colour": veh.plate_colour if veh else None,
-            "vehicle_class": veh.vehicle_class if veh else None,
-            "card_network": cf.network if cf else None, "card_number": cf.card_number if cf else None,
-            "card_type": cf.card_type if cf else None,
-            "balance_before": tx.card.rest_money if tx.card else None,
-            "entry_station": tx.entry.station_key if tx.entry and not tx.entry.is_empty else None,
-            "fee": tx.fee if self.s.direction is Direction.EXIT else 0,
-            "purchase_time": tx.purchase_time,
-            "fee_table_version": getattr(self.fees, "version", None),
-            "status_list_version": getattr(self.status, "version", None),
-            "reason": str(state),
-        }
+        return record(tx, state, self.s, self.fees, self.status)
