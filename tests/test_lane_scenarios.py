@@ -9,7 +9,7 @@ import pytest
 from laned.lane.signals import Light
 from laned.lane.barrier import BarrierCommand, BarrierPosition
 from laned.lane.machine import (
-    Direction, FrameLost, IntentFailed, JournalIntent, LaneSettings, LinkLost, MissingEntryPolicy, Send, SetLight,
+    RaiseAlarm,     Direction, FrameLost, IntentFailed, JournalIntent, LaneSettings, LinkLost, MissingEntryPolicy, Send, SetLight,
     Show, Tick,
 )
 from laned.lane.outcomes import Reason
@@ -158,10 +158,33 @@ def test_an_obu_seen_again_after_paying_is_let_through_on_its_record_not_charged
     assert any(j[0] == "JournalEvent" for j in lane.journal)
 
 
-def test_a_card_moved_to_another_obu_after_paying_is_not_charged_again(lane):
+def test_a_card_moved_to_another_obu_of_the_same_vehicle_after_paying_is_not_charged_again(lane):
     lane.pay()
-    out = lane.b2(obu_id=b"\x01\x02\x03\x04") + lane.b3(obu_id=b"\x01\x02\x03\x04") + lane.b4(obu_id=b"\x01\x02\x03\x04")
+    other = b"\x01\x02\x03\x04"
+    out = lane.b2(obu_id=other) + lane.b3(obu_id=other) + lane.b4(obu_id=other)  # same plate: same vehicle
     assert "C6" not in lane.sent(out)
+    assert lane.machine.counters["card_shared"] == 0
+
+
+def test_a_paid_card_in_another_vehicle_is_a_new_transaction_with_a_card_sharing_alarm(lane):
+    """One payment must not let two vehicles out: the same card in another OBU with
+    another plate, 6 s after it paid, is charged as the new vehicle it is."""
+    lane.pay(card=card_file(plate=""))  # a card without a plate in its 0015 file
+    lane.advance(6.0)
+    other = b"\x01\x02\x03\x04"
+    out = lane.b2(obu_id=other) + lane.b3(obu_id=other, plate="京B99999") + lane.b4(obu_id=other, card=card_file(plate=""))
+    assert lane.sent(out)[-1] == "C6"
+    alarm = [a for a in out if isinstance(a, RaiseAlarm) and a.code == "card_shared"]
+    assert alarm and "a1fe33ff" in alarm[0].detail and "京B*****" in alarm[0].detail
+    assert "2301000012345678" not in alarm[0].detail  # card numbers are masked
+
+
+def test_a_paid_card_in_another_vehicle_whose_plate_it_does_not_carry_is_refused_not_passed(lane):
+    lane.pay()
+    other = b"\x01\x02\x03\x04"
+    out = lane.b2(obu_id=other) + lane.b3(obu_id=other, plate="京B99999") + lane.b4(obu_id=other)
+    assert lane.sent(out)[-1] == "C2" and lane.barrier(out) == []
+    assert lane.machine.counters[Reason.PLATE_MISMATCH] == 1 and lane.machine.counters["card_shared"] == 1
 
 
 def test_a_lost_b5_on_the_national_profile_is_recorded_unknown_and_the_barrier_stays_down(lane):

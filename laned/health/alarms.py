@@ -349,6 +349,15 @@ _SPECS: tuple[AlarmSpec, ...] = (
         "vehicles do cross and this still happens, the safety loop misses them: check its "
         "detector's sensitivity.",
         hold_s=300.0),
+    AlarmSpec(
+        "card_shared", _E, _WARN,
+        "同一卡片在另一车辆上再次出现，已按新车辆处理，请核查是否一卡多车",
+        "A card that paid within the re-detection window appeared in another vehicle (another OBU "
+        "and another plate): it was handled as a new vehicle, not let through on the first "
+        "payment. Check for one card used by several vehicles.",
+        "Compare the two plates in the detail on the lane camera. A card lent between vehicles "
+        "is a matter for the card issuer; the lane charged (or refused) the second vehicle itself.",
+        hold_s=300.0),
 )
 
 

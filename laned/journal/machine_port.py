@@ -89,7 +89,7 @@ class MachineJournal:
         since = wall - dt.timedelta(seconds=window_s)
         now_unix = wall.timestamp()
         return [Paid(e.obu_id or b"", e.card_key, monotonic - max(0.0, now_unix - e.created_unix), e.seq,
-                     settled=e.state in (TxState.CHARGED, TxState.ENTRY_WRITTEN))
+                     settled=e.state in (TxState.CHARGED, TxState.ENTRY_WRITTEN), plate=e.plate)
                 for e in self.journal.paid_since(since)]
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from dataclasses import replace
 from collections import Counter
 from typing import Any
 
@@ -44,6 +45,7 @@ from laned.lane.settings import (
     Direction, EmptyStatusList, FeeLookup, LaneSettings, MissingEntryPolicy, StatusLookup,
 )
 from laned.lane.signals import InputSample, Light, Signal
+from laned.masking import mask_card, mask_plate
 from laned.lane.transaction import (
     LaneStateError, Stage, Tx, check_card, check_obu, price, record, seq_of, station_record,
 )
@@ -187,11 +189,11 @@ class LaneMachine:
             out.append(Send(self.d.stop(obu.obu_id), rsctl))
             return
         tx = Tx(tx_id=str(uuid.uuid4()), obu=obu, started=now)
-        if self._being_recorded(obu.obu_id, None):
+        if self._being_recorded(obu.obu_id, None, None):
             self.counters["seen_while_recording"] += 1
             out.append(Send(self.d.stop(obu.obu_id), rsctl))
             return
-        if self._paid_recently(obu.obu_id, None, now):
+        if self._paid_recently(obu.obu_id, None, now, None):
             self._pass_on_record(tx, rsctl, now, out)
             return
         reason = Reason.ETC_CLOSED if self.modes.closed else check_obu(obu, wall.date(), self.s, self.d.profile, self.status)
@@ -247,14 +249,16 @@ class LaneMachine:
             self._refuse(tx, Reason.CARD_ERROR, rsctl, now, out)
             return
         cf = tx.card_file
-        if self._being_recorded(tx.obu.obu_id, cf.card_key):
+        plate = _plate_of(tx)
+        if self._being_recorded(tx.obu.obu_id, cf.card_key, plate):
             self.counters["seen_while_recording"] += 1
             out.append(Send(self.d.stop(tx.obu.obu_id), rsctl))
             self.tx = None
             return
-        if self._paid_recently(tx.obu.obu_id, cf.card_key, now):
+        if self._paid_recently(tx.obu.obu_id, cf.card_key, now, plate):
             self._pass_on_record(tx, rsctl, now, out)
             return
+        self._card_seen_elsewhere(tx, cf.card_key, plate, out)
         # A device lost since the B2 (IO module, journal, fee table): no charge that the
         # lane could not finish.
         reason = Reason.ETC_CLOSED if self.modes.closed else check_card(tx, cf, wall.date(), self.s, self.status)
@@ -351,7 +355,7 @@ class LaneMachine:
             return
         entry = self.s.direction is Direction.ENTRY
         reason = Reason.ENTRY_WRITTEN if entry else Reason.CHARGED
-        self.paid.add(Paid(tx.obu.obu_id, tx.card_file.card_key if tx.card_file else None, now, tx.seq))
+        self.paid.add(replace(self._paid_record(tx), at=now))
         self._let_through(tx, reason, now, out, fee=None if entry else tx.fee, balance=tx.balance_after)
 
     def _charge_record_failed(self, ev: ChargeRecordFailed, now: float, out: list[Action]) -> None:
@@ -361,7 +365,7 @@ class LaneMachine:
         # The card paid but the journal cannot say so: keep the lane closed for the operator.
         out.append(RaiseAlarm("journal_failed", f"charge seq {tx.seq} could not be completed: {ev.error}"))
         # It paid: never charge it again inside the window, even though the record failed.
-        self.paid.add(Paid(tx.obu.obu_id, tx.card_file.card_key if tx.card_file else None, now, tx.seq))
+        self.paid.add(replace(self._paid_record(tx), at=now))
         self._show(Reason.JOURNAL_FAILED, tx, out)
         self.counters[Reason.JOURNAL_FAILED] += 1
 
@@ -465,8 +469,7 @@ class LaneMachine:
         out.append(RaiseAlarm(str(Reason.OUTCOME_UNKNOWN), f"seq {tx.seq} OBU {tx.obu.obu_id.hex()}: {why}"))
         self.counters[Reason.OUTCOME_UNKNOWN] += 1
         # Recognised as possibly paid: a second C6 for it inside the window could charge twice.
-        self.paid.add(Paid(tx.obu.obu_id, tx.card_file.card_key if tx.card_file else None, now, tx.seq,
-                              settled=False))
+        self.paid.add(replace(self._paid_record(tx, settled=False), at=now))
         self.tx = None
         self._show(Reason.OUTCOME_UNKNOWN, tx, out)
         if self.credits == 0:
@@ -487,20 +490,35 @@ class LaneMachine:
             self.counters["abandoned"] += 1
             self.tx = None
 
-    def _being_recorded(self, obu_id: bytes, card_key: str | None) -> bool:
+    def _being_recorded(self, obu_id: bytes, card_key: str | None, plate: str | None) -> bool:
         """Paid, and the B5 result is being journalled: its confirmation lets it through."""
-        return any(tx.obu.obu_id == obu_id or (card_key is not None and tx.card_file is not None
-                                               and tx.card_file.card_key == card_key)
-                   for tx in self._recording.values())
+        return any(self._paid_record(tx).same_vehicle(obu_id, card_key, plate) for tx in self._recording.values())
 
-    def _paid_recently(self, obu_id: bytes, card_key: str | None, now: float) -> bool:
-        window = self.s.redetect_window
-        self.paid.expire(now, window)
-        return bool(self.paid.find(obu_id, card_key))
+    def _paid_recently(self, obu_id: bytes, card_key: str | None, now: float, plate: str | None) -> bool:
+        """The same vehicle paid within the window (its OBU, or its card and its plate)."""
+        self.paid.expire(now, self.s.redetect_window)
+        return any(p.same_vehicle(obu_id, card_key, plate) for p in self.paid.find(obu_id, card_key))
+
+    def _card_seen_elsewhere(self, tx: Tx, card_key: str | None, plate: str | None, out: list[Action]) -> None:
+        """A card that paid in another vehicle within the window: this is a new
+        transaction (one payment lets one vehicle out), and the operator should know."""
+        others = [p for p in self.paid.find(tx.obu.obu_id, card_key) if p.card_key == card_key]
+        if not others:
+            return
+        first = others[0]
+        self.counters["card_shared"] += 1
+        out.append(RaiseAlarm("card_shared", f"card {card_key and mask_card(card_key)} paid as seq {first.seq} in OBU "
+                              f"{first.obu_id.hex()} (plate {mask_plate(first.plate or '')}); now in OBU "
+                              f"{tx.obu.obu_id.hex()} (plate {mask_plate(plate or '')}): charged as a new vehicle"))
 
     def _paid_for_sure(self, tx: Tx) -> bool:
         key = tx.card_file.card_key if tx.card_file else None
-        return any(p.settled for p in self.paid.find(tx.obu.obu_id, key))
+        plate = _plate_of(tx)
+        return any(p.settled and p.same_vehicle(tx.obu.obu_id, key, plate) for p in self.paid.find(tx.obu.obu_id, key))
+
+    def _paid_record(self, tx: Tx, *, settled: bool = True) -> Paid:
+        return Paid(tx.obu.obu_id, tx.card_file.card_key if tx.card_file else None, tx.started, tx.seq,
+                    settled=settled, plate=_plate_of(tx))
 
     def _expire_passages(self, now: float, out: list[Action]) -> None:
         if self.safety_occupied is not False:
@@ -632,3 +650,10 @@ class LaneMachine:
 
     def _record(self, tx: Tx, state: str) -> dict[str, Any]:
         return record(tx, state, self.s, self.fees, self.status)
+
+
+def _plate_of(tx: Tx) -> str | None:
+    """The vehicle's plate as the OBU reported it (B3), else as the card holds it."""
+    if tx.vehicle is not None and tx.vehicle.plate:
+        return tx.vehicle.plate
+    return tx.card_file.plate if tx.card_file is not None and tx.card_file.plate else None

@@ -1,9 +1,13 @@
 """Who paid, recently: the lane's memory for "an OBU seen again after paying".
 
-An OBU that paid is still in the RSU's zone for a while and is reported again; so is a
-card moved to another OBU. Within the re-detection window such a vehicle is let through
-on its record and never charged again. The lane looks this up on every B2 and B4, so
-the lookup is by key (OBU id, card) and does not grow with the traffic of the window.
+An OBU that paid is still in the RSU's zone for a while and is reported again. Within
+the re-detection window *the same vehicle* is let through on its record and never
+charged again: the same OBU, or the same card with the same plate (the RSU re-reading
+the card through another read). A recently paid card in another vehicle (another OBU
+and another plate) is a new transaction — one payment must not let two vehicles out —
+and a sign of a card shared between vehicles. The lane looks this up on every B2 and
+B4, so the lookup is by key (OBU id, card) and does not grow with the traffic of the
+window.
 """
 
 from __future__ import annotations
@@ -22,6 +26,14 @@ class Paid:
     at: float  # monotonic
     seq: int | None
     settled: bool = True  # False: its charge is unknown, it may not have paid
+    plate: str | None = None  # of the vehicle that paid (B3, else the card's)
+
+    def same_vehicle(self, obu_id: bytes, card_key: str | None, plate: str | None) -> bool:
+        """This payment is the vehicle's own: its OBU, or its card and its plate."""
+        if self.obu_id == obu_id:
+            return True
+        return (card_key is not None and self.card_key == card_key
+                and plate is not None and self.plate is not None and _plate(self.plate) == _plate(plate))
 
 
 class PaidRecords:
@@ -60,6 +72,10 @@ class PaidRecords:
 
     def __iter__(self) -> Iterator[Paid]:
         return iter(self._order)
+
+
+def _plate(plate: str) -> str:
+    return plate.strip().upper()
 
 
 def _forget(index: dict, key: object, p: Paid) -> None:
