@@ -76,11 +76,11 @@ class Daemon:
             await self.proc.wait()
 
 
-def write_config(tmp_path: Path, rsu_port: str) -> Path:
+def write_config(tmp_path: Path, rsu_port: str, profile: str = "national") -> Path:
     path = tmp_path / "laned.toml"
     # b5_timeout_s at its maximum: the window in which the daemon holds an intent without
     # a B5 before it marks it unknown itself — the test kills it inside that window.
-    path.write_text(to_toml(config_data(tmp_path / "journal.db", rsu_port,
+    path.write_text(to_toml(config_data(tmp_path / "journal.db", rsu_port, profile=profile,
                                         lane={"b5_timeout_s": 1.1, "transaction_timeout_s": 5.0},
                                         log={"level": "info"})), encoding="utf-8")
     load_config(path)  # the file is valid as laned run reads it
@@ -114,7 +114,7 @@ async def initialised(daemon: Daemon, emu: RsuEmulator, inits: int) -> None:
 @asynccontextmanager
 async def two_daemons(tmp_path: Path, emu: RsuEmulator) -> AsyncIterator[tuple[Daemon, Daemon]]:
     """The daemon that gets killed and the one that restarts on its journal; neither outlives the test."""
-    config = write_config(tmp_path, emu.path)
+    config = write_config(tmp_path, emu.path, emu.profile.name)
     first, second = Daemon(config, tmp_path / "first.log"), Daemon(config, tmp_path / "second.log")
     try:
         yield first, second
@@ -188,3 +188,29 @@ async def test_a_daemon_killed_after_the_b5_was_journalled_stays_charged_once_an
             assert "link lost" not in second.log()  # a clean stop is not reported as a fault
             assert [(r["seq"], r["state"], r["tac"]) for r in rows(tmp_path)] == [(1, "charged", charge.tac.hex()),
                                                                                   (2, "event", None)]
+
+
+async def test_on_network2019_a_charge_left_unknown_by_a_crash_is_settled_by_c8_when_the_obu_is_back(tmp_path):
+    """Killed between C6 and B5; after the restart the OBU is reported again. The lane asks
+    it for its last purchase (C8): the TAC proves the charge, the journal row is settled as
+    charged and the vehicle goes out on it — one charge at the card, one C6."""
+    scenario = ObuScenario(OBU, lost_b5=True)
+    async with RsuEmulator([scenario], profile="network2019", settings=SETTINGS) as emu:
+        async with two_daemons(tmp_path, emu) as (first, second):
+            await first.start()
+            await until(first, lambda: [r for r in rows(tmp_path) if r["state"] == "intent"], "the intent", emu)
+            await until(first, lambda: emu.charges, "the purchase at the card", emu)
+            await first.kill()
+            [charge] = emu.charges
+
+            await second.start()
+            await initialised(second, emu, 2)
+            [row] = rows(tmp_path)
+            assert row["state"] == "unknown"
+            emu.add_obu(dataclasses.replace(scenario, lost_b5=False), arrive_in=0.0, keep_card=True)
+            await until(second, lambda: rows(tmp_path)[0]["state"] == "charged", "the charge settled by C8", emu)
+            [row] = rows(tmp_path)
+            assert (row["seq"], row["state"], row["tac"], row["amount"]) == (1, "charged", charge.tac.hex(), 3500)
+            assert "reconciled with TAC" in row["detail"]
+            assert len(emu.received("C8")) == 1 and len(emu.received("C6")) == 1 and len(emu.charges) == 1
+            assert await second.stop() == 0

@@ -241,7 +241,7 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
             rsu=rsu, io=io, display=display, writer=writer, journal_path=cfg.journal.path, fees=fees,
             status_list=status,
             status_list_loaded_at=status_loaded_at, fee_table_required=settings.direction.value == "exit",
-            status_list_required=cfg.status_list is not None, rsu_ready=lambda: machine.counters["rsu_ready"],
+            status_list_required=cfg.status_list is not None, rsu_ready=lambda: machine.rsu_initialised,
             wall=lambda: wall().astimezone(), observe=observe)
         executor = LaneExecutor(machine, rsu, io, display, writer, wall=wall, observe=observe,
                                 on_alarm=monitor.lane_alarm)

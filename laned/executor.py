@@ -38,7 +38,7 @@ from laned.lane.barrier import BarrierCommand
 from laned.lane.machine import (
     Action, ChargeRecorded, ChargeRecordFailed, ClearAlarm, Device, DeviceStatus, Event, FrameIn, InputIn,
     IntentFailed, IntentRecorded, JournalCharged, JournalEvent, JournalIntent, JournalNotCharged, JournalRefusal,
-    JournalUnknown, LaneMachine, MoveBarrier, RaiseAlarm, Send, SendFailed, SetLight, Show, Tick,
+    JournalResolved, JournalUnknown, LaneMachine, MoveBarrier, RaiseAlarm, Send, SendFailed, SetLight, Show, Tick,
 )
 from laned.masking import mask_card, mask_plate
 from laned.observation import Observation
@@ -178,7 +178,7 @@ class LaneExecutor:
                 self._send(action, now)
             elif isinstance(action, JournalIntent):
                 self._journal_intent(action)
-            elif isinstance(action, JournalCharged):
+            elif isinstance(action, (JournalCharged, JournalResolved)):
                 self._journal_charged(action)
             elif isinstance(action, (JournalUnknown, JournalNotCharged, JournalRefusal, JournalEvent)):
                 self._journal_other(action)
@@ -237,8 +237,13 @@ class LaneExecutor:
 
         self._answer(self.journal.submit(lambda j: j.record_intent(record, wall)), done)
 
-    def _journal_charged(self, a: JournalCharged) -> None:
+    def _journal_charged(self, a: JournalCharged | JournalResolved) -> None:
         wall = self.wall()
+        op: Callable[[Any], None]
+        if isinstance(a, JournalResolved):
+            op = lambda j: j.resolve(a.seq, a.result, wall)  # noqa: E731
+        else:
+            op = lambda j: j.complete(a.seq, a.result, wall, entry=a.entry)  # noqa: E731
 
         def done(f: concurrent.futures.Future[None]) -> Event:
             err = f.exception()
@@ -250,7 +255,7 @@ class LaneExecutor:
             self._journal_failed(err)
             return ChargeRecordFailed(a.tx_id, str(err))
 
-        self._answer(self.journal.submit(lambda j: j.complete(a.seq, a.result, wall, entry=a.entry)), done)
+        self._answer(self.journal.submit(op), done)
 
     def _journal_other(self, a: JournalUnknown | JournalNotCharged | JournalRefusal | JournalEvent) -> None:
         now = self.wall()

@@ -38,7 +38,7 @@ class HealthMonitor:
                  rsu: Any = None, io: Any = None, display: Any = None, writer: Any = None,
                  journal_path: Path | None = None, fees: Any = None, status_list: Any = None,
                  status_list_loaded_at: dt.datetime | None = None, fee_table_required: bool = True,
-                 status_list_required: bool = False, rsu_ready: Callable[[], int] = lambda: 0,
+                 status_list_required: bool = False, rsu_ready: Callable[[], bool] = lambda: True,
                  monotonic: Callable[[], float] = time.monotonic,
                  wall: Callable[[], dt.datetime] = lambda: dt.datetime.now().astimezone(),
                  observe: Callable[[Any], None] | None = None) -> None:
@@ -58,7 +58,6 @@ class HealthMonitor:
         self.wall = wall
         self.changes: list[AlarmChange] = []  # every change since start, for laned status and tests
         self.observe = observe
-        self._rsu_conn: tuple[int, int] | None = None  # (connects, rsu_ready) at the current connection
         self._disk_low: bool | None = None
         self._fees_expired: str | None = None
         self._commits_seen = 0
@@ -88,13 +87,8 @@ class HealthMonitor:
         if r is None:
             return None
         if not r.connected:
-            self._rsu_conn = None
             return RsuSnapshot(connected=False, reason=r.status.reason, description=r.description, name=r.name)
-        connects = r.stats["connects"]
-        if self._rsu_conn is None or self._rsu_conn[0] != connects:
-            self._rsu_conn = (connects, self.rsu_ready())
-        initialised = self.rsu_ready() > self._rsu_conn[1]
-        return RsuSnapshot(connected=True, connected_at=r.connected_at, initialised=initialised,
+        return RsuSnapshot(connected=True, connected_at=r.connected_at, initialised=self.rsu_ready(),
                            last_seen=r.last_seen, description=r.description, name=r.name)
 
     def _io(self) -> tuple[IoSnapshot, ...]:

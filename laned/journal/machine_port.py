@@ -55,6 +55,11 @@ class MachineJournal:
         b5 = B5Result(**{k: result.get(k) for k in B5_FIELDS})
         self.journal.complete_charge(seq, b5, now, message=_message("entry_written" if entry else "charged"))
 
+    def resolve(self, seq: int, result: dict[str, Any], now: dt.datetime) -> None:
+        """A re-fetched TAC (C8) settles an unknown charge as charged."""
+        b5 = B5Result(**{k: result.get(k) for k in B5_FIELDS})
+        self.journal.resolve_unknown(seq, b5, now, message=_message("charged"))
+
     def mark_unknown(self, seq: int, reason: str, now: dt.datetime) -> None:
         self.journal.mark_unknown(seq, reason, now, message=_message("outcome_unknown"))
 
@@ -89,7 +94,8 @@ class MachineJournal:
         since = wall - dt.timedelta(seconds=window_s)
         now_unix = wall.timestamp()
         return [Paid(e.obu_id or b"", e.card_key, monotonic - max(0.0, now_unix - e.created_unix), e.seq,
-                     settled=e.state in (TxState.CHARGED, TxState.ENTRY_WRITTEN), plate=e.plate)
+                     settled=e.state in (TxState.CHARGED, TxState.ENTRY_WRITTEN), plate=e.plate,
+                     purchase_time=e.purchase_time)
                 for e in self.journal.paid_since(since)]
 
 

@@ -166,6 +166,16 @@ class JournalCharged:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalResolved:
+    """A re-fetched B5 (C8) proves an unknown charge went through: settle it as charged,
+    then feed back ChargeRecorded (or ChargeRecordFailed)."""
+
+    tx_id: str
+    seq: int
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class JournalUnknown:
     tx_id: str
     seq: int
@@ -193,7 +203,8 @@ class JournalEvent:
     record: dict[str, Any]
 
 
-Action = Union[Send, Show, MoveBarrier, SetLight, RaiseAlarm, ClearAlarm, JournalIntent, JournalCharged, JournalUnknown,
+Action = Union[Send, Show, MoveBarrier, SetLight, RaiseAlarm, ClearAlarm, JournalIntent, JournalCharged,
+               JournalResolved, JournalUnknown,
                JournalNotCharged,
                JournalRefusal, JournalEvent]
 

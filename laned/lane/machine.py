@@ -36,7 +36,8 @@ from laned.lane.display import DisplayContent
 from laned.lane.events import (
     Action, ChargeRecorded, ChargeRecordFailed, ClearAlarm, Device, DeviceStatus, Event, FrameIn, FrameLost, InputIn,
     IntentFailed, IntentRecorded, JournalCharged, JournalEvent, JournalIntent, JournalNotCharged, JournalRefusal,
-    JournalUnknown, LinkLost, LinkUp, MoveBarrier, RaiseAlarm, Send, SendFailed, SetLight, Show, Tick,
+    JournalResolved, JournalUnknown, LinkLost, LinkUp, MoveBarrier, RaiseAlarm, Send, SendFailed, SetLight, Show,
+    Tick,
 )
 from laned.lane.modes import Availability
 from laned.lane.outcomes import IDLE, OUTCOMES, Reason
@@ -57,7 +58,8 @@ from laned.protocol.records import CardIssueFile, is_known_vehicle_class
 __all__ = [
     "Action", "ChargeRecorded", "ChargeRecordFailed", "ClearAlarm", "Device", "DeviceStatus", "Direction",
     "EmptyStatusList", "Event", "FeeLookup", "FrameIn", "FrameLost", "InputIn", "IntentFailed", "IntentRecorded",
-    "JournalCharged", "JournalEvent", "JournalIntent", "JournalNotCharged", "JournalRefusal", "JournalUnknown",
+    "JournalCharged", "JournalEvent", "JournalIntent", "JournalNotCharged", "JournalRefusal", "JournalResolved",
+    "JournalUnknown",
     "LaneMachine", "LaneSettings", "LaneStateError", "LinkLost", "LinkUp", "MissingEntryPolicy", "MoveBarrier",
     "Paid", "RaiseAlarm", "Send", "SendFailed", "SetLight", "Show", "Stage", "StatusLookup", "Tick", "Tx",
 ]
@@ -103,6 +105,7 @@ class LaneMachine:
         self.light = Light.RED
         self.c6_sent: list[tuple[bytes, float, str]] = []  # (obu_id, now, tx_id), for invariant checks
         self.modes = Availability(settings.display_policy)
+        self.rsu_initialised = False  # a B0 with status 0 since the link came up
         # The interlock starts latched ("no input sampled yet"); that one is no news.
         self._fault_reported: str | None = self.barrier.fault
 
@@ -133,12 +136,14 @@ class LaneMachine:
             self._charge_record_failed(event, now, out)
         elif isinstance(event, LinkLost):
             self._link_lost(now, out)
+            self.rsu_initialised = False
             self._device(DeviceStatus(Device.RSU, False, event.reason or "link lost"), now, out)
         elif isinstance(event, FrameLost):
             self._frame_lost(now)
         elif isinstance(event, LinkUp):
             out.append(Send(self.d.init(wall, exit_lane=self.s.direction is Direction.EXIT,
                                         tx_power=self.s.tx_power, channel=self.s.pll_channel)))
+            self.rsu_initialised = False
             self._device(DeviceStatus(Device.RSU, True), now, out)
         elif isinstance(event, DeviceStatus):
             self._device(event, now, out)
@@ -170,6 +175,7 @@ class LaneMachine:
             status = getattr(msg, "rsu_status", 0)
             if status == 0:
                 self.counters["rsu_ready"] += 1
+                self.rsu_initialised = True
                 out.append(Send(self.d.continue_(bytes(4)), ev.rsctl))
             else:
                 self.counters["rsu_fault"] += 1
@@ -309,15 +315,14 @@ class LaneMachine:
                 out.append(Send(self.d.stop(res.obu_id), rsctl))
             return
         seq = seq_of(tx)
+        if tx.recovering:
+            self._recovered(tx, res, seq, rsctl, out)
+            return
         if res.error_code == 0:
             tx.stage = Stage.RECORDING
             tx.balance_after = res.balance_after
             out.append(Send(self.d.continue_(res.obu_id), rsctl))
-            out.append(JournalCharged(tx.tx_id, seq, {
-                "tac": res.tac, "psam_no": res.psam_no, "psam_trans_serial": res.psam_trans_serial,
-                "icc_pay_serial": res.icc_pay_serial, "trans_type": res.trans_type,
-                "balance_after": res.balance_after, "trans_time": res.trans_time,
-            }, entry=self.s.direction is Direction.ENTRY))
+            out.append(JournalCharged(tx.tx_id, seq, _b5_result(res), entry=self.s.direction is Direction.ENTRY))
             return
         self.counters[f"b5_error_{res.error_code:02x}"] += 1
         if res.error_code in NOT_DEBITED_CODES and tx.stage is Stage.CHARGING:
@@ -355,6 +360,11 @@ class LaneMachine:
             return
         entry = self.s.direction is Direction.ENTRY
         reason = Reason.ENTRY_WRITTEN if entry else Reason.CHARGED
+        if tx.recovering:  # paid before the crash; the re-fetched TAC proved it
+            self.counters["recovered_charged"] += 1
+            self.paid.add(replace(self._paid_record(tx), at=now))
+            self._let_through(tx, Reason.PAID_ON_RECORD, now, out, balance=tx.balance_after)
+            return
         self.paid.add(replace(self._paid_record(tx), at=now))
         self._let_through(tx, reason, now, out, fee=None if entry else tx.fee, balance=tx.balance_after)
 
@@ -439,14 +449,13 @@ class LaneMachine:
             self._set_light(Light.RED, out)
 
     def _pass_on_record(self, tx: Tx, rsctl: int | None, now: float, out: list[Action]) -> None:
+        if not self._paid_for_sure(tx) and self._recover_by_refetch(tx, rsctl, now, out):
+            return
         out.append(Send(self.d.stop(tx.obu.obu_id), rsctl))
         self.tx = None
         if not self._paid_for_sure(tx):
-            out.append(JournalEvent(str(Reason.OUTCOME_UNKNOWN), self._record(tx, Reason.OUTCOME_UNKNOWN)))
             self.counters["seen_again_unknown"] += 1
-            self._show(Reason.OUTCOME_UNKNOWN, tx, out)
-            if self.credits == 0:
-                self._set_light(Light.RED, out)
+            self._still_unknown(tx, "seen again; its charge is unknown", out)
             return
         out.append(JournalEvent(str(Reason.PAID_ON_RECORD), self._record(tx, Reason.PAID_ON_RECORD)))
         if self.credits == 0 and self.barrier.position is not BarrierPosition.UP:
@@ -454,6 +463,50 @@ class LaneMachine:
             self._let_through(tx, Reason.PAID_ON_RECORD, now, out)
         else:
             self.counters[Reason.PAID_ON_RECORD] += 1
+
+    def _recover_by_refetch(self, tx: Tx, rsctl: int | None, now: float, out: list[Action]) -> bool:
+        """An OBU whose charge is unknown (the daemon crashed, or the link dropped, between
+        its C6 and B5) is back: where the profile has C8, ask the OBU for its last
+        purchase before deciding — once per unknown charge."""
+        unknown = [p for p in self.paid.find(tx.obu.obu_id, None)
+                   if not p.settled and not p.refetch_tried and p.seq is not None and p.obu_id == tx.obu.obu_id]
+        c8 = self.d.refetch_tac(tx.obu.obu_id) if unknown else None
+        if c8 is None:
+            return False
+        p = unknown[-1]
+        p.refetch_tried = True
+        tx.seq, tx.purchase_time, tx.recovering = p.seq, p.purchase_time, True
+        tx.stage = Stage.REFETCHING
+        tx.deadline = now + self.s.b5_timeout
+        self.tx = tx
+        self.counters["recovery_refetch"] += 1
+        out.append(Send(c8, rsctl))
+        return True
+
+    def _recovered(self, tx: Tx, res: Any, seq: int, rsctl: int | None, out: list[Action]) -> None:
+        """The B5 answering a recovery C8: the unknown charge went through only if the
+        OBU's last purchase is the one this lane's C6 asked for (its purchase time)."""
+        if res.error_code == 0 and (tx.purchase_time is None or res.trans_time == tx.purchase_time):
+            tx.stage = Stage.RECORDING
+            tx.balance_after = res.balance_after
+            out.append(Send(self.d.continue_(res.obu_id), rsctl))
+            out.append(JournalResolved(tx.tx_id, seq, _b5_result(res)))
+            return
+        why = (f"C8 answered with B5 error {res.error_code:02x}" if res.error_code else
+               f"the OBU's last purchase ({res.trans_time}) is not this lane's ({tx.purchase_time})")
+        self.counters["recovery_refetch_failed"] += 1
+        out.append(Send(self.d.stop(res.obu_id), rsctl))
+        self._still_unknown(tx, why, out)
+
+    def _still_unknown(self, tx: Tx, why: str, out: list[Action]) -> None:
+        """Seen again with its charge unknown: neither charged again nor waved through."""
+        record = self._record(tx, Reason.OUTCOME_UNKNOWN)
+        record["detail"] = why
+        out.append(JournalEvent(str(Reason.OUTCOME_UNKNOWN), record))
+        self.tx = None
+        self._show(Reason.OUTCOME_UNKNOWN, tx, out)
+        if self.credits == 0:
+            self._set_light(Light.RED, out)
 
     def _let_through(self, tx: Tx, reason: Reason, now: float, out: list[Action], *, fee: int | None = None,
                      balance: int | None = None) -> None:
@@ -563,6 +616,10 @@ class LaneMachine:
             return
         if tx is None or tx.deadline is None or now < tx.deadline:
             return
+        if tx.recovering:
+            self.counters["recovery_refetch_failed"] += 1
+            self._still_unknown(tx, "no B5 answered the C8", out)
+            return
         if tx.stage in (Stage.CHARGING, Stage.REFETCHING):
             self.counters["b5_timeout"] += 1
             if self._refetch(tx, now, out):
@@ -608,7 +665,8 @@ class LaneMachine:
             out.append(RaiseAlarm("barrier_raise_timeout", travel.detail) if travel.active
                        else ClearAlarm("barrier_raise_timeout", travel.detail))
         fault = self.barrier.fault
-        if fault != self._fault_reported:
+        # Latch and release are news; a latched fault whose reason changes is not.
+        if (fault is None) != (self._fault_reported is None):
             if fault is not None:
                 out.append(RaiseAlarm("interlock_fault", f"{fault}; the arm is not lowered until every presence "
                                       f"input is fresh and clear for {self.s.interlock.release_after:g} s"))
@@ -657,3 +715,10 @@ def _plate_of(tx: Tx) -> str | None:
     if tx.vehicle is not None and tx.vehicle.plate:
         return tx.vehicle.plate
     return tx.card_file.plate if tx.card_file is not None and tx.card_file.plate else None
+
+
+def _b5_result(res: Any) -> dict[str, Any]:
+    """What the journal keeps of a successful B5."""
+    return {"tac": res.tac, "psam_no": res.psam_no, "psam_trans_serial": res.psam_trans_serial,
+            "icc_pay_serial": res.icc_pay_serial, "trans_type": res.trans_type,
+            "balance_after": res.balance_after, "trans_time": res.trans_time}

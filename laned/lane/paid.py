@@ -12,6 +12,7 @@ window.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ class Paid:
     seq: int | None
     settled: bool = True  # False: its charge is unknown, it may not have paid
     plate: str | None = None  # of the vehicle that paid (B3, else the card's)
+    purchase_time: dt.datetime | None = None  # what the C6 told the card: its B5 (and a C8's) carries it
+    refetch_tried: bool = False  # an unknown outcome the lane already asked the OBU about (C8)
 
     def same_vehicle(self, obu_id: bytes, card_key: str | None, plate: str | None) -> bool:
         """This payment is the vehicle's own: its OBU, or its card and its plate."""

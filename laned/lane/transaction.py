@@ -49,6 +49,7 @@ class Tx:
     b4_rsctl: int | None = None
     purchase_time: dt.datetime | None = None
     balance_after: int | None = None
+    recovering: bool = False  # a C8 asks the OBU about an earlier charge whose outcome is unknown
 
 
 class LaneStateError(RuntimeError):

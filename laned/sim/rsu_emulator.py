@@ -303,11 +303,18 @@ class RsuEmulator:
         return time.monotonic() - self._t0
 
     # -- scenario --------------------------------------------------------------------------
-    def add_obu(self, obu: ObuScenario, *, arrive_in: float | None = None) -> None:
+    def add_obu(self, obu: ObuScenario, *, arrive_in: float | None = None, keep_card: bool = False) -> None:
         """Put ``obu`` into the traffic: at ``obu.arrive_at`` after start, or ``arrive_in``
-        seconds from now. An OBU with the same id is replaced (its card state too)."""
+        seconds from now. An OBU with the same id is replaced — its card state too, unless
+        ``keep_card``: then it is the same vehicle back in the zone, with the balance, the
+        last purchase (what a C8 re-fetches) and the serials its card has now."""
         arrival = self._t0 + obu.arrive_at if arrive_in is None else time.monotonic() + arrive_in
-        self._obus[obu.obu_id] = _Obu(obu, arrival, obu.balance, obu.entry.record() if obu.entry else None)
+        new = _Obu(obu, arrival, obu.balance, obu.entry.record() if obu.entry else None)
+        old = self._obus.get(obu.obu_id)
+        if keep_card and old is not None:
+            new.balance, new.station, new.icc_serial = old.balance, old.station, old.icc_serial
+            new.last_purchase = old.last_purchase
+        self._obus[obu.obu_id] = new
         self._poke()
 
     def remove_obu(self, obu_id: str) -> None:
