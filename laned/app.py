@@ -16,11 +16,14 @@ import datetime as dt
 import logging
 import signal
 import time
-from contextlib import AsyncExitStack
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack, suppress
+from typing import Any
 
 from laned.config import Config
+from laned.drivers.device_profiles import IoModuleProfile
 from laned.drivers.fee_display import FeeDisplay
+from laned.drivers.gpio_profile import GpioPinMap
 from laned.drivers.lane_io import LaneIO
 from laned.drivers.rsu import FrameDropped, LinkItem, LinkStatus, RsuFrame, RsuLink
 from laned.drivers.tasks import watch
@@ -91,10 +94,13 @@ def make_io(cfg: Config, buses: Buses) -> LaneIO | None:
     if dev.kind == "none":
         log.warning("no IO module configured: the barrier will never be commanded down")
         return None
+    # The config's validator gave the profile the type its kind needs (config._profile_for).
     if dev.kind == "gpio":
         from laned.drivers.gpio_io import GpioLaneIO
+        assert isinstance(dev.profile, GpioPinMap)
         return GpioLaneIO(dev.profile, name="io")
     from laned.drivers.modbus_io import ModbusLaneIO
+    assert isinstance(dev.profile, IoModuleProfile)
     return ModbusLaneIO(buses.get(dev), dev.slave, dev.profile, name="io_module")
 
 
@@ -103,6 +109,7 @@ def make_display(cfg: Config, buses: Buses) -> FeeDisplay | None:
     if dev.kind == "none":
         return None
     from laned.drivers.modbus_display import ModbusFeeDisplay
+    assert dev.profile is not None  # the reference display's map when the file gives none (config._profile_for)
     return ModbusFeeDisplay(buses.get(dev), dev.slave, dev.profile, name="fee_display")
 
 
@@ -163,7 +170,7 @@ async def _named(name: str, work: Awaitable[None]) -> None:
     except Exception as err:
         # A task with its own group (the executor) fails with a group of one: name the
         # error itself, which is what the operator's one log line must show.
-        while isinstance(err, BaseExceptionGroup) and len(err.exceptions) == 1:
+        while isinstance(err, ExceptionGroup) and len(err.exceptions) == 1:
             err = err.exceptions[0]
         raise LaneTaskFailed(name, err) from err
 
@@ -174,16 +181,26 @@ async def watch_writer(writer: Any) -> None:
     died: asyncio.Future[None] = loop.create_future()
 
     def on_death(err: BaseException) -> None:  # on the writer's thread
-        loop.call_soon_threadsafe(lambda: died.done() or died.set_exception(err))
+        def fail() -> None:
+            if not died.done():
+                died.set_exception(err)
+
+        loop.call_soon_threadsafe(fail)
 
     writer.on_death(on_death)
     await died
 
 
 async def _first_rsu_attempt(rsu: RsuLink) -> None:
-    deadline = time.monotonic() + STARTUP_RSU_WAIT_S
-    while rsu.status.reason == "not started" and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)  # polling the link's own state; it has no "first attempt" event
+    """Wait, at most STARTUP_RSU_WAIT_S, until the link has tried once: its status leaves
+    "not started" (connected, or cannot open)."""
+    attempted = asyncio.Event()
+    rsu.on_status(lambda status: attempted.set())
+    if rsu.status.reason != "not started":
+        return
+    with suppress(TimeoutError):
+        async with asyncio.timeout(STARTUP_RSU_WAIT_S):
+            await attempted.wait()
 
 
 async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
@@ -223,8 +240,10 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
         writer = JournalWriter.open(cfg.journal.path, settings.lane_id, now=wall(), **(journal_options or {}))
         await writer.astart()
         stack.push_async_callback(writer.aclose)
-        if writer.recovery.completed or writer.recovery.unknown:
-            log.warning("journal: recovered after an unclean stop: %s", writer.recovery)
+        recovery = writer.recovery
+        assert recovery is not None  # known once the writer has started
+        if recovery.completed or recovery.unknown:
+            log.warning("journal: recovered after an unclean stop: %s", recovery)
         wall0, mono0 = wall(), time.monotonic()
         recent = await writer.submit_async(lambda mj: mj.recent_paid(settings.redetect_window, wall0, mono0))
         machine = LaneMachine(settings, cfg.dialect(), fees=fees, status=status, recent=recent)

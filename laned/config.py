@@ -24,8 +24,9 @@ import stat
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
@@ -132,7 +133,7 @@ class LaneSection(_Model):
     obu_div_factors: dict[IssuerId, DivFactor] = Field(default_factory=dict)  # issuer -> factor (C1, national)
 
     @model_validator(mode="after")
-    def _timeouts(self) -> "LaneSection":
+    def _timeouts(self) -> LaneSection:
         if self.transaction_timeout_s <= self.b5_timeout_s:
             raise _key_error("transaction_timeout_s", f"{self.transaction_timeout_s:g} s is not longer than "
                              f"b5_timeout_s = {self.b5_timeout_s:g} s; the whole exchange includes the B5 wait")
@@ -176,7 +177,7 @@ class RsuSection(_Model):
         return v
 
     @model_validator(mode="after")
-    def _transport(self) -> "RsuSection":
+    def _transport(self) -> RsuSection:
         if self.transport == "serial" and not self.port:
             raise _key_error("port", "missing: transport 'serial' needs port (e.g. /dev/laned-rsu)")
         if self.transport == "tcp" and not self.host:
@@ -203,8 +204,8 @@ class _DeviceLink(_Model):
     bus: BusSettings = BusSettings()
 
     @model_validator(mode="after")
-    def _where(self) -> "_DeviceLink":
-        kind = getattr(self, "kind")
+    def _where(self) -> _DeviceLink:
+        kind = getattr(self, "kind")  # noqa: B009 - each subclass declares its own kind (a Literal); this base has none
         if kind == "modbus_tcp" and not self.host:
             raise _key_error("host", "missing: kind 'modbus_tcp' needs host (and port, default 502)")
         if kind == "modbus_rtu" and not self.serial_port:
@@ -213,7 +214,7 @@ class _DeviceLink(_Model):
 
     def link(self) -> TcpLink | RtuLink | None:
         """The Modbus link for ``laned.drivers.modbus_bus.ModbusBus``; None if not a Modbus device."""
-        kind = getattr(self, "kind")
+        kind = getattr(self, "kind")  # noqa: B009 - as in _where
         if kind == "modbus_tcp":
             assert self.host is not None
             return TcpLink(host=self.host, port=self.port)
@@ -301,7 +302,7 @@ class HotplugSection(_Model):
     match: UdevMatch | None = None
 
     @model_validator(mode="after")
-    def _needs_match(self) -> "HotplugSection":
+    def _needs_match(self) -> HotplugSection:
         if self.enabled and self.match is None:
             raise _key_error("match", "missing: enabled hotplug needs [hotplug.match] with properties "
                              "(e.g. ID_SERIAL) or devlink")
@@ -323,7 +324,7 @@ class HealthSection(_Model):
     status_list_max_age_h: float = Field(48.0, gt=0, le=24 * 30)  # older: status_list_old
     clock_jump_s: float = Field(2.0, gt=0, le=3600)  # a wall-clock step larger than this: clock_jump
 
-    def settings(self, barrier: "BarrierSection", rsu: "RsuSection") -> HealthSettings:
+    def settings(self, barrier: BarrierSection, rsu: RsuSection) -> HealthSettings:
         return HealthSettings(disk_min_free_bytes=self.disk_min_free_mb << 20, disk_min_free_pct=self.disk_min_free_pct,
                               journal_slow_commit_s=self.journal_slow_commit_ms / 1000,
                               status_list_max_age_s=self.status_list_max_age_h * 3600, clock_jump_s=self.clock_jump_s,
@@ -419,12 +420,13 @@ def _unwrap(annotation: Any) -> type[BaseModel] | None:
 
 def _known_keys(loc: tuple[Any, ...]) -> list[str]:
     """The setting names valid where ``loc`` points (for "did you mean")."""
-    model: type[BaseModel] | None = Config
+    model: type[BaseModel] = Config
     for part in loc:
-        field = model.model_fields.get(str(part)) if model is not None else None
-        model = _unwrap(field.annotation) if field is not None else None
-        if model is None:
+        field = model.model_fields.get(str(part))
+        inner = _unwrap(field.annotation) if field is not None else None
+        if inner is None:
             return []
+        model = inner
     return list(model.model_fields)
 
 

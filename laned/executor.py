@@ -28,8 +28,9 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from laned.drivers.errors import DeviceError
 from laned.drivers.fee_display import DisplayContent, FeeDisplay
@@ -80,6 +81,7 @@ class JournalPort(Protocol):
     def record_event(self, kind: str, record: dict[str, Any], now: dt.datetime) -> None: ...
 
 
+@runtime_checkable
 class JournalSubmit(Protocol):
     """Runs journal work in order somewhere else and answers through a future
     (``laned.journal.JournalWriter``)."""
@@ -117,12 +119,12 @@ class LaneExecutor:
                  journal: JournalPort | JournalSubmit, *, monotonic: Callable[[], float] = time.monotonic,
                  wall: Callable[[], dt.datetime] = dt.datetime.now,
                  observe: Callable[[Observation], None] | None = None,
-                 on_alarm: Callable[[Action], None] | None = None) -> None:
+                 on_alarm: Callable[[RaiseAlarm | ClearAlarm], None] | None = None) -> None:
         self.machine = machine
         self.rsu = rsu
         self.io = io
         self.display = display
-        self.journal: JournalSubmit = journal if hasattr(journal, "submit") else InlineJournal(journal)  # type: ignore[arg-type]
+        self.journal: JournalSubmit = journal if isinstance(journal, JournalSubmit) else InlineJournal(journal)
         self.monotonic = monotonic
         self.wall = wall
         self.observe = observe or (lambda o: None)

@@ -74,7 +74,7 @@ def setup_logging(level: str = "info", fmt: Literal["text", "json"] | str = "tex
         root.removeHandler(old)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
-    handler._laned = True  # type: ignore[attr-defined]
+    handler._laned = True  # type: ignore[attr-defined]  # our mark: a later call replaces only its own handler
     root.addHandler(handler)
     root.setLevel(LEVELS[level])
     return handler

@@ -235,6 +235,6 @@ def test_a_section_nothing_reads_yet_is_refused_like_a_typo(tmp_path):
 
 def test_a_config_is_immutable_once_loaded():
     cfg: Config = load_config(EXAMPLE)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.lane.direction = "entry"  # type: ignore[misc]
     assert isinstance(cfg.devices.io.profile, IoModuleProfile)

@@ -116,7 +116,7 @@ class Read:
     module: str
     cls: str | None  # the class whose body holds the read (outermost), None at module level
     func: str | None  # the method or function (outermost within cls)
-    scope: "Scope"
+    scope: Scope
 
 
 @dataclass

@@ -8,7 +8,7 @@ import datetime as dt
 from laned.drivers.lane_io import InputSample, Signal
 from laned.executor import LaneExecutor
 from laned.lane.dialect import Dialect
-from laned.lane.machine import FrameIn, InputIn, LaneMachine, LaneSettings
+from laned.lane.machine import LaneMachine, LaneSettings
 from laned.masking import mask_card, mask_plate
 from laned.protocol import get_profile
 from tests.lane_harness import Fees, Lane
@@ -108,9 +108,7 @@ def test_a_b5_error_before_the_debit_ends_the_intent_as_not_charged():
 
 
 def test_a_lower_that_waited_in_the_io_queue_is_withdrawn_if_the_loop_is_no_longer_clear():
-    import asyncio
 
-    from laned.drivers.lane_io import InputSample, Signal
     from laned.lane.barrier import BarrierCommand
     from laned.lane.machine import MoveBarrier
 
@@ -133,7 +131,7 @@ def test_a_lower_that_waited_in_the_io_queue_is_withdrawn_if_the_loop_is_no_long
         ex.machine.barrier.update(InputSample(Signal.SAFETY_LOOP, True, clock[0]))  # a car arrived
         ex._io_queue.put_nowait(MoveBarrier(BarrierCommand.LOWER))  # decided before it came
         worker = asyncio.create_task(ex._io_worker())
-        while ex._io_queue.qsize():
+        while ex._io_queue.qsize():  # noqa: ASYNC110 - yield until the worker took it; the queue has no such event
             await asyncio.sleep(0)
         await asyncio.sleep(0)
         worker.cancel()

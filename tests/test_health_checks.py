@@ -84,7 +84,8 @@ def test_a_healthy_lane_passes_every_check_and_raises_nothing():
 
 def test_an_rsu_link_down_for_less_than_its_debounce_raises_nothing():
     lane = Lane()
-    down = lambda t: replace(healthy(t), rsu=RsuSnapshot(connected=False, reason="EIO", description="/dev/laned-rsu"))
+    def down(t):
+        return replace(healthy(t), rsu=RsuSnapshot(connected=False, reason="EIO", description="/dev/laned-rsu"))
     lane.run(range(0, 10), healthy)
     lane.run(range(10, 14), down)  # 4 s down, debounce 5 s
     lane.run(range(14, 60), lambda t: replace(healthy(t), rsu=replace(rsu_up(t), connected_at=14.0)))
@@ -93,8 +94,9 @@ def test_an_rsu_link_down_for_less_than_its_debounce_raises_nothing():
 
 def test_an_rsu_link_down_past_its_debounce_raises_rsu_offline_once_and_clears_when_back():
     lane = Lane()
-    down = lambda t: replace(healthy(t), rsu=RsuSnapshot(connected=False, reason="EIO: adapter unplugged",
-                                                         description="/dev/laned-rsu"))
+    def down(t):
+        return replace(healthy(t), rsu=RsuSnapshot(connected=False, reason="EIO: adapter unplugged",
+                                                   description="/dev/laned-rsu"))
     lane.run(range(0, 10), healthy)
     lane.run(range(10, 40), down)
     assert lane.raised() == ["rsu_offline"]  # not also rsu_not_initialised / rsu_silent: one cause
@@ -102,8 +104,9 @@ def test_an_rsu_link_down_past_its_debounce_raises_rsu_offline_once_and_clears_w
     assert up.at == 15.0 and up.zh == "RSU通信中断，ETC暂停，请检查RSU电源和串口线"
     assert up.en.startswith("RSU link down") and "EIO: adapter unplugged" in up.alarm.detail
     assert "/dev/laned-rsu" in up.alarm.detail
-    back = lambda t: replace(healthy(t), rsu=RsuSnapshot(connected=True, connected_at=40.0, initialised=True,
-                                                         last_seen=t - 0.5))
+    def back(t):
+        return replace(healthy(t), rsu=RsuSnapshot(connected=True, connected_at=40.0, initialised=True,
+                                                   last_seen=t - 0.5))
     lane.run(range(40, 60), back)
     assert lane.raised() == ["rsu_offline"] and lane.cleared() == ["rsu_offline"]
     assert lane.changes[-1].at == 45.0  # clear debounce 5 s
@@ -112,8 +115,9 @@ def test_an_rsu_link_down_past_its_debounce_raises_rsu_offline_once_and_clears_w
 
 def test_an_rsu_without_b0_after_connecting_raises_rsu_not_initialised_with_its_status():
     lane = Lane()
-    no_b0 = lambda t: replace(healthy(t), rsu=RsuSnapshot(connected=True, connected_at=0.0, initialised=False,
-                                                          b0_status=0x05, last_seen=t - 1.0))
+    def no_b0(t):
+        return replace(healthy(t), rsu=RsuSnapshot(connected=True, connected_at=0.0, initialised=False,
+                                                   b0_status=0x05, last_seen=t - 1.0))
     lane.run(range(0, 14), no_b0)
     assert lane.changes == []  # the RSU has 15 s to send B0
     lane.run(range(14, 20), no_b0)
@@ -135,8 +139,9 @@ def test_an_rsu_silent_past_the_heartbeat_limit_raises_rsu_silent():
 
 def test_an_io_module_offline_raises_io_offline_and_not_input_stale():
     lane = Lane()
-    off = lambda t: replace(healthy(t), io=(IoSnapshot("io_module", online=False, detail="timeout, slave 2",
-                                                       inputs=(InputReading("safety_loop", None, 3.0),)),))
+    def off(t):
+        return replace(healthy(t), io=(IoSnapshot("io_module", online=False, detail="timeout, slave 2",
+                                                  inputs=(InputReading("safety_loop", None, 3.0),)),))
     lane.run(range(0, 3), healthy)
     lane.run(range(3, 20), off)
     assert lane.raised() == ["io_offline"] and "timeout, slave 2" in lane.changes[0].alarm.detail
@@ -151,7 +156,8 @@ def test_gpio_unusable_raises_gpio_fault():
 
 def test_a_stale_safety_loop_raises_input_stale():
     lane = Lane()
-    stale = lambda t: replace(healthy(t), io=(io_ok(t, inputs=(InputReading("safety_loop", False, t - 0.9),)),))
+    def stale(t):
+        return replace(healthy(t), io=(io_ok(t, inputs=(InputReading("safety_loop", False, t - 0.9),)),))
     lane.run(range(0, 10), stale)
     assert lane.raised() == ["input_stale"]
     assert "safety_loop 0.90 s old (limit 0.25 s)" in lane.changes[0].alarm.detail
@@ -168,8 +174,9 @@ def test_an_output_read_back_wrong_raises_io_readback():
 
 def test_a_flapping_display_link_does_not_storm():
     lane = Lane()
-    flap = lambda t: replace(healthy(t), display=DisplaySnapshot("fee_display", online=int(t) % 4 < 2,
-                                                                 detail="bus modbus-1 is down"))
+    def flap(t):
+        return replace(healthy(t), display=DisplaySnapshot("fee_display", online=int(t) % 4 < 2,
+                                                           detail="bus modbus-1 is down"))
     lane.run(range(0, 300), flap)  # down 2 s, up 2 s for five minutes: 75 outages
     assert lane.raised() == ["display_offline"] and lane.cleared() == []
     lane.run(range(300, 420), healthy)
@@ -201,7 +208,8 @@ def test_a_barrier_not_up_within_its_travel_time_raises_barrier_raise_timeout():
 
 def test_a_disk_below_the_threshold_raises_disk_low():
     lane = Lane()
-    low = lambda t: replace(healthy(t), journal=replace(healthy(t).journal, disk_free_bytes=100 << 20))
+    def low(t):
+        return replace(healthy(t), journal=replace(healthy(t).journal, disk_free_bytes=100 << 20))
     lane.run(range(0, 29), low)
     assert lane.changes == []  # disk_low waits 30 s: a log rotation must not raise it
     lane.run(range(29, 40), low)
@@ -272,8 +280,9 @@ def test_clock_jump_is_the_wall_delta_minus_the_monotonic_delta():
 
 def test_a_fee_table_past_its_expiry_fails_the_check_and_raises_fee_table_expired():
     lane = Lane()
-    expired = lambda t: replace(healthy(t), tables=replace(healthy(t).tables,
-                                                           fee_table_valid_until=dt.datetime(2026, 3, 1, 0, 0)))
+    def expired(t):
+        return replace(healthy(t), tables=replace(healthy(t).tables,
+                                                  fee_table_valid_until=dt.datetime(2026, 3, 1, 0, 0)))
     lane.run(range(0, 3), expired)
     [check] = [r for r in lane.checker.run(expired(3.0), 3.0, wall(3)) if r.name == "fee_table.valid"]
     assert check.status is CheckStatus.FAILED and check.alarm == "fee_table_expired"
@@ -295,8 +304,9 @@ def test_a_fee_table_not_yet_in_force_or_absent_raises_fee_table_missing():
 
 def test_an_old_status_list_is_a_warning_and_a_missing_one_fails():
     lane = Lane()
-    old = lambda t: replace(healthy(t), tables=replace(healthy(t).tables,
-                                                       status_list_updated_at=T0 - dt.timedelta(days=3)))
+    def old(t):
+        return replace(healthy(t), tables=replace(healthy(t).tables,
+                                                  status_list_updated_at=T0 - dt.timedelta(days=3)))
     lane.run(range(0, 2), old)
     assert lane.raised() == ["status_list_old"]
     assert lane.changes[0].severity == "warning" and "3.0 d old (max 2.0 d)" in lane.changes[0].alarm.detail

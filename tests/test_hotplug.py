@@ -313,7 +313,7 @@ async def test_the_daemon_closes_the_rsu_link_on_unplug_and_reopens_it_on_replug
     source = PipeUeventSource()
     props = {"ID_SERIAL": "FTDI_RSU_A10", "DEVLINKS": "/dev/laned-rsu"}
     watcher = HotplugWatcher(UdevMatch(properties={"ID_SERIAL": "FTDI_RSU_A10"}), name="rsu-hotplug",
-                             source_factory=lambda: source, present=lambda: [])
+                             source_factory=lambda: source, present=list)
     async with watcher:
         follower = asyncio.create_task(follow_hotplug(watcher, link))
         source.send("remove", "/dev/ttyUSB0", props)

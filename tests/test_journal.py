@@ -22,7 +22,7 @@ from laned.lane.machine import LaneMachine, LaneSettings
 from laned.protocol import get_profile
 from tests.lane_harness import Fees, Lane
 
-T0 = dt.datetime(2026, 11, 22, 10, 0, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 22, 10, 0, 0, tzinfo=dt.UTC)
 OBU = bytes.fromhex("a1fe33ff")
 CARD = ("3701", "2301000012345678")
 TAC = bytes.fromhex("fe12ff34")
@@ -373,9 +373,6 @@ def test_a_charge_the_card_never_debited_ends_refused_and_reconciled(tmp_path):
     import datetime as _dt
 
     from laned.journal import Journal, MachineJournal, TxState
-    from laned.lane.dialect import Dialect
-    from laned.lane.machine import LaneMachine, LaneSettings
-    from laned.protocol import get_profile
     from tests.lane_harness import Lane
 
     lane = Lane(auto_journal=False)

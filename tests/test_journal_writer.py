@@ -17,7 +17,7 @@ from laned.journal import (
 )
 from laned.journal.testing import CommitFaults
 
-T0 = dt.datetime(2026, 11, 22, 10, 0, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 22, 10, 0, 0, tzinfo=dt.UTC)
 LANE = "G0001-0201-03"
 OBU = bytes.fromhex("a1fe33ff")
 WAIT = 10.0  # seconds a test waits for a future before calling it hung

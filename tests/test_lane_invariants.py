@@ -7,8 +7,6 @@ daemon restarts — checked against a model that knows only what the machine was
 
 from __future__ import annotations
 
-import datetime as dt
-
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -16,7 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from laned.drivers.lane_io import InputSample, Signal
 from laned.lane.barrier import BarrierCommand
 from laned.lane.machine import (
-    ChargeRecorded, IntentFailed, IntentRecorded, JournalCharged, JournalIntent, LaneMachine, LaneSettings,
+    ChargeRecorded, IntentFailed, IntentRecorded, JournalCharged, JournalIntent, LaneMachine,
     Device, DeviceStatus, FrameLost, LinkLost, LinkUp, MoveBarrier, Paid, Send, SendFailed, Tick,
 )
 from laned.lane.dialect import Dialect

@@ -13,9 +13,8 @@ from laned.lane.machine import (
     Show, Tick,
 )
 from laned.lane.outcomes import Reason
-from laned.protocol.profiles.base import ObuFlag
 from laned.protocol.profiles.common import STOP_RESEND
-from tests.lane_harness import Fees, Lane, Listed, card_file, station_record
+from tests.lane_harness import Lane, Listed, card_file, station_record
 
 OBU = b"\xa1\xfe\x33\xff"
 

@@ -48,7 +48,7 @@ def test_json_is_one_object_per_line_with_time_level_logger_message_and_extras()
         {"level": "DEBUG", "logger": "laned.lane", "message": "tx t-1 refused"}
     assert (first["obu_id"], first["fee_fen"], first["device"]) == ("a1fe33ff", 3500, "rsu")
     when = dt.datetime.fromisoformat(first["time"])
-    assert when.tzinfo is not None and abs((dt.datetime.now(dt.timezone.utc) - when).total_seconds()) < 60
+    assert when.tzinfo is not None and abs((dt.datetime.now(dt.UTC) - when).total_seconds()) < 60
     assert second["level"] == "ERROR" and second["message"] == "io module: read failed\non two lines"
     assert "OSError" in second["exception"]
 

@@ -63,7 +63,7 @@ PLATE_TAILS = ["", "挂", "学", "警", "港", "澳", "领"]
 # suffix character: at most 2 + 1 + 6 + 2 = 11 bytes of GBK, within the 12-byte field. Also
 # the empty plate (12 NUL bytes on the wire), which OBUs without a vehicle file send.
 plates = st.one_of(
-    st.builds(lambda p, l, rest, tail: p + l + rest + tail, st.sampled_from(PROVINCES),
+    st.builds(lambda p, letter, rest, tail: p + letter + rest + tail, st.sampled_from(PROVINCES),
               st.sampled_from(string.ascii_uppercase),
               st.text(string.ascii_uppercase + string.digits, min_size=5, max_size=6),
               st.sampled_from(PLATE_TAILS)),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import enum
-import sys
-from typing import Optional
 
 import typer
 
@@ -14,7 +12,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="laned — the lane controller of an ETC toll lane.")
 
 
-class SenderChoice(str, enum.Enum):
+class SenderChoice(enum.StrEnum):
     auto = "auto"
     rsu = "rsu"
     pc = "pc"
@@ -33,9 +31,9 @@ def _check_profile(value: str) -> str:
 
 @app.command()
 def decode(
-    hex_data: Optional[list[str]] = typer.Argument(None, metavar="[HEX]...",
-                                                   help="Hex bytes (spaces, 0x prefixes and log text allowed)."),
-    file: Optional[str] = typer.Option(None, "--file", "-f", help="Read hex from this file ('-' for stdin)."),
+    hex_data: list[str] | None = typer.Argument(None, metavar="[HEX]...",
+                                                help="Hex bytes (spaces, 0x prefixes and log text allowed)."),
+    file: str | None = typer.Option(None, "--file", "-f", help="Read hex from this file ('-' for stdin)."),
     profile: str = typer.Option("national", "--profile", "-p", callback=_check_profile,
                                 help=f"RSU profile: {', '.join(PROFILES)}."),
     sender: SenderChoice = typer.Option(SenderChoice.auto, "--sender", help="Expect frames from rsu, pc, or auto."),
@@ -99,11 +97,11 @@ def run(
 def sim(
     vehicles: int = typer.Option(24, "--vehicles", "-n", help="How many vehicles of the seeded traffic mix."),
     seed: int = typer.Option(1, "--seed", help="Seed of the traffic mix: the same seed, the same traffic."),
-    scenario: Optional[str] = typer.Option(None, "--scenario", help="A JSON list of vehicles instead of the mix "
-                                           "(schema: docs/sim.md)."),
+    scenario: str | None = typer.Option(None, "--scenario", help="A JSON list of vehicles instead of the mix "
+                                        "(schema: docs/sim.md)."),
     as_json: bool = typer.Option(False, "--json", help="Print only the summary, as one JSON object."),
-    state_dir: Optional[str] = typer.Option(None, "--state-dir", help="Keep the journal, status list and daemon "
-                                            "log here (default: a temporary folder, removed after a clean run)."),
+    state_dir: str | None = typer.Option(None, "--state-dir", help="Keep the journal, status list and daemon "
+                                         "log here (default: a temporary folder, removed after a clean run)."),
     keep_state: bool = typer.Option(False, "--keep-state", help="Keep the temporary state folder."),
     live: bool = typer.Option(True, "--live/--no-live", help="Live view on a terminal; one line per event otherwise."),
     show_plates: bool = typer.Option(False, "--show-plates", help="Show plates in full (masked by default)."),
@@ -135,4 +133,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

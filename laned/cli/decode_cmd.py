@@ -26,7 +26,8 @@ import codecs
 import json
 import re
 import sys
-from typing import BinaryIO, Iterable, Iterator, TextIO
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO, TextIO
 
 from rich.console import Console
 from rich.table import Table
@@ -59,6 +60,14 @@ _EOL = re.compile(r"\r\n|\r|\n")  # universal newlines, as text files are read
 # Bytes no text file holds: NUL and the C0 controls but TAB, LF, VT, FF, CR, SUB (the
 # end-of-file mark of old DOS files) and ESC (ANSI colours in logs).
 _BINARY = re.compile(rb"[\x00-\x08\x0e-\x19\x1c-\x1f]")
+
+
+def _run_end(pattern: re.Pattern[str], text: str) -> int:
+    """Where the run of ``pattern`` (one of the ``*`` patterns above, which match
+    everywhere, if only the empty string) that starts ``text`` ends."""
+    m = pattern.match(text)
+    assert m is not None
+    return m.end()
 
 
 class InputError(ValueError):
@@ -133,7 +142,7 @@ class HexText:
         if self._in_giant:
             text = self._giant_goes_on(text, eol)
         if self._bad_token:
-            end = _NON_SEP.match(text).end()  # type: ignore[union-attr]
+            end = _run_end(_NON_SEP, text)
             if end == len(text) and not eol:
                 return
             self._bad_token = False
@@ -149,7 +158,7 @@ class HexText:
             return
         giant = ""
         if not eol:  # the last token may go on in the next piece
-            k = _NON_SEP.match(text[::-1]).end()  # type: ignore[union-attr]
+            k = _run_end(_NON_SEP, text[::-1])
             if k:
                 if k <= self.stream_run + 2:  # + a 0x prefix: a token streamed is over stream_run digits
                     self._carry = text[-k:]
@@ -207,7 +216,7 @@ class HexText:
 
     def _giant_starts(self, token: str) -> None:
         """A token longer than ``stream_run`` characters, cut by the end of the piece."""
-        if _TOKEN_START.match(token).end() < len(token):  # type: ignore[union-attr]
+        if _run_end(_TOKEN_START, token) < len(token):
             self._close_run()  # not hex, whatever follows
             self._bad_token = not self._skip
             return
@@ -218,7 +227,7 @@ class HexText:
 
     def _giant_goes_on(self, text: str, eol: bool) -> str:
         """Digits of the giant token at the head of ``text``; returns what follows it."""
-        k = _HEX_DIGITS.match(text).end()  # type: ignore[union-attr]
+        k = _run_end(_HEX_DIGITS, text)
         self._stream_digits(text[:k])
         if k == len(text) and not eol:
             return ""
@@ -265,9 +274,9 @@ def hex_chunks(texts: Iterable[str]) -> Iterator[bytes]:
         yield data
 
 
-def frame_json(profile: Profile, d: Decoded) -> dict:
+def frame_json(profile: Profile, d: Decoded) -> dict[str, Any]:
     msg = d.message
-    out: dict = {
+    out: dict[str, Any] = {
         "envelope": profile.envelope,
         "profile": profile.name,
         "sender": str(msg.sender),

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Final
+from typing import Final, TypeAlias
 
 from gpiozero import DigitalInputDevice, OutputDevice
 from gpiozero.pins import Factory
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 SUBSCRIBER_QUEUE_SIZE: Final = 1000
 RETRY_INTERVAL_S: Final = 5.0
 
-PinFactorySource = Factory | Callable[[], Factory] | None
+PinFactorySource: TypeAlias = Factory | Callable[[], Factory] | None
 
 
 class GpioLaneIO(SampledLaneIO):

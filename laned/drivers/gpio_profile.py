@@ -73,7 +73,7 @@ class InputPin(BaseModel):
             raise ValueError(
                 "pull_up = null (external bias) needs closed_level = 'low' or 'high'"
             )
-        implied = {True: "low", False: "high"}.get(self.pull_up)  # type: ignore[arg-type]
+        implied = None if self.pull_up is None else "low" if self.pull_up else "high"
         if implied is not None and self.closed_level not in (None, implied):
             raise ValueError(
                 f"closed_level = {self.closed_level!r} contradicts pull_up = "
@@ -138,7 +138,8 @@ class GpioPinMap(BaseModel):
         if missing_out:
             raise ValueError(f"outputs: no pin for {', '.join(missing_out)} (the barrier needs both)")
         seen: dict[str, str] = {}
-        for key, spec in [*self.inputs.items(), *self.outputs.items()]:
+        pins: list[tuple[Signal | Output, InputPin | OutputPin]] = [*self.inputs.items(), *self.outputs.items()]
+        for key, spec in pins:
             if spec.pin in seen:
                 raise ValueError(f"pin {spec.pin} is used twice: by {seen[spec.pin]} and by {key.value}")
             seen[spec.pin] = key.value

@@ -80,7 +80,8 @@ def pyudev_source(subsystem: str = "tty") -> UeventSource:
     monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source="udev")
     monitor.filter_by(subsystem)
     monitor.start()
-    return monitor  # pyudev.Monitor has fileno() and poll(timeout)
+    source: UeventSource = monitor  # pyudev.Monitor has fileno() and poll(timeout); pyudev is untyped
+    return source
 
 
 def pyudev_present(subsystem: str = "tty") -> list[Uevent]:

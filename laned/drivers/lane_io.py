@@ -10,8 +10,9 @@ drivers' own.
 from __future__ import annotations
 
 import enum
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 from laned.lane.signals import InputSample, Light, Signal
 
@@ -87,7 +88,7 @@ class SampledLaneIO:
     """
 
     _samples: dict[Signal, InputSample]
-    _fanout: "Fanout[InputSample]"
+    _fanout: Fanout[InputSample]
 
     async def start(self) -> None:  # pragma: no cover - every backend overrides
         raise NotImplementedError
@@ -95,7 +96,7 @@ class SampledLaneIO:
     async def close(self) -> None:  # pragma: no cover - every backend overrides
         raise NotImplementedError
 
-    async def __aenter__(self):  # type: ignore[no-untyped-def]
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

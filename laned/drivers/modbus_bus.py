@@ -33,7 +33,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Final, Literal
 
@@ -203,7 +203,8 @@ class _Read:
         return f"read {self.table} {_span(self.address, self.count)}"
 
     def send(self, client: ModbusBaseClient, slave: int) -> Awaitable[ModbusPDU]:
-        return getattr(client, self.method)(self.address, count=self.count, device_id=slave)  # type: ignore[no-any-return]
+        method: Callable[..., Awaitable[ModbusPDU]] = getattr(client, self.method)  # read_coils, read_discrete_inputs…
+        return method(self.address, count=self.count, device_id=slave)
 
     def result(self, pdu: ModbusPDU) -> tuple[Any, ...]:
         values = list(pdu.bits if self.function_code in (1, 2) else pdu.registers)
@@ -275,9 +276,8 @@ class _Write:
 
     def send(self, client: ModbusBaseClient, slave: int) -> Awaitable[ModbusPDU]:
         payload = self.payload()
-        return getattr(client, self.method)(  # type: ignore[no-any-return]
-            self.address, list(payload) if isinstance(payload, tuple) else payload, device_id=slave
-        )
+        method: Callable[..., Awaitable[ModbusPDU]] = getattr(client, self.method)  # write_coil, write_registers…
+        return method(self.address, list(payload) if isinstance(payload, tuple) else payload, device_id=slave)
 
     def result(self, pdu: ModbusPDU) -> None:
         # The spec says a write's answer echoes the request; devices differ in whether a

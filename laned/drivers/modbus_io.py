@@ -55,7 +55,7 @@ _MAX_SPAN: Final = {
     InputKind.INPUT_REGISTER_BIT: 8,
     InputKind.HOLDING_REGISTER_BIT: 8,
 }
-_READ_OP: Final = {
+_READ_OP: Final[dict[InputKind, type[ReadDiscreteInputs | ReadInputRegisters | ReadHoldingRegisters]]] = {
     InputKind.DISCRETE_INPUT: ReadDiscreteInputs,
     InputKind.INPUT_REGISTER_BIT: ReadInputRegisters,
     InputKind.HOLDING_REGISTER_BIT: ReadHoldingRegisters,

@@ -615,7 +615,7 @@ class RsuLink:
             else:
                 assert self.port is not None
                 transport = _SerialTransport(self, self.port, self.baud)
-        except (OSError, serial.SerialException, asyncio.TimeoutError, ValueError) as err:
+        except (TimeoutError, OSError, serial.SerialException, ValueError) as err:
             # pyserial repeats the path twice in its message; the errno says it all.
             code = getattr(err, "errno", None)
             why = _oserror(OSError(code, os.strerror(code))) if isinstance(code, int) else str(err)

@@ -17,8 +17,9 @@ import datetime as dt
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from laned.health.alarms import AlarmChange, AlarmRegistry, UnknownAlarm, status_line
 from laned.health.checks import (
@@ -191,7 +192,7 @@ class HealthMonitor:
     def status_line(self) -> str:
         return status_line(self.registry.active())
 
-    async def run(self, interval: float = CHECK_INTERVAL_S, after: Callable[[], None] = lambda: None) -> None:
+    async def run(self, interval: float = CHECK_INTERVAL_S, after: Callable[[], object] = lambda: None) -> None:
         """Check every ``interval`` until cancelled; ``after`` runs after each round
         (the daemon updates systemd's STATUS= line there)."""
         while True:

@@ -20,8 +20,9 @@ import fcntl
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Self
+from typing import Self
 
 from laned.journal.errors import JournalError, JournalStorageError
 

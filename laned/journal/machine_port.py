@@ -9,7 +9,8 @@ writer hands it to every submitted operation).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from laned.journal.errors import JournalError
 from laned.journal.records import B5_FIELDS, OBSERVED_FIELDS, B5Result, Observed, TransactionIntent, TxKind, TxState
@@ -22,6 +23,13 @@ _RECORD_FIELDS = frozenset(OBSERVED_FIELDS)
 
 def _observed_from(record: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k in _RECORD_FIELDS}
+
+
+def _b5_result(result: Mapping[str, Any]) -> B5Result:
+    """The lane machine's B5 result dict as the journal's record. A field it lacks is None;
+    a B5 without its TAC is refused by the store (``Journal._complete``), naming the seq."""
+    values: dict[str, Any] = {k: result.get(k) for k in B5_FIELDS}
+    return B5Result(**values)
 
 
 class MachineJournal:
@@ -52,12 +60,12 @@ class MachineJournal:
         if (kind == TxKind.ENTRY_WRITE) != entry:
             raise JournalError(f"seq {seq} is a {kind}, but the lane completed it as "
                                f"{'an entry write' if entry else 'a charge'}")
-        b5 = B5Result(**{k: result.get(k) for k in B5_FIELDS})
+        b5 = _b5_result(result)
         self.journal.complete_charge(seq, b5, now, message=_message("entry_written" if entry else "charged"))
 
     def resolve(self, seq: int, result: dict[str, Any], now: dt.datetime) -> None:
         """A re-fetched TAC (C8) settles an unknown charge as charged."""
-        b5 = B5Result(**{k: result.get(k) for k in B5_FIELDS})
+        b5 = _b5_result(result)
         self.journal.resolve_unknown(seq, b5, now, message=_message("charged"))
 
     def mark_unknown(self, seq: int, reason: str, now: dt.datetime) -> None:

@@ -25,8 +25,9 @@ import logging
 import os
 import sqlite3
 import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from laned.journal.connection import JournalConnection
 from laned.journal.errors import JournalError, JournalTransitionError
@@ -57,7 +58,7 @@ class Journal(JournalConnection):
     # -- lifetime --------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike[str], lane_id: str, *, now: dt.datetime, commit_delay_s: float = 0.0,
-             commit_hook: Callable[[str], None] | None = None) -> "Journal":
+             commit_hook: Callable[[str], None] | None = None) -> Journal:
         """Open (creating or migrating) the journal and recover what a crash left.
 
         ``now`` stamps the rows recovery changes. :attr:`recovery` says what was found.
@@ -107,7 +108,7 @@ class Journal(JournalConnection):
                         "(SELECT COALESCE(MAX(seq), 0) FROM transactions WHERE lane_id = ?)) WHERE lane_id = ?",
                         (self.lane_id, self.lane_id))
 
-    def __enter__(self) -> "Journal":
+    def __enter__(self) -> Journal:
         return self
 
     def __exit__(self, *exc: object) -> None:

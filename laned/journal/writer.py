@@ -47,8 +47,9 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from laned.journal.errors import JournalError, JournalWriterClosed, JournalWriterDead
 from laned.journal.machine_port import MachineJournal
@@ -138,7 +139,7 @@ class JournalWriter:
     @classmethod
     def open(cls, path: str | os.PathLike[str], lane_id: str, *, now: dt.datetime | None = None,
              commit_delay_s: float = 0.0, commit_hook: Callable[[str], None] | None = None,
-             **kwargs: Any) -> "JournalWriter":
+             **kwargs: Any) -> JournalWriter:
         """A writer for :meth:`Journal.open` of ``path`` (not started yet).
 
         ``now`` stamps the rows start-up recovery changes (default: the wall clock when the
@@ -151,7 +152,7 @@ class JournalWriter:
         return cls(factory, **kwargs)
 
     # -- lifetime --------------------------------------------------------------------------
-    def start(self) -> "JournalWriter":
+    def start(self) -> JournalWriter:
         """Start the thread and wait until it has opened the journal (recovery included).
 
         Raises what opening raised (a :class:`JournalError` naming the file). Blocks for as
@@ -168,7 +169,7 @@ class JournalWriter:
             raise self._open_error
         return self
 
-    async def astart(self) -> "JournalWriter":
+    async def astart(self) -> JournalWriter:
         """:meth:`start` without blocking the loop."""
         return await asyncio.to_thread(self.start)
 
@@ -199,13 +200,13 @@ class JournalWriter:
         """:meth:`close` without blocking the loop."""
         await asyncio.to_thread(self.close, timeout)
 
-    def __enter__(self) -> "JournalWriter":
+    def __enter__(self) -> JournalWriter:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    async def __aenter__(self) -> "JournalWriter":
+    async def __aenter__(self) -> JournalWriter:
         return await self.astart()
 
     async def __aexit__(self, *exc: object) -> None:

@@ -43,7 +43,7 @@ class CommitStats:
     errors: int = 0
     durations: tuple[float, ...] = ()  # the last COMMIT_HISTORY commit durations, oldest first
 
-    def after(self, journal: JournalConnection, err: BaseException | None, commits_before: int) -> "CommitStats":
+    def after(self, journal: JournalConnection, err: BaseException | None, commits_before: int) -> CommitStats:
         """The figures after an operation that failed with ``err`` (or not) and may have committed.
 
         A storage failure makes the journal not writable; a commit that went through makes

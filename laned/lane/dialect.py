@@ -16,6 +16,7 @@ import datetime as dt
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeAlias, cast
 
 from laned.protocol import Message, Profile
 from laned.protocol.profiles import national, network2019
@@ -24,6 +25,14 @@ from laned.protocol.profiles.common import STOP_SEARCH_AGAIN, Stop
 # OBUs whose issuer is remembered for their C1. One transaction runs at a time and an OBU
 # answers B2–B5 within a few seconds, so a few hundred covers every OBU still in the zone.
 ISSUER_MEMORY = 256
+
+# What the readings take: B2–B5 of either classic profile, the only two a Dialect accepts.
+# Each reading casts the lane's Message to one of these, so mypy checks every field a view
+# reads against the declarations of both profiles.
+_B2: TypeAlias = national.ObuInfo | network2019.ObuInfo
+_B3: TypeAlias = national.VehicleInfo | network2019.VehicleInfo
+_B4: TypeAlias = national.CardInfo | network2019.CardInfo
+_B5: TypeAlias = national.ChargeResult | network2019.ChargeResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +133,10 @@ class Dialect:
 
     def obu(self, m: Message) -> ObuView:
         """The B2's reading; remembers the OBU's issuer for the C1s that answer it."""
-        issuer = getattr(m, "issuer", None)  # national: IssuerIdentifier; network2019: Issuer
-        view = ObuView(m.obu_id, m.error_code, issuer, m.serial_number,  # type: ignore[attr-defined]
-                       m.contract_start, m.contract_expiry, m.obu_status)  # type: ignore[attr-defined]
+        b2 = cast(_B2, m)
+        issuer = getattr(b2, "issuer", None)  # national: IssuerIdentifier; network2019: Issuer
+        view = ObuView(b2.obu_id, b2.error_code, issuer, b2.serial_number,
+                       b2.contract_start, b2.contract_expiry, b2.obu_status)
         self._issuers[view.obu_id] = view.issuer
         self._issuers.move_to_end(view.obu_id)
         while len(self._issuers) > ISSUER_MEMORY:
@@ -134,14 +144,17 @@ class Dialect:
         return view
 
     def vehicle(self, m: Message) -> VehicleView:
-        return VehicleView(m.obu_id, m.error_code, m.plate_number, m.plate_colour, m.vehicle_class)  # type: ignore[attr-defined]
+        b3 = cast(_B3, m)
+        return VehicleView(b3.obu_id, b3.error_code, b3.plate_number, b3.plate_colour, b3.vehicle_class)
 
     def card(self, m: Message) -> CardView:
-        return CardView(m.obu_id, m.error_code, m.card_rest_money, m.issuer_info, m.last_station)  # type: ignore[attr-defined]
+        b4 = cast(_B4, m)
+        return CardView(b4.obu_id, b4.error_code, b4.card_rest_money, b4.issuer_info, b4.last_station)
 
     def result(self, m: Message) -> ResultView:
-        return ResultView(m.obu_id, m.error_code, m.tac, getattr(m, "psam_no", None), m.psam_trans_serial,  # type: ignore[attr-defined]
-                          m.icc_pay_serial, m.trans_type, m.card_balance, m.trans_time)  # type: ignore[attr-defined]
+        b5 = cast(_B5, m)
+        return ResultView(b5.obu_id, b5.error_code, b5.tac, getattr(b5, "psam_no", None), b5.psam_trans_serial,
+                          b5.icc_pay_serial, b5.trans_type, b5.card_balance, b5.trans_time)
 
     # -- building ------------------------------------------------------------------------
     def continue_(self, obu_id: bytes, *, issuer: bytes | None = None) -> Message:
@@ -169,7 +182,7 @@ class Dialect:
     def init(self, wall: dt.datetime, *, exit_lane: bool, tx_power: int, channel: int) -> Message:
         """C0: clock, lane mode (3 entry, 4 exit, as (1) numbers them), radio and timing
         settings (``rsu_init``, from the config)."""
-        unix = int(wall.replace(tzinfo=dt.timezone.utc).timestamp()) if wall.tzinfo is None else int(wall.timestamp())
+        unix = int(wall.replace(tzinfo=dt.UTC).timestamp()) if wall.tzinfo is None else int(wall.timestamp())
         when = wall.replace(microsecond=0, tzinfo=None)
         mode = 4 if exit_lane else 3
         r = self.rsu_init

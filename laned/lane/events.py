@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from laned.lane.barrier import BarrierCommand
 from laned.lane.display import DisplayContent
@@ -108,8 +108,8 @@ class SendFailed:
     error: str
 
 
-Event = Union[FrameIn, InputIn, Tick, IntentRecorded, IntentFailed, ChargeRecorded, ChargeRecordFailed, LinkUp,
-              LinkLost, FrameLost, DeviceStatus, SendFailed]
+Event = (FrameIn | InputIn | Tick | IntentRecorded | IntentFailed | ChargeRecorded | ChargeRecordFailed | LinkUp
+         | LinkLost | FrameLost | DeviceStatus | SendFailed)
 
 
 # -- actions --------------------------------------------------------------------------------
@@ -203,9 +203,7 @@ class JournalEvent:
     record: dict[str, Any]
 
 
-Action = Union[Send, Show, MoveBarrier, SetLight, RaiseAlarm, ClearAlarm, JournalIntent, JournalCharged,
-               JournalResolved, JournalUnknown,
-               JournalNotCharged,
-               JournalRefusal, JournalEvent]
+Action = (Send | Show | MoveBarrier | SetLight | RaiseAlarm | ClearAlarm | JournalIntent | JournalCharged
+          | JournalResolved | JournalUnknown | JournalNotCharged | JournalRefusal | JournalEvent)
 
 

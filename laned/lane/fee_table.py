@@ -23,9 +23,10 @@ import datetime as dt
 import json
 import re
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from laned.protocol.records import is_known_vehicle_class
 
@@ -63,7 +64,7 @@ class FeeTable:
         return frozenset(station for station, _ in self.fees)
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "fee table") -> "FeeTable":
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "fee table") -> FeeTable:
         """Validate a parsed file. Every problem is listed, each naming station, class and value."""
         errors: list[str] = []
         version = data.get("version")
@@ -102,7 +103,7 @@ class FeeTable:
         return cls(version, valid_from, fees, maximum, valid_until)
 
     @classmethod
-    def load(cls, path: str | Path) -> "FeeTable":
+    def load(cls, path: str | Path) -> FeeTable:
         """A ``.json`` file is read as JSON, anything else as TOML."""
         p = Path(path)
         try:
@@ -165,7 +166,7 @@ class FeeSchedule:
         self.pending: FeeTable | None = None
 
     @classmethod
-    def from_tables(cls, tables: Iterable[FeeTable], now: dt.datetime) -> "FeeSchedule":
+    def from_tables(cls, tables: Iterable[FeeTable], now: dt.datetime) -> FeeSchedule:
         """The newest table valid at ``now`` in force, the newest later one pending.
 
         Used at start-up with the table files on disk (the one in force and one the centre

@@ -16,6 +16,9 @@ import datetime as dt
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
+
+K = TypeVar("K")
 
 
 @dataclass
@@ -81,7 +84,7 @@ def _plate(plate: str) -> str:
     return plate.strip().upper()
 
 
-def _forget(index: dict, key: object, p: Paid) -> None:
+def _forget(index: dict[K, list[Paid]], key: K, p: Paid) -> None:
     entries = index.get(key)
     if entries is None:
         return

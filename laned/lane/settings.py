@@ -11,7 +11,8 @@ from laned.lane.modes import DisplayPolicy
 
 
 class StatusLookup(Protocol):
-    version: int
+    @property
+    def version(self) -> int: ...  # read-only: the lane never sets it
 
     def is_listed_card(self, network: str, card_number: str) -> int | None: ...
 
@@ -19,7 +20,8 @@ class StatusLookup(Protocol):
 
 
 class FeeLookup(Protocol):
-    version: int
+    @property
+    def version(self) -> int: ...  # read-only: the lane never sets it
 
     def fee(self, entry_station: str, vehicle_class: int) -> int | None: ...
 

@@ -118,11 +118,12 @@ import time
 import zlib
 from array import array
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from operator import eq
 from pathlib import Path
-from typing import Any, Generator, Iterable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
+from typing import Any, NamedTuple, TypeGuard, TypeVar, cast
 
 from laned.masking import mask_card
 
@@ -157,7 +158,7 @@ class Key(NamedTuple):
     part: str
     ident: int
 
-    def with_reason(self, reason: int = DEFAULT_REASON) -> "Entry":
+    def with_reason(self, reason: int = DEFAULT_REASON) -> Entry:
         return Entry(self.part, self.ident, reason)
 
     def __str__(self) -> str:
@@ -196,7 +197,7 @@ def obu_key(obu: bytes) -> Key:
     raise ValueError(f"OBU {bytes(obu).hex()} is {len(obu)} bytes, expected 4 (id) or 8 (serial)")
 
 
-def _valid_part(part: object) -> bool:
+def _valid_part(part: object) -> TypeGuard[str]:
     return isinstance(part, str) and (part in _OBU_PARTS or (part[:1] == "C" and _is_digits(part[1:], 4)))
 
 
@@ -221,16 +222,16 @@ class Delta:
 class _Part(NamedTuple):
     """One partition: sorted chunks of ≤ CHUNK words, and the first ident of each chunk."""
 
-    fences: array
-    chunks: tuple[array, ...]
-    count: int
+    fences: array[int]
+    chunks: tuple[array[int], ...]
+    entries: int
 
     @classmethod
-    def of(cls, chunks: Sequence[array]) -> "_Part":
+    def of(cls, chunks: Sequence[array[int]]) -> _Part:
         return cls(array("Q", [c[0] >> 8 for c in chunks]), tuple(chunks), sum(map(len, chunks)))
 
     @classmethod
-    def from_sorted(cls, words: Sequence[int]) -> "_Part":
+    def from_sorted(cls, words: Sequence[int]) -> _Part:
         return cls.of([array("Q", words[i:i + CHUNK]) for i in range(0, len(words), CHUNK)])
 
 
@@ -240,7 +241,7 @@ class _Snapshot(NamedTuple):
 
     version: int
     tables: dict[str, _Part]
-    count: int
+    entries: int
 
 
 class _Budget:
@@ -284,7 +285,7 @@ class StatusList:
         return self._snap.version
 
     def __len__(self) -> int:
-        return self._snap.count
+        return self._snap.entries
 
     @property
     def nbytes(self) -> int:
@@ -352,7 +353,7 @@ class StatusList:
         self._snap = _Snapshot(version, tables, count)
 
     # -- deltas ----------------------------------------------------------------------------
-    def apply_delta_steps(self, delta: Delta) -> Iterator[None]:
+    def apply_delta_steps(self, delta: Delta) -> Generator[None, None, None]:
         """Apply ``delta`` in bounded steps (≈ 1 ms each): iterate to the end to apply it.
 
         The versions are checked now (StatusListError, nothing changes); lookups answer the
@@ -382,7 +383,7 @@ class StatusList:
 
     def _apply(self, delta: Delta, start: _Snapshot) -> Generator[None, None, None]:
         budget = _Budget()
-        groups: dict[str, array] = {}
+        groups: dict[str, array[int]] = {}
         for items, removing in ((delta.remove, True), (delta.add, False)):
             if isinstance(items, PackedEntries):  # parsed: valid, grouped in bulk
                 yield from items.group(groups, budget)
@@ -390,14 +391,14 @@ class StatusList:
                 yield from _group(_words(items, removing=removing), groups, budget)
         old_tables = {} if delta.is_full else start.tables
         tables = {} if delta.is_full else dict(start.tables)
-        count = 0 if delta.is_full else start.count
+        count = 0 if delta.is_full else start.entries
         old = new = None
         for name in sorted(groups):
             words = groups.pop(name)
             stream = yield from _sorted_steps(words, budget)
             old = old_tables.get(name)
             new = yield from _merge_part(old, stream, budget)
-            count += (new.count if new else 0) - (old.count if old else 0)
+            count += (new.entries if new else 0) - (old.entries if old else 0)
             if new:
                 tables[name] = new
             else:
@@ -424,8 +425,8 @@ class StatusList:
         snap = self._snap
         path = Path(path)
         parts = sorted(snap.tables)
-        head = _HEAD.pack(MAGIC, FILE_FORMAT, 0, snap.version, snap.count, len(parts))
-        directory = b"".join(_DIR.pack(p.encode("ascii"), snap.tables[p].count) for p in parts)
+        head = _HEAD.pack(MAGIC, FILE_FORMAT, 0, snap.version, snap.entries, len(parts))
+        directory = b"".join(_DIR.pack(p.encode("ascii"), snap.tables[p].entries) for p in parts)
         bodies = [_little_endian(chunk) for p in parts for chunk in snap.tables[p].chunks]
         crc = zlib.crc32(directory, zlib.crc32(head))
         for body in bodies:
@@ -457,9 +458,10 @@ class StatusList:
 
 # -- delta machinery (generators doing bounded work between yields) ---------------------------
 
-def _check_version(version: object, what: str) -> None:
+def _check_version(version: object, what: str) -> int:
     if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= MAX_VERSION:
         raise StatusListError(f"{what} is {version!r}, expected a whole number 0–{MAX_VERSION}")
+    return version
 
 
 def _check_entry(part: object, ident: object, reason: object, *, removing: bool = False) -> None:
@@ -468,7 +470,7 @@ def _check_entry(part: object, ident: object, reason: object, *, removing: bool 
     if not isinstance(ident, int) or not 0 <= ident < _IDENT_END:
         raise StatusListError(f"entry {part}/{ident!r}: ident out of range")
     if not isinstance(reason, int) or not (removing or 0 < reason) or not 0 <= reason < 256:
-        raise StatusListError(f"entry {Key(part, ident)}: reason {reason!r} is not 1–255")  # type: ignore[arg-type]
+        raise StatusListError(f"entry {Key(part, ident)}: reason {reason!r} is not 1–255")
 
 
 def _words(items: Sequence[Entry] | Sequence[Key], *, removing: bool) -> Iterator[tuple[str, int]]:
@@ -478,13 +480,13 @@ def _words(items: Sequence[Entry] | Sequence[Key], *, removing: bool) -> Iterato
         return
     low = 0 if removing else 1
     for item in items:
-        part, ident, reason = (item[0], item[1], 0) if removing else item
+        part, ident, reason = (item[0], item[1], 0) if removing else item  # type: ignore[misc]  # adding: an Entry
         if not (low <= reason < 256 and 0 <= ident < _IDENT_END):
             _check_entry(part, ident, reason, removing=removing)
         yield part, ident << 8 | reason
 
 
-def _group(words: Iterator[tuple[str, int]], groups: dict[str, array],
+def _group(words: Iterator[tuple[str, int]], groups: dict[str, array[int]],
            budget: _Budget) -> Generator[None, None, None]:
     """Sort the words into per-partition arrays.
 
@@ -503,7 +505,7 @@ def _group(words: Iterator[tuple[str, int]], groups: dict[str, array],
             yield
 
 
-def _sorted_steps(words: array, budget: _Budget) -> Generator[None, None, Iterator[int]]:
+def _sorted_steps(words: array[int], budget: _Budget) -> Generator[None, None, Iterator[int]]:
     """Sort ``words`` in runs of SORT_RUN (kept as arrays) and merge them lazily."""
     if len(words) <= SORT_RUN:
         return iter(sorted(words))
@@ -522,7 +524,7 @@ class _ChunkWriter:
     __slots__ = ("chunks", "_cur", "_view", "_fill")
 
     def __init__(self) -> None:
-        self.chunks: list[array] = []
+        self.chunks: list[array[int]] = []
         self._cur = _EMPTY
         self._view = memoryview(_EMPTY)
         self._fill = 0
@@ -556,11 +558,11 @@ class _ChunkWriter:
             self._fill += n
             start += n
 
-    def share(self, chunk: array) -> None:
+    def share(self, chunk: array[int]) -> None:
         self._close()
         self.chunks.append(chunk)
 
-    def finish(self) -> "_Part | None":
+    def finish(self) -> _Part | None:
         self._close()
         return _Part.of(self.chunks) if self.chunks else None
 
@@ -595,7 +597,8 @@ def _merge_part(old: _Part | None, stream: Iterator[int], budget: _Budget) -> Ge
     return out.finish()
 
 
-def _merge_chunk(out: _ChunkWriter, old: array, stream: Iterator[int], budget: _Budget) -> Generator[None, None, None]:
+def _merge_chunk(out: _ChunkWriter, old: array[int], stream: Iterator[int],
+                 budget: _Budget) -> Generator[None, None, None]:
     """Write ``old`` with the sorted delta words of ``stream`` merged in to ``out``.
 
     A word with reason 0 removes its ident, any other adds or replaces it; the same
@@ -703,7 +706,8 @@ async def run_steps(steps: Generator[None, None, _T], *, max_step_ms: float = 5)
             next(steps)
         except StopIteration as done:
             await asyncio.sleep(0)  # so that what the caller runs next starts a fresh slice
-            return done.value  # type: ignore[no-any-return]
+            result: _T = done.value
+            return result
         if clock() - started >= budget:
             await asyncio.sleep(0)
             started = clock()
@@ -716,12 +720,12 @@ async def apply_delta(store: StatusList, delta: Delta | bytes | str, *, max_step
     """
     if not isinstance(delta, Delta):
         delta = await run_steps(parse_payload_steps(delta), max_step_ms=max_step_ms)
-    await run_steps(store.apply_delta_steps(delta), max_step_ms=max_step_ms)  # type: ignore[arg-type]
+    await run_steps(store.apply_delta_steps(delta), max_step_ms=max_step_ms)
 
 
 # -- the centre's payload -------------------------------------------------------------------------
 
-class PackedEntries(Sequence):  # type: ignore[type-arg]
+class PackedEntries(Sequence[Any]):
     """Parsed entries (or keys, for ``remove``) held as a partition table and 64-bit words.
 
     A 100,000-entry delta is then ~1 MB of arrays instead of 100,000 tuples that the
@@ -753,13 +757,15 @@ class PackedEntries(Sequence):  # type: ignore[type-arg]
     def __len__(self) -> int:
         return len(self._words)
 
-    def group(self, groups: dict[str, array], budget: _Budget) -> Generator[None, None, None]:
+    def group(self, groups: dict[str, array[int]], budget: _Budget) -> Generator[None, None, None]:
         """Append each word to its partition's array in ``groups``, in bounded steps."""
-        sinks = [groups.get(part) for part in self._parts]
-        for no, part in enumerate(self._parts):
-            if sinks[no] is None:
-                sinks[no] = groups[part] = array("Q")
-        appends = [sink.append for sink in sinks]  # type: ignore[union-attr]
+        sinks: list[array[int]] = []
+        for part in self._parts:
+            sink = groups.get(part)
+            if sink is None:
+                sink = groups[part] = array("Q")
+            sinks.append(sink)
+        appends = [sink.append for sink in sinks]
         index, words = self._index, self._words
         for start in range(0, len(words), 4 * STEP_WORK):
             stop = start + 4 * STEP_WORK
@@ -768,7 +774,7 @@ class PackedEntries(Sequence):  # type: ignore[type-arg]
             if budget.spend(STEP_WORK // 2):
                 yield
 
-    def check_disjoint(self, remove: "PackedEntries") -> Generator[None, None, None]:
+    def check_disjoint(self, remove: PackedEntries) -> Generator[None, None, None]:
         """StatusListError naming both entries if an identity is both here and in ``remove``."""
         # Keys are ident << 16 | partition number in *this* table (< 65,536 partitions).
         here = self._part_no
@@ -787,7 +793,7 @@ class PackedEntries(Sequence):  # type: ignore[type-arg]
             if i % (4 * PARSE_STEP) == 0:
                 yield
 
-    def __getitem__(self, i: int | slice) -> Any:  # type: ignore[override]
+    def __getitem__(self, i: int | slice) -> Any:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         word = self._words[i]
@@ -864,7 +870,8 @@ def parse_payload(data: bytes | str | Mapping[str, Any]) -> Delta:
         try:
             next(steps)
         except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+            delta: Delta = done.value
+            return delta
 
 
 def parse_payload_steps(data: bytes | str | Mapping[str, Any]) -> Generator[None, None, Delta]:
@@ -889,9 +896,8 @@ def parse_payload_steps(data: bytes | str | Mapping[str, Any]) -> Generator[None
             except UnicodeDecodeError as err:
                 raise StatusListError(f"status list payload is not UTF-8: {err}") from None
         doc = yield from _decode_steps(data, sinks)
-    version = doc.get("version")
+    version = _check_version(doc.get("version"), "status list version")
     base = doc.get("base")
-    _check_version(version, "status list version")
     if base is not None:
         _check_version(base, "status list base")
     for name in sinks:
@@ -902,7 +908,7 @@ def parse_payload_steps(data: bytes | str | Mapping[str, Any]) -> Generator[None
                               f"{len(remove)} entries; a full list cannot remove")
     if remove and add:  # an identity both added and removed is ambiguous: refuse
         yield from add.check_disjoint(remove)
-    return Delta(version, base, add, remove)  # type: ignore[arg-type]
+    return Delta(version, base, add, remove)
 
 
 _SIXTEEN_DIGITS = re.compile(r"(?<![0-9])([0-9]{4})[0-9]{8}([0-9]{4})(?![0-9])")
@@ -961,7 +967,7 @@ def _decode_steps(text: str, sinks: Mapping[str, PackedEntries]) -> Generator[No
     PARSE_STEP elements per step; every value is decoded by ``json``'s own decoder.
     """
     scan = json.JSONDecoder().raw_decode
-    ws = _WS.match
+    ws = cast(Callable[[str, int], re.Match[str]], _WS.match)  # [ \t\n\r]* matches anywhere: never None
     end = len(text)
     doc: dict[str, Any] = {}
 
@@ -1066,7 +1072,7 @@ _DIR = struct.Struct("<8sQ")  # partition name, entry count
 _MAX_PARTS = 10_000 + 2 * 256
 
 
-def _little_endian(arr: array) -> memoryview:
+def _little_endian(arr: array[int]) -> memoryview:
     if sys.byteorder == "little":
         return memoryview(arr).cast("B")
     swapped = array("Q", arr)

@@ -135,7 +135,7 @@ def station_record(tx: Tx, s: LaneSettings) -> bytes:
     """The 40-byte station record C6 writes into card file 0019 (see records.StationRecord)."""
     veh = tx.vehicle
     plate = (veh.plate or "") if veh else ""
-    ts = int(tx.purchase_time.replace(tzinfo=dt.timezone.utc).timestamp()) if tx.purchase_time else 0
+    ts = int(tx.purchase_time.replace(tzinfo=dt.UTC).timestamp()) if tx.purchase_time else 0
     rec = (bytes.fromhex(s.network) + s.station + bytes((s.lane_number,)) + ts.to_bytes(4, "big")
            + bytes(((veh.vehicle_class or 0) if veh else 0, 1 if s.direction is Direction.ENTRY else 2))
            + bytes(12) + plate.encode("gbk", "replace")[:12].ljust(12, b"\x00") + bytes(5))

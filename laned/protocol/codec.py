@@ -68,14 +68,14 @@ class FrameDecoder:
 
     def _decode(self, event: RawFrame | ProtocolError) -> Decoded | ProtocolError:
         if event.__class__ is not RawFrame:
-            return event  # type: ignore[return-value]
+            return event  # type: ignore[return-value]  # a ProtocolError: mypy does not narrow `__class__ is`
         payload = event.payload
         parse = self._parsers.get(payload[0]) if payload else None
         try:
             if parse is not None:
                 msg = parse(payload[1:])
             else:
-                msg = decode_payload(self._messages, payload, self.profile.opaque)  # type: ignore[arg-type]
+                msg = decode_payload(self._messages, payload, self.profile.opaque)
         except ProtocolError as err:
             err.offset = event.offset
             err.data = event.wire
@@ -91,12 +91,12 @@ class FrameDecoder:
                 ok = rsctl in (_RSU_RSCTL if msg.sender is Sender.RSU else _PC_RSCTL)
             if not ok:
                 self.rsctl_anomalies += 1
-        return _tuple_new(Decoded, (msg, event))  # type: ignore[no-any-return]
+        return _tuple_new(Decoded, (msg, event))
 
 
 def decode_message(profile: Profile, payload: bytes) -> Message:
     """TYPE + DATA → message (raises :class:`ProtocolError`)."""
-    return decode_payload(profile.messages, payload, profile.opaque)  # type: ignore[arg-type]
+    return decode_payload(profile.messages, payload, profile.opaque)
 
 
 def encode_message(profile: Profile, msg: Message, *, rsctl: int | None = None, seq: int | None = None) -> bytes:

@@ -66,7 +66,7 @@ def meaning(profile: Profile, msg: Message, name: str, value: Any) -> str:
     if name == "trans_type" and msg.frame_type == 0xB4:
         return {0x00: "traditional", 0x10: "composite"}.get(value, "")
     if name in ("unix_time", "wr_file_time") and value:
-        return dt.datetime.fromtimestamp(value, dt.timezone.utc).isoformat()
+        return dt.datetime.fromtimestamp(value, dt.UTC).isoformat()
     if name == "stop_type":
         return {1: "search again", 2: "resend the current frame"}.get(value, "")
     if name == "control_type":

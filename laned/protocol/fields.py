@@ -13,8 +13,9 @@ zero meaning "no date"; plates GBK padded with ``00``.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import construct as cs
 

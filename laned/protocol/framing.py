@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from typing import Iterable, NamedTuple, Union
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from laned.protocol.checks import bcc, crc16_x25
 from laned.protocol.errors import (
@@ -113,7 +114,7 @@ class RawFrame(NamedTuple):
         return self.payload[0] if self.payload else None
 
 
-Event = Union[RawFrame, ProtocolError]
+Event = RawFrame | ProtocolError
 
 # ``RawFrame(...)`` goes through the named tuple's Python ``__new__``; the hot path builds
 # the tuple directly, all six fields in order.
@@ -263,7 +264,7 @@ class ClassicDeframer(Deframer):
                 if event.__class__ is RawFrame:
                     self.frames += 1
                 else:
-                    self._drop(event)  # type: ignore[arg-type]
+                    self._drop(event)  # type: ignore[arg-type]  # a ProtocolError: mypy does not narrow `__class__ is`
                 if not buf:  # else buf is already the previous end FF
                     buf.append(0xFF)  # this end FF: it may start the next frame
                 self._base = base + n - 1

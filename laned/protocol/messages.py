@@ -23,8 +23,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import struct
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 import construct as cs
 
@@ -37,8 +38,12 @@ class Sender(enum.StrEnum):
     PC = "pc"
 
 
-def wire(kind: Kind, default: Any = MISSING) -> Any:
-    """Declare a dataclass field that is on the wire, with its kind."""
+def wire(kind: Kind, *, default: Any = MISSING) -> Any:
+    """Declare a dataclass field that is on the wire, with its kind.
+
+    A field specifier of :func:`message` (``dataclass_transform``): the default is a
+    keyword, as PEP 681 asks, so the type checker knows which fields may be left out.
+    """
     return field(default=default, metadata={"kind": kind})
 
 
@@ -48,8 +53,11 @@ class Message:
     __slots__ = ()
     TYPE: ClassVar[int]
     SENDER: ClassVar[Sender]
-    LAYOUT: ClassVar["Layout"]
+    LAYOUT: ClassVar[Layout]
     PROFILE: ClassVar[str] = ""
+    # Every subclass is a dataclass (made by @message, or by @dataclass); declared so that
+    # dataclasses.fields() accepts type[Message] (typeshed's DataclassInstance protocol).
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     @property
     def frame_type(self) -> int:
@@ -75,18 +83,18 @@ class Message:
         return bytes((self.frame_type,)) + self.LAYOUT.build(self)
 
     @classmethod
-    def decode_data(cls, data: bytes) -> "Message":
+    def decode_data(cls, data: bytes) -> Message:
         """Decode DATA (the bytes after TYPE)."""
         return cls.LAYOUT.parse(data)
 
 
-M = TypeVar("M", bound=type)
+M = TypeVar("M", bound=Message)
 
 
 class Layout:
     """The wire layout of one message class, with its compiled structs."""
 
-    def __init__(self, cls: type, status_field: str | None, optional_from: str | None) -> None:
+    def __init__(self, cls: type[Message], status_field: str | None, optional_from: str | None) -> None:
         self.cls = cls
         self.label = f"{cls.TYPE:02X} ({cls.PROFILE or 'common'})"
         fs = [f for f in dataclasses.fields(cls) if "kind" in f.metadata]
@@ -109,17 +117,18 @@ class Layout:
 
     def _form(self, names: tuple[str, ...]) -> tuple[tuple[str, ...], int | None, Any, list[tuple[str, Callable[[Any], Any]]]]:
         kinds = [self.kinds[n] for n in names]
-        size = None if any(k.size is None for k in kinds) else sum(k.size for k in kinds)  # type: ignore[misc]
+        sizes = [k.size for k in kinds if k.size is not None]
+        size = sum(sizes) if len(sizes) == len(kinds) else None
         struct = cs.Struct(*[n / self.kinds[n].con for n in names], cs.Terminated)
         try:
             struct = struct.compile()
         except Exception:  # pragma: no cover - construct falls back per field already
             pass
-        convs = [(n, self.kinds[n].decode) for n in names if self.kinds[n].decode is not None]
+        convs = [(n, decode) for n in names if (decode := self.kinds[n].decode) is not None]
         self._fast[names] = _struct_of(kinds) if size is not None else None
         if size is None:
             self._variable[names] = _variable_parser(self, names)
-        return names, size, struct, convs  # type: ignore[return-value]
+        return names, size, struct, convs
 
     # -- decoding --------------------------------------------------------------------
     def parse(self, data: bytes) -> Message:
@@ -152,7 +161,7 @@ class Layout:
                 values[name] = conv(values[name])
             except _CONVERTER_ERRORS as err:
                 raise self._field_error(name, err, data) from None
-        if form is self.head and values[self.status_field] == 0:  # type: ignore[index]
+        if form is self.head and self.status_field is not None and values[self.status_field] == 0:
             raise LayoutError(f"{self.label}: frame ends after {self.status_field} 00; only an error frame may", data)
         return self.cls(**values)
 
@@ -177,7 +186,7 @@ class Layout:
         missing = [n for n in form[0] if getattr(msg, n) is None and n not in self._nullable]
         if missing:
             raise EncodeError(f"{self.label}: fields {', '.join(missing)} are missing")
-        if form is self.head and getattr(msg, self.status_field) == 0:  # type: ignore[arg-type]
+        if form is self.head and self.status_field is not None and getattr(msg, self.status_field) == 0:
             raise EncodeError(f"{self.label}: only an error frame ({self.status_field} not 00) may omit the fields after it")
         values: dict[str, Any] = {}
         for name in form[0]:
@@ -192,12 +201,13 @@ class Layout:
             if src is not None and len(values[name]) != values[src]:
                 raise EncodeError(f"{self.label} {name}: {len(values[name])} bytes but {src} says {values[src]}")
         try:
-            return form[2].build(values)
+            built: bytes = form[2].build(values)  # construct is untyped: say what it returns
         except (cs.ConstructError, struct.error, ValueError, TypeError, OverflowError) as err:
             raise EncodeError(f"{self.label}: {err}") from None
+        return built
 
 
-def _full_parser(layout: Layout) -> Callable[[bytes], Any] | None:
+def _full_parser(layout: Layout) -> Callable[[bytes], Message] | None:
     """The hot path of a fixed-size layout: one generated function, DATA → message.
 
     ``struct`` unpacks the complete frame (see :func:`_struct_of`), each value goes
@@ -229,7 +239,8 @@ def _full_parser(layout: Layout) -> Callable[[bytes], Any] | None:
                       f"        raise fail({name!r}, err, data) from None"]
     lines.append("    return obj")
     exec("\n".join(lines), env)  # noqa: S102 - source built above from the layout's field names
-    return env["parse_full"]  # type: ignore[no-any-return]
+    parse_full: Callable[[bytes], Message] = env["parse_full"]
+    return parse_full
 
 
 _STRUCT_CODES = {id(cs.Int8ub): "B", id(cs.Int16ub): "H", id(cs.Int32ub): "I"}
@@ -317,20 +328,21 @@ def _variable_parser(layout: Layout, names: tuple[str, ...]) -> Callable[[bytes]
     return parse_interpreted
 
 
+@dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(wire, field))
 def message(type_code: int, sender: Sender, *, profile: str = "", status_field: str | None = None,
-            optional_from: str | None = None) -> Callable[[M], M]:
+            optional_from: str | None = None) -> Callable[[type[M]], type[M]]:
     """Make ``cls`` a frozen message dataclass of frame type ``type_code``.
 
     ``status_field`` names the RSU ErrorCode/Status field after which a non-zero value
     may end the frame; ``optional_from`` the first field of a tail that may be absent.
     """
 
-    def wrap(cls: M) -> M:
-        cls = dataclass(frozen=True, slots=True, kw_only=True)(cls)  # type: ignore[assignment]
-        cls.TYPE = type_code  # type: ignore[attr-defined]
-        cls.SENDER = sender  # type: ignore[attr-defined]
-        cls.PROFILE = profile  # type: ignore[attr-defined]
-        cls.LAYOUT = Layout(cls, status_field, optional_from)  # type: ignore[attr-defined]
+    def wrap(cls: type[M]) -> type[M]:
+        cls = dataclass(frozen=True, slots=True, kw_only=True)(cls)
+        cls.TYPE = type_code
+        cls.SENDER = sender
+        cls.PROFILE = profile
+        cls.LAYOUT = Layout(cls, status_field, optional_from)
         return cls
 
     return wrap
@@ -345,7 +357,7 @@ class EmptyReply(Message):
     origin: Sender = Sender.PC
 
     @property
-    def frame_type(self) -> int:  # type: ignore[override]
+    def frame_type(self) -> int:
         return -1
 
     @property
@@ -371,7 +383,7 @@ class OpaqueMessage(Message):
     data: bytes
 
     @property
-    def frame_type(self) -> int:  # type: ignore[override]
+    def frame_type(self) -> int:
         return self.type_code
 
     @property
@@ -389,7 +401,7 @@ def rest_field() -> Any:
     return wire(Rest)
 
 
-def decode_payload(messages: dict[int, type[Message]], payload: bytes, opaque: frozenset[int]) -> Message:
+def decode_payload(messages: Mapping[int, type[Message]], payload: bytes, opaque: frozenset[int]) -> Message:
     """Dispatch TYPE + DATA to the profile's message class."""
     from laned.protocol.errors import UnknownTypeError
 

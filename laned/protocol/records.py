@@ -80,7 +80,7 @@ class CardIssueFile:
     SIZE = 43
 
     @classmethod
-    def decode(cls, raw: bytes) -> "CardIssueFile":
+    def decode(cls, raw: bytes) -> CardIssueFile:
         if len(raw) != cls.SIZE:
             raise FieldError(f"card file 0015 is {len(raw)} bytes, expected {cls.SIZE}", raw)
         return cls(
@@ -129,7 +129,7 @@ class StationRecord:
     SIZE = 43
 
     @classmethod
-    def decode(cls, raw: bytes) -> "StationRecord":
+    def decode(cls, raw: bytes) -> StationRecord:
         if len(raw) != cls.SIZE:
             raise FieldError(f"card file 0019 is {len(raw)} bytes, expected {cls.SIZE}", raw)
         rec = raw[3:]

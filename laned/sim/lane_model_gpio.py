@@ -61,7 +61,8 @@ class LaneModelPin(MockPin):
 
     def _get_state(self) -> bool:
         self._check_online()
-        return super()._get_state()
+        state: bool = super()._get_state()  # gpiozero is untyped
+        return state
 
     def _set_state(self, value: Any) -> None:
         self._check_online()
@@ -73,7 +74,7 @@ class LaneModelPin(MockPin):
             self._change_state(self.external_level)
 
     def _change_state(self, value: Any) -> bool:
-        changed = super()._change_state(value)
+        changed: bool = super()._change_state(value)
         if changed and self._function == "output":
             self.writes.append((time.monotonic(), bool(value)))
         return changed

@@ -36,9 +36,10 @@ from typing import Any
 
 from laned.app import run_lane
 from laned.config import Config, load_sim_config
-from laned.executor import LaneExecutor, Observation
+from laned.executor import LaneExecutor
 from laned.lane.status_list import StatusList, card_key, obu_key
 from laned.masking import mask_plate
+from laned.observation import Observation
 from laned.sim.lane_model import BarrierSpec, LaneGeometry, LaneModel
 from laned.sim.modbus_devices import EmulatedFeeDisplay, EmulatedIoModule, ModbusDeviceServer
 from laned.sim.rsu_emulator import EmulatorSettings, RsuEmulator, RsuState
@@ -184,7 +185,7 @@ class LaneSim:
         async with contextlib.AsyncExitStack() as stack:
             server = await stack.enter_async_context(ModbusDeviceServer([self.display, self.io], transport="tcp"))
             self.emulator = await stack.enter_async_context(RsuEmulator([], profile="national", settings=settings))
-            port = server.link.port  # type: ignore[union-attr]
+            port = server.link.port
             self.config = load_sim_config(self.state_dir, overrides={
                 "rsu.port": self.emulator.path, "devices.io.port": port, "devices.fee_display.port": port,
                 "status_list.path": str(status_path)})
@@ -403,7 +404,7 @@ class LaneSim:
                 continue
             if r.outcome in ("charged", "entry_written"):
                 continue  # what it paid stands; a later report of it adds nothing
-            r.outcome = {"intent": "in_progress"}.get(state, state)
+            r.outcome = "in_progress" if state == "intent" else state
             r.reason = reason or state
             r.fee = row["amount"] if state == "charged" else row["fee"]
         now = time.monotonic()

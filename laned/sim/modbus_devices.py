@@ -45,7 +45,7 @@ import time
 import tty
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, cast
 
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
@@ -250,7 +250,7 @@ class EmulatedDevice:
             for i, value in enumerate(values):
                 # Writing into ``values`` changes what pymodbus stores too (SimDevice
                 # action contract): a stuck relay stays stuck in both images.
-                values[i] = self._coil_written(address + i, bool(value))  # type: ignore[index]
+                values[i] = self._coil_written(address + i, bool(value))
                 self.coils[address + i] = bool(values[i])
             table: Literal["coils", "holding registers"] = "coils"
         else:
@@ -573,7 +573,7 @@ class ModbusDeviceServer:
         server, self._server = self._server, None
         if self._pty is not None:
             self._pty.set_device_listening(False)
-        await server.shutdown()
+        await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus leaves shutdown() unannotated
 
     async def come_back(self) -> None:
         """The devices return, on the same port or line, with the state they had."""
@@ -595,17 +595,22 @@ class ModbusDeviceServer:
 
     async def _listen(self) -> None:
         simdevices = [d.simdevice() for d in self.devices.values()]
+        # pymodbus declares that a tracer returns a PDU; a received request traced to None
+        # is dropped (its request handler acts only `if self.last_pdu`), which is how a
+        # silenced device stays silent. The pin on the pymodbus minor keeps that true.
+        trace = cast(Callable[[bool, ModbusPDU], ModbusPDU], self._trace_pdu)
         server: ModbusTcpServer | ModbusSerialServer
         if self.transport == "tcp":
-            server = ModbusTcpServer(simdevices, address=(self._host, self._port), trace_pdu=self._trace_pdu)
+            server = ModbusTcpServer(simdevices, address=(self._host, self._port), trace_pdu=trace)
         else:
             assert self._pty is not None
             self._pty.set_device_listening(True)
             server = ModbusSerialServer(
-                simdevices, port=self._pty.device_path, baudrate=self._baudrate, trace_pdu=self._trace_pdu
+                simdevices, port=self._pty.device_path, baudrate=self._baudrate, trace_pdu=trace
             )
         await server.serve_forever(background=True)
         if self.transport == "tcp" and self._port == 0:
+            # pymodbus annotates transport as a BaseTransport; a listening server keeps its asyncio.Server there.
             self._port = server.transport.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         self._server = server
 

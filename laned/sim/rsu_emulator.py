@@ -497,6 +497,7 @@ class RsuEmulator:
                 self._logged_tx(out, on_wire, time.perf_counter(), (note + ",no lane connected").lstrip(","))
                 return
             on_wire += data
+        assert port is not None  # writes is not empty, and the loop returned if there was no port
         written_at = await port.drain()
         self.counters["tx_frames"] += 1
         self._start_answer_timer(out, written_at)
@@ -863,14 +864,18 @@ async def _serve(args: argparse.Namespace) -> int:
                            on_port_changed=lambda path: print(f"port: {path}", flush=True)) as emu:
         for fault, prob in args.fault:
             emu.set_fault_probability(fault, prob)
-        where = emu.path if args.pty else "%s:%d" % emu.address
+        where = emu.path if args.pty else "{}:{:d}".format(*emu.address)
         print(where, flush=True)
         seen = 0
         deadline = None if args.duration is None else time.monotonic() + args.duration
         while deadline is None or time.monotonic() < deadline:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
+
+            def more(seen: int = seen) -> bool:  # this round's count, bound now
+                return len(emu.events) > seen
+
             try:
-                await emu.wait_for(lambda: len(emu.events) > seen, timeout=left if left is not None else 3600)
+                await emu.wait_for(more, timeout=left if left is not None else 3600)
             except TimeoutError:
                 continue
             for ev in emu.events[seen:]:

@@ -127,9 +127,8 @@ class RsuDialect:
         if error:
             return self._obu_msg(national.CardInfo(obu_id=oid, error_code=error),
                                  network2019.CardInfo(obu_id=oid, error_code=error))
-        ef04: dict[str, object] = {}
-        if ef04_length:  # C0 asked for EF04: the card's EF04 is blank in the emulator
-            ef04 = dict(ef04_offset=0, ef04_length=ef04_length, ef04_info=bytes(ef04_length))
+        # C0 asked for EF04 (network2019): the card's EF04 is blank in the emulator.
+        ef04_offset, ef04_info = (0, bytes(ef04_length)) if ef04_length else (None, None)
         return self._obu_msg(
             national.CardInfo(obu_id=oid, error_code=0, card_type=int(o.card_type), physical_card_type=0,
                               trans_type=B4_TRANS_COMPOSITE, card_rest_money=balance,
@@ -137,7 +136,7 @@ class RsuDialect:
                               last_station=last_station),
             network2019.CardInfo(obu_id=oid, error_code=0, read_icc_status=0, card_rest_money=balance,
                                  issuer_info=o.file_0015(), last_station=last_station, read_ef04_status=0,
-                                 **ef04))  # type: ignore[arg-type]
+                                 ef04_offset=ef04_offset, ef04_length=ef04_length or None, ef04_info=ef04_info))
 
     def result(self, obu_id: bytes, p: Purchase | None, ident: RsuIdentity, error: int = 0) -> Message:
         if error or p is None:
@@ -162,6 +161,7 @@ class RsuDialect:
         # jinyi / gb2019tcp: OBU id confirmed, the rest raw in the national layout.
         payload = nat.encode()
         cls = self.profile.messages[payload[0]]
+        # type[Message] has no fields; these classes are tcp_envelopes._obu_frame's (obu_id, data).
         return cls(obu_id=payload[1:5], data=payload[5:])  # type: ignore[call-arg]
 
     # -- lane → RSU ---------------------------------------------------------------------

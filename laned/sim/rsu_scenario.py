@@ -172,7 +172,7 @@ class ObuScenario:
         object.__setattr__(self, "card_type", CardType(self.card_type))
 
     @classmethod
-    def from_sim_vehicle(cls, v: Any, *, arrive_at: float | None = None, **overrides: Any) -> "ObuScenario":
+    def from_sim_vehicle(cls, v: Any, *, arrive_at: float | None = None, **overrides: Any) -> ObuScenario:
         """The OBU and card of a :class:`laned.sim.traffic.SimVehicle`.
 
         ``arrive_at`` defaults to the vehicle's ``arrive_after`` (a scenario's arrivals are

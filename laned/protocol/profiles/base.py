@@ -8,8 +8,8 @@ what its error codes mean. The lane logic asks the profile, never the RSU model.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from laned.protocol.messages import Message, Sender
 

@@ -30,26 +30,26 @@ class Init(Message):
 @message(0xB0, Sender.RSU, profile=NAME, status_field="rsu_status")
 class RsuInfo(Message):
     rsu_status: int = wire(U8)  # 00 normal
-    psam_num: int | None = wire(U8, None)
-    rsu_terminal_id1: bytes | None = wire(Hex(6), None)  # PSAM terminal numbers
-    rsu_terminal_id2: bytes | None = wire(Hex(6), None)
-    rsu_alg_id: int | None = wire(U8, None)
-    rsu_manu_id: int | None = wire(U8, None)
-    rsu_id: bytes | None = wire(Hex(3), None)
-    rsu_version: bytes | None = wire(Hex(2), None)
-    reserved: bytes | None = wire(Hex(5), None)
+    psam_num: int | None = wire(U8, default=None)
+    rsu_terminal_id1: bytes | None = wire(Hex(6), default=None)  # PSAM terminal numbers
+    rsu_terminal_id2: bytes | None = wire(Hex(6), default=None)
+    rsu_alg_id: int | None = wire(U8, default=None)
+    rsu_manu_id: int | None = wire(U8, default=None)
+    rsu_id: bytes | None = wire(Hex(3), default=None)
+    rsu_version: bytes | None = wire(Hex(2), default=None)
+    reserved: bytes | None = wire(Hex(5), default=None)
 
 
 @message(0xB2, Sender.RSU, profile=NAME, status_field="error_code")
 class ObuInfo(Message):
     obu_id: bytes = wire(Hex(4))
     error_code: int = wire(U8)  # 00 data follows, 80 heartbeat
-    issuer_identifier: bytes | None = wire(Hex(8), None)
-    serial_number: bytes | None = wire(Hex(8), None)
-    date_of_issue: dt.date | None = wire(BcdDate, None)
-    date_of_expire: dt.date | None = wire(BcdDate, None)
-    equipment_cv: int | None = wire(U8, None)
-    obu_status: bytes | None = wire(Hex(2), None)
+    issuer_identifier: bytes | None = wire(Hex(8), default=None)
+    serial_number: bytes | None = wire(Hex(8), default=None)
+    date_of_issue: dt.date | None = wire(BcdDate, default=None)
+    date_of_expire: dt.date | None = wire(BcdDate, default=None)
+    equipment_cv: int | None = wire(U8, default=None)
+    obu_status: bytes | None = wire(Hex(2), default=None)
 
     @property
     def contract_start(self) -> dt.date | None:
@@ -74,23 +74,23 @@ class Continue(Message):
 class VehicleInfo(Message):
     obu_id: bytes = wire(Hex(4))
     error_code: int = wire(U8)
-    plate_number: str | None = wire(Gbk(12), None)
-    plate_colour: int | None = wire(U16, None)
-    vehicle_class: int | None = wire(U8, None)
-    vehicle_user_type: int | None = wire(U8, None)
+    plate_number: str | None = wire(Gbk(12), default=None)
+    plate_colour: int | None = wire(U16, default=None)
+    vehicle_class: int | None = wire(U8, default=None)
+    vehicle_user_type: int | None = wire(U8, default=None)
 
 
 @message(0xB4, Sender.RSU, profile=NAME, status_field="error_code")
 class CardInfo(Message):
     obu_id: bytes = wire(Hex(4))
     error_code: int = wire(U8)
-    card_type: int | None = wire(U8, None)
-    physical_card_type: int | None = wire(U8, None)
-    trans_type: int | None = wire(U8, None)  # 00 traditional, 10 composite
-    card_rest_money: int | None = wire(U32, None)  # fen
-    card_id: bytes | None = wire(Hex(4), None)
-    issuer_info: bytes | None = wire(Hex(43), None)  # card file 0015
-    last_station: bytes | None = wire(Hex(43), None)  # card file 0019
+    card_type: int | None = wire(U8, default=None)
+    physical_card_type: int | None = wire(U8, default=None)
+    trans_type: int | None = wire(U8, default=None)  # 00 traditional, 10 composite
+    card_rest_money: int | None = wire(U32, default=None)  # fen
+    card_id: bytes | None = wire(Hex(4), default=None)
+    issuer_info: bytes | None = wire(Hex(43), default=None)  # card file 0015
+    last_station: bytes | None = wire(Hex(43), default=None)  # card file 0019
 
 
 @message(0xC6, Sender.PC, profile=NAME)
@@ -107,14 +107,14 @@ class Charge(Message):
 class ChargeResult(Message):
     obu_id: bytes = wire(Hex(4))
     error_code: int = wire(U8)
-    wr_file_time: int | None = wire(U32, None)
-    psam_no: bytes | None = wire(Hex(6), None)
-    trans_time: dt.datetime | None = wire(BcdDateTime, None)
-    trans_type: int | None = wire(U8, None)  # 09 composite, 06 stored-value, 16 credit
-    tac: bytes | None = wire(Hex(4), None)
-    icc_pay_serial: int | None = wire(U16, None)
-    psam_trans_serial: int | None = wire(U32, None)
-    card_balance: int | None = wire(U32, None)  # fen, after the charge
+    wr_file_time: int | None = wire(U32, default=None)
+    psam_no: bytes | None = wire(Hex(6), default=None)
+    trans_time: dt.datetime | None = wire(BcdDateTime, default=None)
+    trans_type: int | None = wire(U8, default=None)  # 09 composite, 06 stored-value, 16 credit
+    tac: bytes | None = wire(Hex(4), default=None)
+    icc_pay_serial: int | None = wire(U16, default=None)
+    psam_trans_serial: int | None = wire(U32, default=None)
+    card_balance: int | None = wire(U32, default=None)  # fen, after the charge
 
 
 PROFILE = Profile(

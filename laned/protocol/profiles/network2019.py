@@ -43,30 +43,30 @@ class Init(Message):
 @message(0xB0, Sender.RSU, profile=NAME, status_field="rsu_status")
 class RsuInfo(Message):
     rsu_status: int = wire(U8)  # 00 normal, 01 PSAM reset failed, 03 PSAM read failed
-    psam_channel_id: int | None = wire(U8, None)
-    psam_version: int | None = wire(U8, None)
-    psam_auth_status: int | None = wire(U8, None)
-    psam_terminal: bytes | None = wire(Hex(6), None)
-    rsu_alg_id: int | None = wire(U8, None)
-    rsu_manu_id: int | None = wire(U8, None)
-    rsu_id: bytes | None = wire(Hex(3), None)
-    rsu_version: bytes | None = wire(Hex(2), None)
-    reserved: bytes | None = wire(Hex(5), None)
+    psam_channel_id: int | None = wire(U8, default=None)
+    psam_version: int | None = wire(U8, default=None)
+    psam_auth_status: int | None = wire(U8, default=None)
+    psam_terminal: bytes | None = wire(Hex(6), default=None)
+    rsu_alg_id: int | None = wire(U8, default=None)
+    rsu_manu_id: int | None = wire(U8, default=None)
+    rsu_id: bytes | None = wire(Hex(3), default=None)
+    rsu_version: bytes | None = wire(Hex(2), default=None)
+    reserved: bytes | None = wire(Hex(5), default=None)
 
 
 @message(0xB2, Sender.RSU, profile=NAME, status_field="error_code")
 class ObuInfo(Message):
     obu_id: bytes = wire(Hex(4))
     error_code: int = wire(U8)
-    issuer: bytes | None = wire(Hex(8), None)
-    contract_type: int | None = wire(U8, None)
-    contract_version: int | None = wire(U8, None)
-    serial_number: bytes | None = wire(Hex(8), None)
-    issue_date: dt.date | None = wire(BcdDate, None)
-    expire_date: dt.date | None = wire(BcdDate, None)
-    cpu_card_id: bytes | None = wire(Hex(10), None)
-    equipment_cv: int | None = wire(U8, None)
-    obu_status: bytes | None = wire(Hex(2), None)
+    issuer: bytes | None = wire(Hex(8), default=None)
+    contract_type: int | None = wire(U8, default=None)
+    contract_version: int | None = wire(U8, default=None)
+    serial_number: bytes | None = wire(Hex(8), default=None)
+    issue_date: dt.date | None = wire(BcdDate, default=None)
+    expire_date: dt.date | None = wire(BcdDate, default=None)
+    cpu_card_id: bytes | None = wire(Hex(10), default=None)
+    equipment_cv: int | None = wire(U8, default=None)
+    obu_status: bytes | None = wire(Hex(2), default=None)
 
     @property
     def contract_start(self) -> dt.date | None:
@@ -86,7 +86,7 @@ class Continue(Message):
 class VehicleInfo(Message):
     obu_id: bytes = wire(Hex(4))
     error_code: int = wire(U8)  # 00 ok, 04 no DSRC answer, 06 decrypt failed, 2E PSAM not authorised
-    vehicle_info: bytes | None = wire(Hex(79), None)  # decrypted vehicle file
+    vehicle_info: bytes | None = wire(Hex(79), default=None)  # decrypted vehicle file
 
     # The vehicle file starts: plate 12, colour 2, class 1, user type 1 (RSU_PROTOCOL.md).
     @property
@@ -110,15 +110,15 @@ class VehicleInfo(Message):
 class CardInfo(Message):
     obu_id: bytes = wire(Hex(4))
     error_code: int = wire(U8)  # 00 ok, 08 no DSRC answer, 09 0019 read failed, 20/21 EF04 read
-    read_icc_status: int | None = wire(U8, None)
-    card_rest_money: int | None = wire(U32, None)
-    issuer_info: bytes | None = wire(Hex(43), None)
-    last_station: bytes | None = wire(Hex(43), None)
-    read_ef04_status: int | None = wire(U8, None)
+    read_icc_status: int | None = wire(U8, default=None)
+    card_rest_money: int | None = wire(U32, default=None)
+    issuer_info: bytes | None = wire(Hex(43), default=None)
+    last_station: bytes | None = wire(Hex(43), default=None)
+    read_ef04_status: int | None = wire(U8, default=None)
     # Present only if C0 asked for EF04.
-    ef04_offset: int | None = wire(U16, None)
-    ef04_length: int | None = wire(U16, None)
-    ef04_info: bytes | None = wire(VarBytes("ef04_length"), None)
+    ef04_offset: int | None = wire(U16, default=None)
+    ef04_length: int | None = wire(U16, default=None)
+    ef04_info: bytes | None = wire(VarBytes("ef04_length"), default=None)
 
 
 @message(0xC6, Sender.PC, profile=NAME)
@@ -137,15 +137,15 @@ class Charge(Message):
 class ChargeResult(Message):
     obu_id: bytes = wire(Hex(4))
     error_code: int = wire(U8)
-    trans_time: dt.datetime | None = wire(BcdDateTime, None)
-    psam_trans_serial: int | None = wire(U32, None)
-    icc_pay_serial: int | None = wire(U16, None)
-    trans_type: int | None = wire(U8, None)
-    card_balance: int | None = wire(U32, None)
-    tac: bytes | None = wire(Hex(4), None)
-    wr_file_time: int | None = wire(U32, None)
-    key_type: int | None = wire(U8, None)  # 4 SM4, 0 3DES
-    ef04_write_status: int | None = wire(U8, None)
+    trans_time: dt.datetime | None = wire(BcdDateTime, default=None)
+    psam_trans_serial: int | None = wire(U32, default=None)
+    icc_pay_serial: int | None = wire(U16, default=None)
+    trans_type: int | None = wire(U8, default=None)
+    card_balance: int | None = wire(U32, default=None)
+    tac: bytes | None = wire(Hex(4), default=None)
+    wr_file_time: int | None = wire(U32, default=None)
+    key_type: int | None = wire(U8, default=None)  # 4 SM4, 0 3DES
+    ef04_write_status: int | None = wire(U8, default=None)
 
 
 @message(0xC8, Sender.PC, profile=NAME)
