@@ -163,7 +163,9 @@ class LaneExecutor:
     def settle(self) -> None:
         """Look at every device and handle everything queued, now: at start-up, so the
         lane's first announcement (READY, STATUS) tells the state it is really in."""
-        self.poll_devices(self.monotonic())
+        now = self.monotonic()
+        self._execute(self.machine.outputs(), now)
+        self.poll_devices(now)
         while not self.inbox.empty():
             self._process(self.inbox.get_nowait())
 

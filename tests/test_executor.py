@@ -138,3 +138,13 @@ def test_a_lower_that_waited_in_the_io_queue_is_withdrawn_if_the_loop_is_no_long
         return io.moves, ex.counters["lower_withdrawn"]
 
     assert asyncio.run(main()) == ([], 1)
+
+
+def test_at_start_the_display_and_the_light_are_set_whatever_a_previous_run_left_on_them():
+    from laned.lane.machine import SetLight
+    from laned.lane.signals import Light
+
+    ex, _, _ = make(FakeJournal())
+    ex.settle()
+    assert ex._display_latest == ex.machine.display and ex._display_latest.line1 == "ETC车道"
+    assert ex._io_queue.get_nowait() == SetLight(Light.RED)

@@ -10,8 +10,8 @@ import pytest
 
 from laned.lane.barrier import BarrierCommand
 from laned.lane.machine import (
-    ClearAlarm, Device, DeviceStatus, JournalEvent, LaneSettings, LinkLost, LinkUp, RaiseAlarm, SendFailed, SetLight,
-    Show,
+    ChargeRecorded, ChargeRecordFailed, ClearAlarm, Device, DeviceStatus, IntentRecorded, JournalCharged, JournalEvent,
+    JournalIntent, JournalNotCharged, LaneSettings, LinkLost, LinkUp, RaiseAlarm, SendFailed, SetLight, Show,
 )
 from laned.lane.modes import DisplayPolicy
 from laned.lane.outcomes import Reason
@@ -177,3 +177,40 @@ def test_an_interlock_fault_raises_an_alarm_that_says_why_the_arm_stays_up_and_c
 def lane_signal():
     from laned.drivers.lane_io import Signal
     return Signal.SAFETY_LOOP
+
+
+def test_an_intent_written_after_its_transaction_ended_is_closed_as_not_charged():
+    """The link dropped while the intent was being committed: no C6 ever went out for it,
+    so the journal must not keep it open as a charge that may have happened."""
+    ln = Lane(auto_journal=False)
+    ln.advance(4.0)
+    ln.b2(), ln.b3()
+    out = ln.b4()
+    intent = next(a for a in out if isinstance(a, JournalIntent))
+    ln.feed(LinkLost("adapter removed"))
+    out = ln.feed(IntentRecorded(intent.tx_id, 9))
+    assert lane_sent(out) == []
+    closed = [a for a in out if isinstance(a, JournalNotCharged)]
+    assert closed and closed[0].seq == 9 and "before its C6" in closed[0].reason
+
+
+def test_a_charge_the_journal_could_not_keep_is_written_again_when_the_journal_takes_writes():
+    ln = Lane(auto_journal=False)
+    ln.advance(4.0)
+    ln.b2(), ln.b3()
+    intent = next(a for a in ln.b4() if isinstance(a, JournalIntent))
+    ln.feed(IntentRecorded(intent.tx_id, 3))
+    charged = next(a for a in ln.b5() if isinstance(a, JournalCharged))
+    out = ln.feed(ChargeRecordFailed(charged.tx_id, "disk full"))
+    assert "journal_failed" in alarms(out) and ln.barrier(out) == []
+    ln.feed(DeviceStatus(Device.JOURNAL, False, "disk full"))
+    out = ln.feed(DeviceStatus(Device.JOURNAL, True))
+    again = [a for a in out if isinstance(a, JournalCharged)]
+    assert again == [charged]  # the same result, for the same seq
+    out = ln.feed(ChargeRecorded(charged.tx_id))
+    assert ln.barrier(out) == [] and ln.machine.counters["charge_recorded_late"] == 1
+    assert [a for a in ln.feed(DeviceStatus(Device.JOURNAL, True)) if isinstance(a, JournalCharged)] == []
+
+
+def lane_sent(actions):
+    return [a.message.type_name for a in actions if type(a).__name__ == "Send"]

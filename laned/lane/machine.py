@@ -106,6 +106,8 @@ class LaneMachine:
         self.c6_sent: list[tuple[bytes, float, str]] = []  # (obu_id, now, tx_id), for invariant checks
         self.modes = Availability(settings.display_policy)
         self.rsu_initialised = False  # a B0 with status 0 since the link came up
+        # Charges the card made whose B5 result the journal could not keep yet.
+        self._unrecorded: dict[str, Tx] = {}
         # The interlock starts latched ("no input sampled yet"); that one is no news.
         self._fault_reported: str | None = self.barrier.fault
 
@@ -281,7 +283,10 @@ class LaneMachine:
     def _intent_recorded(self, ev: IntentRecorded, now: float, wall: dt.datetime, out: list[Action]) -> None:
         tx = self.tx
         if tx is None or tx.tx_id != ev.tx_id or tx.stage is not Stage.INTENT:
+            # Its transaction ended (link lost, a new OBU) while the intent was being
+            # written. C6 goes out only from here, so this one certainly never did.
             self.counters["late_intent"] += 1
+            out.append(JournalNotCharged(ev.tx_id, ev.seq, "the transaction ended before its C6 was sent"))
             return
         tx.seq = ev.seq
         if self.modes.closed:
@@ -321,8 +326,9 @@ class LaneMachine:
         if res.error_code == 0:
             tx.stage = Stage.RECORDING
             tx.balance_after = res.balance_after
+            tx.result = _b5_result(res)
             out.append(Send(self.d.continue_(res.obu_id), rsctl))
-            out.append(JournalCharged(tx.tx_id, seq, _b5_result(res), entry=self.s.direction is Direction.ENTRY))
+            out.append(self._journal_result(tx))
             return
         self.counters[f"b5_error_{res.error_code:02x}"] += 1
         if res.error_code in NOT_DEBITED_CODES and tx.stage is Stage.CHARGING:
@@ -355,6 +361,9 @@ class LaneMachine:
         return self._recording.pop(tx_id, None)
 
     def _charge_recorded(self, ev: ChargeRecorded, now: float, out: list[Action]) -> None:
+        if self._unrecorded.pop(ev.tx_id, None) is not None:
+            self.counters["charge_recorded_late"] += 1  # its vehicle already left on its record
+            return
         tx = self._take_recording(ev.tx_id)
         if tx is None:
             return
@@ -372,8 +381,11 @@ class LaneMachine:
         tx = self._take_recording(ev.tx_id)
         if tx is None:
             return
-        # The card paid but the journal cannot say so: keep the lane closed for the operator.
-        out.append(RaiseAlarm("journal_failed", f"charge seq {tx.seq} could not be completed: {ev.error}"))
+        # The card paid but the journal cannot say so: keep the lane closed for the operator,
+        # and write the result again as soon as the journal takes writes.
+        out.append(RaiseAlarm("journal_failed", f"charge seq {tx.seq} could not be completed: {ev.error}; "
+                              "it is written again when the journal takes writes"))
+        self._unrecorded[tx.tx_id] = tx
         # It paid: never charge it again inside the window, even though the record failed.
         self.paid.add(replace(self._paid_record(tx), at=now))
         self._show(Reason.JOURNAL_FAILED, tx, out)
@@ -397,6 +409,9 @@ class LaneMachine:
         changed = self.modes.update(ev.device, ev.online, ev.detail)
         if ev.device is Device.IO and was_down and ev.online:
             self._io_back(now, out)
+        if ev.device is Device.JOURNAL and ev.online:
+            for tx in self._unrecorded.values():
+                out.append(self._journal_result(tx))
         if ev.device is Device.DISPLAY and was_down != (not ev.online):
             if ev.online:
                 out.append(ClearAlarm("display_offline"))
@@ -464,6 +479,18 @@ class LaneMachine:
         else:
             self.counters[Reason.PAID_ON_RECORD] += 1
 
+    def _journal_result(self, tx: Tx) -> JournalCharged | JournalResolved:
+        """Have the journal keep a B5 success (settle an unknown charge, for a recovery)."""
+        result = tx.result or {}
+        if tx.recovering:
+            return JournalResolved(tx.tx_id, seq_of(tx), result)
+        return JournalCharged(tx.tx_id, seq_of(tx), result, entry=self.s.direction is Direction.ENTRY)
+
+    def outputs(self) -> list[Action]:
+        """What the display and the light should show now: sent once at start, since the
+        devices may still hold what a previous run (or another program) left on them."""
+        return [Show(self.display), SetLight(self.light)]
+
     def _recover_by_refetch(self, tx: Tx, rsctl: int | None, now: float, out: list[Action]) -> bool:
         """An OBU whose charge is unknown (the daemon crashed, or the link dropped, between
         its C6 and B5) is back: where the profile has C8, ask the OBU for its last
@@ -489,8 +516,9 @@ class LaneMachine:
         if res.error_code == 0 and (tx.purchase_time is None or res.trans_time == tx.purchase_time):
             tx.stage = Stage.RECORDING
             tx.balance_after = res.balance_after
+            tx.result = _b5_result(res)
             out.append(Send(self.d.continue_(res.obu_id), rsctl))
-            out.append(JournalResolved(tx.tx_id, seq, _b5_result(res)))
+            out.append(self._journal_result(tx))
             return
         why = (f"C8 answered with B5 error {res.error_code:02x}" if res.error_code else
                f"the OBU's last purchase ({res.trans_time}) is not this lane's ({tx.purchase_time})")

@@ -50,6 +50,7 @@ class Tx:
     purchase_time: dt.datetime | None = None
     balance_after: int | None = None
     recovering: bool = False  # a C8 asks the OBU about an earlier charge whose outcome is unknown
+    result: dict[str, Any] | None = None  # the B5 success the journal is to keep
 
 
 class LaneStateError(RuntimeError):
