@@ -105,6 +105,10 @@ def sim(
     keep_state: bool = typer.Option(False, "--keep-state", help="Keep the temporary state folder."),
     live: bool = typer.Option(True, "--live/--no-live", help="Live view on a terminal; one line per event otherwise."),
     show_plates: bool = typer.Option(False, "--show-plates", help="Show plates in full (masked by default)."),
+    resume: bool = typer.Option(False, "--resume", help="Go on with the journal a previous run left in "
+                                "--state-dir (refused otherwise)."),
+    timezone: str | None = typer.Option(None, "--timezone", help="The lane's time zone for relative dates and "
+                                        "the daemon's clock (default: the scenario's, else Asia/Shanghai)."),
 ) -> None:
     """Run the lane against emulated RSU, fee display, IO module and traffic — no hardware, no broker.
 
@@ -118,7 +122,8 @@ def sim(
 
     try:
         code = tool.main(vehicles=vehicles, seed=seed, scenario=scenario, as_json=as_json, state_dir=state_dir,
-                         keep_state=keep_state, live=live, show_plates=show_plates)
+                         keep_state=keep_state, live=live, show_plates=show_plates, resume=resume,
+                         timezone=timezone)
     except tool.InputError as err:
         typer.echo(f"laned sim: {err}", err=True)
         raise typer.Exit(tool.EXIT_BAD_INPUT) from None

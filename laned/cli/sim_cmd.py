@@ -1,9 +1,12 @@
 """``laned sim``: the real daemon against emulated devices, with a live view and a verdict.
 
 Exit status: 0 when the lane kept both rules and every vehicle got what it should;
-1 on any safety violation or double charge; 3 when some vehicle got another outcome
-than its kind calls for; 2 for bad input (scenario file, arguments); 130 when stopped
-by Ctrl-C / SIGTERM (the summary covers what ran).
+1 on any safety violation or double charge (nothing else: 1 means a rule was broken);
+3 when some vehicle got another outcome, reason, fee or way than expected (including a
+paid vehicle that did not pass and a vehicle that passed unpaid); 2 for bad input
+(scenario file, arguments, a state folder holding a previous run without ``resume``),
+always as one line, checked before anything starts; 130 when stopped by Ctrl-C /
+SIGTERM (the summary covers what ran).
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from rich.console import Console
 from rich.live import Live
 
 from laned.sim import sim_view
-from laned.sim.lane_sim import LaneSim, SimSummary
-from laned.sim.traffic import ScenarioError, SimVehicle, load_scenario, traffic_mix
+from laned.sim.lane_sim import LaneSim, SimError, SimSummary, previous_run
+from laned.sim.traffic import DEFAULT_TIMEZONE, Scenario, ScenarioError, check_timezone, read_scenario, traffic_mix
 
 EXIT_OK, EXIT_RULE_BROKEN, EXIT_BAD_INPUT, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 LIVE_REFRESH_S = 0.2
@@ -31,15 +34,28 @@ class InputError(ValueError):
     """Bad arguments or a bad scenario file: one line for the person who typed them."""
 
 
-def traffic(vehicles: int, seed: int, scenario: str | None) -> list[SimVehicle]:
-    if scenario is not None:
-        try:
-            return load_scenario(scenario)
-        except ScenarioError as err:
-            raise InputError(str(err)) from None
+def traffic(vehicles: int, seed: int, scenario: str | None, timezone: str | None = None) -> Scenario:
+    """The run's vehicles and the lane's time zone (``--timezone`` over the scenario's own)."""
+    try:
+        if scenario is not None:
+            return read_scenario(scenario, timezone=timezone)
+        tz = check_timezone(timezone, "--timezone") if timezone else DEFAULT_TIMEZONE
+    except ScenarioError as err:
+        raise InputError(str(err)) from None
     if vehicles < 1:
         raise InputError(f"--vehicles must be at least 1, got {vehicles}")
-    return traffic_mix(vehicles, seed)
+    return Scenario(traffic_mix(vehicles, seed), tz)
+
+
+def check_state_dir(state_dir: str | None, resume: bool) -> None:
+    """A folder holding a previous run's journal is reused only on purpose (``resume``):
+    otherwise the daemon would restore that run's payments into this run's vehicles."""
+    if resume and state_dir is None:
+        raise InputError("--resume needs --state-dir (the folder of the run to go on with)")
+    if state_dir is not None and not resume and (old := previous_run(state_dir)) is not None:
+        raise InputError(f"--state-dir {state_dir} holds a previous run's journal ({old.name}); its payments "
+                         "would be restored into this run's vehicles: use an empty folder, or --resume to go on "
+                         "with that journal on purpose")
 
 
 def exit_status(summary: SimSummary) -> int:
@@ -53,8 +69,9 @@ def exit_status(summary: SimSummary) -> int:
 
 
 def main(*, vehicles: int, seed: int, scenario: str | None, as_json: bool, state_dir: str | None,
-         keep_state: bool, live: bool, show_plates: bool) -> int:
-    cars = traffic(vehicles, seed, scenario)
+         keep_state: bool, live: bool, show_plates: bool, resume: bool = False, timezone: str | None = None) -> int:
+    plan = traffic(vehicles, seed, scenario, timezone)
+    check_state_dir(state_dir, resume)
     temporary = state_dir is None
     state = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="laned-sim-"))
     state.mkdir(parents=True, exist_ok=True)
@@ -62,13 +79,21 @@ def main(*, vehicles: int, seed: int, scenario: str | None, as_json: bool, state
     logging.basicConfig(level=logging.INFO, filename=log_file, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     console = Console()
-    sim = LaneSim(cars, state, seed=seed, show_plates=show_plates)
-    if as_json:
-        summary = asyncio.run(sim.run())
-    elif live and console.is_terminal:
-        summary = _run_live(sim, console)
-    else:
-        summary = _run_plain(sim, console)
+    sim = LaneSim(plan.vehicles, state, seed=seed, show_plates=show_plates, timezone=plan.timezone, resume=resume)
+    try:
+        if as_json:
+            summary = asyncio.run(sim.run())
+        elif live and console.is_terminal:
+            summary = _run_live(sim, console)
+        else:
+            summary = _run_plain(sim, console)
+    except SimError:
+        raise
+    except Exception as err:
+        # Not a verdict: the simulation itself failed. Exit 1 means a broken rule, so this
+        # is reported as one line (exit 2), the traceback goes to the daemon log.
+        logging.getLogger("laned.sim").exception("the simulation failed")
+        raise SimError(f"{type(err).__name__}: {err} (traceback in {log_file})") from None
     code = exit_status(summary)
     # A clean run in a temporary folder leaves nothing behind; anything else is kept for
     # whoever has to find out what happened.
@@ -80,9 +105,18 @@ def main(*, vehicles: int, seed: int, scenario: str | None, as_json: bool, state
         print(json.dumps(summary.as_json(), ensure_ascii=False))
     else:
         console.print(sim_view.summary_table(summary))
+        console.print(verdict_line(summary), highlight=False, soft_wrap=True)
         if keep:
             console.print(f"journal, status list and daemon log kept in {state} (laned.log)")
     return code
+
+
+def verdict_line(summary: SimSummary) -> str:
+    """The verdict's counts of vehicles whose way does not match their payment."""
+    line = (f"paid but not passed: {summary.paid_not_passed}   passed unpaid: {summary.passed_unpaid}   "
+            f"unexpected: {summary.unexpected} of {summary.vehicles}")
+    wrong = [f"vehicle {o['vehicle']}: {', '.join(o['unexpected'])}" for o in summary.outcomes if o["unexpected"]]
+    return "\n".join([line, *wrong[:20]])
 
 
 def _run_live(sim: LaneSim, console: Console) -> SimSummary:

@@ -12,11 +12,17 @@ What runs, all in one event loop:
   model, its OBU enters the RSU's zone when it is the next vehicle to reach the arm, and a
   vehicle kept waiting before a closed arm pulls over to the manual lane.
 
-The verdict compares what each vehicle was expected to get (``SimVehicle.expected``)
-with what the journal says happened, counts the charges the emulated cards really took
-(a second charge of one card is a double charge), and takes the safety violations from
-the lane model, which checks the arm against where the vehicles really are rather than
-against what the sensors said.
+The verdict compares what each vehicle was expected to get (``SimVehicle.expected_*``:
+outcome, reason, fee, way) with what the journal says happened and with where the lane
+model says the vehicle went — a vehicle that paid but did not pass the arm
+(``paid_not_passed``: someone else drove out on its payment) and one that passed without
+its own payment or record (``passed_unpaid``) are never as expected. It counts the
+charges the emulated cards really took (a second charge of one card is a double charge),
+and takes the safety violations from the lane model, which checks the arm against where
+the vehicles really are rather than against what the sensors said.
+
+The daemon runs with the process's local time zone set to the lane's (``timezone``), so
+the scenario's relative dates ("today-1") and the lane's contract checks agree.
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import sqlite3
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +51,8 @@ from laned.sim.lane_model import BarrierSpec, LaneGeometry, LaneModel
 from laned.sim.modbus_devices import EmulatedFeeDisplay, EmulatedIoModule, ModbusDeviceServer
 from laned.sim.rsu_emulator import EmulatorSettings, RsuEmulator, RsuState
 from laned.sim.rsu_scenario import ObuScenario
-from laned.sim.traffic import Kind, SimVehicle, status_entries
+from laned.sim.traffic import (DEFAULT_TIMEZONE, MAY_PASS_OUTCOMES, PAID_OUTCOMES, Kind, ScenarioError, SimVehicle,
+                                check_vehicles, status_entries)
 
 log = logging.getLogger("laned.sim")
 
@@ -61,6 +69,44 @@ GAP_M = 3.0  # a driver queueing behind another
 FOLLOW_GAP_M = 3.0  # a tailgater sticking to the car the barrier opened for
 SETTLE_S = 0.6  # after the last vehicle: let the journal and the display catch up
 BARRIER_TRAVEL_S = 0.8  # an ETC lane's fast barrier
+# The end-of-run deadline (a lane that deadlocks must end the run with a verdict, not
+# hang it): the traffic, the slowest vehicle's drive through the lane, and per vehicle a
+# transaction, a barrier cycle and its length plus gap at the slowest vehicle's pace
+# (a queue moves no faster than the slowest vehicle in it), plus a margin.
+PER_VEHICLE_S = 3.0
+DEADLINE_MARGIN_S = 30.0
+JOURNAL_NAME = "journal.db"
+
+
+def traffic_deadline_s(vehicles: Sequence[SimVehicle]) -> float:
+    """Seconds after the traffic started by which every vehicle must have left the lane."""
+    last_spawn = sum(v.arrive_after for v in vehicles)
+    slowest = min(v.speed for v in vehicles)
+    drive = max((EXIT_X - SPAWN_X + v.length) / v.speed for v in vehicles)
+    queue = sum(PER_VEHICLE_S + (v.length + GAP_M) / slowest for v in vehicles)
+    return last_spawn + drive + queue + DEADLINE_MARGIN_S
+
+
+def previous_run(state_dir: str | Path) -> Path | None:
+    """The journal a previous run left in ``state_dir``, if any."""
+    journal = Path(state_dir) / JOURNAL_NAME
+    return journal if journal.exists() else None
+
+
+@contextlib.contextmanager
+def lane_timezone(name: str) -> Iterator[None]:
+    """The process's local time (what the daemon's wall clock reads) in ``name`` for a while."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = name
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
 
 
 class SimError(RuntimeError):
@@ -78,24 +124,56 @@ class VehicleRun:
     announced: bool = False  # its OBU is in the RSU's zone
     stopped_since: float | None = None
     end: str = ""  # "passed" | "diverted" | "" while in the lane
-    outcome: str = "none"  # charged | refused | unknown | not_charged | entry_written | follow_car | none
+    outcome: str = "none"  # charged | entry_written | paid_on_record | refused | unknown | follow_car | none
     reason: str | None = None
     fee: int | None = None
     seen_again: bool = False  # the RSU reported it again after it paid and the lane let it on
+    final: bool = False  # the run is over and was not interrupted: still in the lane counts as not passed
 
     @property
     def expected(self) -> str:
         return self.vehicle.expected
 
     @property
+    def paid_not_passed(self) -> bool:
+        """Paid (or let on by its record) but did not drive out: diverted, or still
+        waiting at the end — someone else used its payment."""
+        return self.outcome in PAID_OUTCOMES and (self.end == "diverted" or (self.final and not self.end))
+
+    @property
+    def passed_unpaid(self) -> bool:
+        """Drove out without its own payment, record or follow-car record."""
+        return self.end == "passed" and self.outcome not in MAY_PASS_OUTCOMES
+
+    def problems(self) -> list[str]:
+        """Why this vehicle is not as expected (empty: it is)."""
+        v, out = self.vehicle, []
+        if self.outcome != v.expected_outcome:
+            out.append(f"outcome {self.outcome}, expected {v.expected_outcome}")
+        elif v.expected_reason is not None and self.reason != v.expected_reason:
+            out.append(f"reason {self.reason}, expected {v.expected_reason}")
+        if v.expect_fee is not None and self.fee != v.expect_fee:
+            out.append(f"fee {self.fee}, expected {v.expect_fee}")
+        if self.paid_not_passed:
+            out.append("paid_not_passed")
+        if self.passed_unpaid:
+            out.append("passed_unpaid")
+        way = v.expected_way
+        if way is not None and self.end and self.end != way and not (self.paid_not_passed or self.passed_unpaid):
+            out.append(f"way {self.end}, expected {way}")
+        return out
+
+    @property
     def as_expected(self) -> bool:
-        return self.reason == self.expected
+        return not self.problems()
 
     def as_json(self, *, show_plates: bool) -> dict[str, Any]:
         v = self.vehicle
         return {"vehicle": self.index + 1, "plate": v.plate if show_plates else mask_plate(v.plate),
                 "kind": str(v.kind), "outcome": self.outcome, "reason": self.reason, "fee": self.fee,
-                "expected": self.expected, "as_expected": self.as_expected, "way": self.end or "in_lane"}
+                "expected": self.expected, "expected_outcome": v.expected_outcome, "expected_fee": v.expect_fee,
+                "expected_way": v.expected_way, "as_expected": self.as_expected, "unexpected": self.problems(),
+                "way": self.end or "in_lane"}
 
 
 @dataclass
@@ -115,6 +193,9 @@ class SimSummary:
     passed: int
     diverted: int
     duration_s: float
+    paid_not_passed: int = 0  # paid, but another vehicle drove out on the payment (or none did)
+    passed_unpaid: int = 0  # drove out without its own payment or record
+    timezone: str = DEFAULT_TIMEZONE
     violations: list[str] = field(default_factory=list)
     state_dir: str | None = None  # where the journal and the daemon log are (None: removed)
     interrupted: bool = False
@@ -139,10 +220,20 @@ class LaneSim:
     """``summary = await LaneSim(vehicles, state_dir).run()``."""
 
     def __init__(self, vehicles: list[SimVehicle], state_dir: str | Path, *, seed: int = 0,
-                 show_plates: bool = False, on_change: Callable[[LaneSim], None] | None = None) -> None:
+                 show_plates: bool = False, on_change: Callable[[LaneSim], None] | None = None,
+                 timezone: str = DEFAULT_TIMEZONE, resume: bool = False) -> None:
+        """``resume``: ``state_dir`` may hold a previous run's journal, and the daemon goes on
+        with it (its payments are remembered); otherwise such a folder is refused."""
         if not vehicles:
             raise SimError("no vehicles to simulate")
+        try:
+            check_vehicles(vehicles)
+        except ScenarioError as err:
+            raise SimError(str(err)) from None
         self.state_dir = Path(state_dir)
+        self.timezone = timezone
+        self.resume = resume
+        self._seq_floor = 0  # journal rows up to this seq are a previous run's (--resume)
         self.seed = seed
         self.show_plates = show_plates
         self.on_change = on_change
@@ -172,7 +263,15 @@ class LaneSim:
 
     # -- the run ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event | None = None) -> SimSummary:
-        stop = stop or asyncio.Event()
+        with lane_timezone(self.timezone):
+            return await self._run(stop or asyncio.Event())
+
+    async def _run(self, stop: asyncio.Event) -> SimSummary:
+        old = previous_run(self.state_dir)
+        if old is not None and not self.resume:
+            raise SimError(f"{self.state_dir} holds a previous run's journal ({old.name}): its payments would be "
+                           "restored into this run's vehicles; use an empty folder, or --resume to reuse it")
+        self._seq_floor = _last_seq(old) if old is not None else 0
         self.state_dir.mkdir(parents=True, exist_ok=True)
         status_path = self._write_status_list()
         self.display, self.io = EmulatedFeeDisplay(slave=1), EmulatedIoModule(slave=2)
@@ -227,9 +326,7 @@ class LaneSim:
 
     async def _drive(self, lane: asyncio.Task[Any], stop: asyncio.Event) -> None:
         assert self.model is not None
-        last_traffic = self.runs[-1].spawn_at
-        # Generous: a lane that deadlocks must end the run with a verdict, not hang it.
-        deadline = self.started + last_traffic + 30.0 + 3.0 * len(self.runs)
+        deadline = self.started + traffic_deadline_s([r.vehicle for r in self.runs])
         done_at: float | None = None
         last_journal_read = 0.0
         while True:
@@ -334,6 +431,8 @@ class LaneSim:
                 return  # not in the lane yet
             if r.end:
                 continue
+            if r.vehicle.kind is Kind.NO_OBU:
+                return  # the RSU has nobody to talk to until it has gone (or drove out)
             if r.vehicle.kind is Kind.FOLLOW_CAR:
                 st = model.vehicle(r.model_id)
                 if st is not None and st.front <= model.geometry.arm_x:
@@ -383,7 +482,7 @@ class LaneSim:
         try:
             db.row_factory = sqlite3.Row
             rows = [dict(r) for r in db.execute("SELECT state, reason, obu_id, amount, fee, kind FROM transactions "
-                                                "ORDER BY seq")]
+                                                "WHERE seq > ? ORDER BY seq", (self._seq_floor,))]
         except sqlite3.Error as err:
             log.debug("simulation: journal not readable yet (%s)", err)
             return
@@ -407,6 +506,10 @@ class LaneSim:
             r.outcome = "in_progress" if state == "intent" else state
             r.reason = reason or state
             r.fee = row["amount"] if state == "charged" else row["fee"]
+        for run in self.runs:
+            if run.outcome == "none" and run.seen_again:
+                # Paid in a previous run (--resume) and let on by its record in this one.
+                run.outcome, run.reason = "paid_on_record", "paid_on_record"
         now = time.monotonic()
         for run in self.runs:
             if before[run.index] != (run.outcome, run.seen_again):
@@ -422,6 +525,8 @@ class LaneSim:
         double = sum(n - 1 for n in per_card.values() if n > 1) + sum(n - 1 for n in journal_charged.values() if n > 1)
         turn = [t * 1000.0 for t in emu.turnarounds()]
         refused = Counter(r.reason for r in self.runs if r.outcome == "refused" and r.reason)
+        for r in self.runs:
+            r.final = not self.interrupted
         return SimSummary(
             vehicles=len(self.runs),
             charged=sum(1 for r in self.runs if r.outcome == "charged"),
@@ -437,11 +542,27 @@ class LaneSim:
             follow_cars=sum(1 for r in self.runs if r.outcome == "follow_car"),
             passed=sum(1 for r in self.runs if r.end == "passed"),
             diverted=sum(1 for r in self.runs if r.end == "diverted"),
+            paid_not_passed=sum(1 for r in self.runs if r.paid_not_passed),
+            passed_unpaid=sum(1 for r in self.runs if r.passed_unpaid),
+            timezone=self.timezone,
             duration_s=round(time.monotonic() - self.started, 1) if self.started else 0.0,
             violations=[f"{v.kind} ({v.vehicle}): {v.detail}" for v in model.violations],
             state_dir=str(self.state_dir),
             interrupted=self.interrupted,
         )
+
+
+def _last_seq(journal: Path) -> int:
+    """The highest transaction seq in a previous run's journal (0: none, or unreadable)."""
+    try:
+        db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1.0)
+        try:
+            row = db.execute("SELECT MAX(seq) FROM transactions").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+    return int(row[0] or 0) if row else 0
 
 
 def _round(value: float | None) -> float | None:

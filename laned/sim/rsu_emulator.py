@@ -681,7 +681,9 @@ class RsuEmulator:
             self._psam_serial += 1
             o.icc_serial += 1
             if debit:
-                o.balance -= amount
+                # A credit card is charged whatever its balance; its balance field is
+                # unsigned on the wire (B5 card_balance), so it stops at 0.
+                o.balance = max(0, o.balance - amount)
             when = f.purchase_time or dt.datetime.now().replace(microsecond=0)
             station = f.station or bytes(40)
             p = Purchase(o.obu_id, amount, self._tac(o.scenario.obu_bytes, amount, when, self._psam_serial),

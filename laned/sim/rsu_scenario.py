@@ -24,6 +24,7 @@ import dataclasses
 import datetime as dt
 import enum
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,8 +125,12 @@ class ObuScenario:
     card_number: str = "2301000012345678"  # 16 BCD digits
     card_start: dt.date | None = None  # None: the contract dates
     card_expiry: dt.date | None = None
+    card_plate: str | None = None  # 0015's plate and class; None: the OBU's (plate, vehicle_class)
+    card_class: int | None = None
     balance: int = 100_00  # fen
-    debit_credit_card: bool = True  # a credit card's balance field goes down by the charge too
+    # A credit card's balance field goes down by the charge too, never below 0 (it is an
+    # unsigned field on the wire: a credit card with balance 0 is still charged).
+    debit_credit_card: bool = True
     entry: EntryRecord | None = EntryRecord()
     # Injected ErrorCodes by frame name ("B2", "B3", "B4", "B5"): the RSU sends the short
     # error form of that frame instead of the data (RSU_PROTOCOL.md, "B5 ErrorCode").
@@ -180,6 +185,8 @@ class ObuScenario:
         ``rsu_faults`` map onto the first sending of one frame each — corrupt → B3,
         duplicate → B2, split → B4, noise → B4 — and ``lost_b5`` onto ``lost_b5``, so a
         lane that asks again (C2 stop type 2) or re-fetches the TAC can still finish.
+        The card's plate, class and validity default to the OBU's; the entry record's
+        network to the card's (``entry_network`` overrides it), its time to an hour ago.
         """
         faults: dict[str, list[Fault]] = {}
         where = {"corrupt": "B3", "duplicate": "B2", "split": "B4", "noise": "B4"}
@@ -187,20 +194,31 @@ class ObuScenario:
             if f in where:
                 faults.setdefault(where[f], []).append(Fault(f))
         kind = getattr(v.kind, "value", v.kind)
+        entry: EntryRecord | None = None
+        if v.entry_station is not None:
+            # Entry network: the card's unless the vehicle says otherwise (a Jiangsu card
+            # entering at a Shandong station); time: an hour ago unless it says when.
+            entered = getattr(v, "entry_time", None)
+            entry = EntryRecord(network=getattr(v, "entry_network", None) or v.card_number[:4],
+                                station=v.entry_station, vehicle_class=v.vehicle_class,
+                                entry_time=int(entered.timestamp()) if entered is not None else int(time.time()) - 3600)
         kw: dict[str, Any] = dict(
             obu_id=v.obu_id,
             arrive_at=float(v.arrive_after if arrive_at is None else arrive_at),
             flags=frozenset(ObuFlag(f) for f in v.obu_flags),
+            contract_issue=getattr(v, "contract_start", ObuScenario.contract_issue),
             contract_expiry=v.contract_expiry,
+            card_start=getattr(v, "card_start", None),
+            card_expiry=getattr(v, "card_expiry", None),
             plate=v.plate,
             vehicle_class=v.vehicle_class,
+            card_plate=getattr(v, "card_plate", None),
+            card_class=getattr(v, "card_class", None),
             card_type=_CARD_TYPES[v.card_type],
             card_network=v.card_number[:4],
             card_number=v.card_number[4:],
             balance=v.balance,
-            entry=None if v.entry_station is None else EntryRecord(network=v.card_number[:4],
-                                                                   station=v.entry_station,
-                                                                   vehicle_class=v.vehicle_class),
+            entry=entry,
             faults={k: tuple(fs) for k, fs in faults.items()},
             lost_b5="lost_b5" in v.rsu_faults,
             redetect=kind == "seen_again",
@@ -227,13 +245,15 @@ class ObuScenario:
 
     def file_0015(self) -> bytes:
         """Card issue file 0015, in :class:`CardIssueFile` field order."""
-        plate = self.plate.encode("gbk")
+        card_plate = self.plate if self.card_plate is None else self.card_plate
+        plate = card_plate.encode("gbk")
         if len(plate) > 12:
-            raise ValueError(f"plate {self.plate!r} is {len(plate)} bytes in GBK, 0015 holds 12")
+            raise ValueError(f"plate {card_plate!r} is {len(plate)} bytes in GBK, 0015 holds 12")
+        card_class = self.vehicle_class if self.card_class is None else self.card_class
         raw = (self.issuer + bytes((self.card_type, self.card_version)) + bytes.fromhex(self.card_network)
                + bytes.fromhex(self.card_number) + _bcd_date(self.card_start or self.contract_issue)
                + _bcd_date(self.card_expiry or self.contract_expiry) + plate.ljust(12, b"\x00")
-               + bytes((self.vehicle_user_type, self.plate_colour, self.vehicle_class)))
+               + bytes((self.vehicle_user_type, self.plate_colour, card_class)))
         assert len(raw) == CardIssueFile.SIZE
         return raw
 
@@ -332,13 +352,13 @@ def load_obu_scenarios(path: str | Path) -> list[ObuScenario]:
 
 def scenarios_from_sim(vehicles: Any, start: float = 0.0) -> list[ObuScenario]:
     """SimVehicles → ObuScenarios with cumulative arrival times (``arrive_after`` is
-    relative to the previous vehicle). A follow-car (no OBU transaction of its own) is
-    left out: the RSU has nothing to report for it."""
+    relative to the previous vehicle). A follow-car or a vehicle without an OBU (no OBU
+    transaction of its own) is left out: the RSU has nothing to report for it."""
     out: list[ObuScenario] = []
     t = start
     for v in vehicles:
         t += v.arrive_after
-        if getattr(v.kind, "value", v.kind) == "follow_car":
+        if getattr(v.kind, "value", v.kind) in ("follow_car", "no_obu"):
             continue
         out.append(ObuScenario.from_sim_vehicle(v, arrive_at=t))
     return out
