@@ -113,6 +113,23 @@ def make_display(cfg: Config, buses: Buses) -> FeeDisplay | None:
     return ModbusFeeDisplay(buses.get(dev), dev.slave, dev.profile, name="fee_display")
 
 
+def warn_shared_bus(cfg: Config, buses: Buses) -> None:
+    """A fee display on the IO module's bus can hold the line longer than the safety loop
+    may go unread: the interlock then holds the arm up (safe) and the lane slows down."""
+    if cfg.devices.io.kind not in ("modbus_tcp", "modbus_rtu") or cfg.devices.fee_display.kind == "none":
+        return
+    if buses.get(cfg.devices.io) is not buses.get(cfg.devices.fee_display):
+        return
+    bus = buses.get(cfg.devices.io)
+    hold = bus.settings.response_timeout_s * (1 + bus.settings.retries)
+    if hold >= cfg.barrier.staleness_s:
+        log.warning("%s: the fee display shares this Modbus link with the IO module; a display that stops "
+                    "answering holds the link up to %.2f s per request (bus response_timeout_s x (1 + retries)), "
+                    "longer than barrier.staleness_s = %.2f s, so the safety loop reads stale and the interlock "
+                    "holds the arm up until it is fresh again. Give the display its own link, or lower "
+                    "devices.io.bus.response_timeout_s / retries.", bus.name, hold, cfg.barrier.staleness_s)
+
+
 def load_fees(cfg: Config) -> tuple[FeeSchedule | None, str]:
     """The fee table, or None and why: a lane without one starts with ETC closed."""
     try:
@@ -251,6 +268,7 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
         buses = Buses()
         io = make_io(cfg, buses)
         display = make_display(cfg, buses)
+        warn_shared_bus(cfg, buses)
         for bus in buses.all():
             await bus.start()
             stack.push_async_callback(bus.close)

@@ -41,6 +41,7 @@ from laned.lane.machine import (
     IntentFailed, IntentRecorded, JournalCharged, JournalEvent, JournalIntent, JournalNotCharged, JournalRefusal,
     JournalResolved, JournalUnknown, LaneMachine, MoveBarrier, RaiseAlarm, Send, SendFailed, SetLight, Show, Tick,
 )
+from laned.journal.writer_health import storage_failure
 from laned.masking import mask_card, mask_plate
 from laned.observation import Observation
 from laned.protocol import Message
@@ -56,6 +57,10 @@ DEVICE_POLL_S = 0.25
 # After a write to a device failed, it is taken as back only when it answered this long
 # after the failure: a relay that never reads back right is not retried at tick rate.
 DEVICE_RETRY_S = 1.0
+# Refusals and events kept in memory while the journal cannot write them (a full disk):
+# about an hour of a busy lane's refusals; beyond it they are counted, not kept.
+MAX_UNWRITTEN = 5000
+MAX_RECORD_ATTEMPTS = 10
 # While the journal cannot write, a probe write is tried this often: ETC reopens by itself
 # once the disk takes writes again, even when no vehicle comes to try.
 JOURNAL_PROBE_S = 1.0
@@ -141,6 +146,8 @@ class LaneExecutor:
         self._display_event = asyncio.Event()
         self._watched = {Device.IO: _Watched(), Device.DISPLAY: _Watched(), Device.JOURNAL: _Watched()}
         self.alarms: list[tuple[float, str, str]] = []
+        # Grouped journal records (refusals, events) that failed, to be written again.
+        self._unwritten: list[tuple[str, Callable[[Any], None], int]] = []  # (what, op, next attempt)
         self.last_handled: float | None = None  # monotonic time of the last event handled
         self.health: Any = None  # the daemon's HealthMonitor, for laned status and tests
         self.running = False
@@ -280,13 +287,28 @@ class LaneExecutor:
             op = lambda j: j.record_event(a.kind, a.record, now)  # noqa: E731
             self._observing and self.observe(Observation(self.monotonic(), "event", {"kind": a.kind}))
 
+        self._write_record(type(a).__name__, op, 1)
+
+    def _write_record(self, what: str, op: Callable[[Any], None], attempt: int) -> None:
+        """Write a refusal or an event (grouped); one that failed on the storage is kept
+        and written again once the journal takes writes, in order and with its own time,
+        so the journal's account of an outage is whole."""
         def done(f: concurrent.futures.Future[None]) -> None:
             err = f.exception()
             if err is None:
                 self._journal_ok()
                 return
             self.counters["journal_errors"] += 1
-            log.error("journal: could not record %s (%s)", type(a).__name__, err)
+            if not storage_failure(err):  # the record itself is refused: writing it again cannot help
+                log.error("journal: could not record %s (%s)", what, err)
+                return
+            if attempt >= MAX_RECORD_ATTEMPTS or len(self._unwritten) >= MAX_UNWRITTEN:
+                self.counters["journal_records_dropped"] += 1
+                log.error("journal: could not record %s (%s); given up after %d attempts", what, err, attempt)
+            else:
+                log.error("journal: could not record %s (%s); it is written again when the journal takes writes",
+                          what, err)
+                self._unwritten.append((what, op, attempt + 1))
             self._journal_failed(err)
 
         self._answer(self.journal.submit(op, group=True), done)
@@ -297,6 +319,13 @@ class LaneExecutor:
             w.online = True
             log.warning("journal: writable again; ETC reopens if nothing else keeps it closed")
             self.post(DeviceStatus(Device.JOURNAL, True))
+
+    def write_unwritten(self) -> None:
+        """Write again what failed while the journal could not write (the ticker calls
+        this once a second while the journal is up: never from a write's own answer)."""
+        again, self._unwritten = self._unwritten, []
+        for what, op, attempt in again:
+            self._write_record(what, op, attempt)
 
     def _journal_failed(self, err: BaseException) -> None:
         w = self._watched[Device.JOURNAL]
@@ -396,9 +425,12 @@ class LaneExecutor:
             if now >= next_poll:
                 next_poll = now + DEVICE_POLL_S
                 self.poll_devices(now)
-            if self._watched[Device.JOURNAL].online is False and now >= next_probe:
+            if now >= next_probe:
                 next_probe = now + JOURNAL_PROBE_S
-                self._probe_journal()
+                if self._watched[Device.JOURNAL].online is False:
+                    self._probe_journal()
+                elif self._unwritten:
+                    self.write_unwritten()
             self.post(Tick())
 
     async def _pump_samples(self, samples: AsyncIterator[Any]) -> None:

@@ -148,3 +148,43 @@ def test_at_start_the_display_and_the_light_are_set_whatever_a_previous_run_left
     ex.settle()
     assert ex._display_latest == ex.machine.display and ex._display_latest.line1 == "ETC车道"
     assert ex._io_queue.get_nowait() == SetLight(Light.RED)
+
+
+def test_refusals_the_journal_could_not_write_are_written_once_it_takes_writes_again():
+    class FlakyJournal(FakeJournal):
+        failing = True
+
+        def record_refusal(self, record, now):
+            if self.failing:
+                raise OSError(28, "No space left on device")
+            super().record_refusal(record, now)
+
+    journal = FlakyJournal()
+    ex, rsu, _ = make(journal)
+    lane = Lane()
+    built: list = []
+    lane.feed = lambda ev: built.append(ev) or []
+    lane.b2(status=b"\x80\x00")  # no card: refused at B2
+    ex.handle(built[0])
+    assert rsu.sent == ["C2"] and ex.counters["journal_errors"] == 1
+    assert [r for r in journal.rows if r[0] == "refused"] == []
+    journal.failing = False
+    ex.write_unwritten()  # what the ticker does once a second while the journal is up
+    assert [r for r in journal.rows if r[0] == "refused"] == [("refused", "no_card")]
+    assert ex._unwritten == [] and ex.counters["journal_records_dropped"] == 0
+
+
+def test_a_record_the_storage_keeps_refusing_is_given_up_after_its_attempts_and_counted():
+    class FullDisk(FakeJournal):
+        def record_refusal(self, record, now):
+            raise OSError(28, "No space left on device")
+
+    ex, _, _ = make(FullDisk())
+    lane = Lane()
+    built: list = []
+    lane.feed = lambda ev: built.append(ev) or []
+    lane.b2(status=b"\x80\x00")
+    ex.handle(built[0])
+    for _ in range(20):
+        ex.write_unwritten()
+    assert ex._unwritten == [] and ex.counters["journal_records_dropped"] == 1
