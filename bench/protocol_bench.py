@@ -28,7 +28,8 @@ import struct
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 from laned.protocol import Decoded, FrameDecoder, encode_message, get_profile
 
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         (event,) = feed(wire)
         msg, rsctl = event.message, event.rsctl
         assert encode_message(national, msg, rsctl=rsctl) == wire
-        emit(f"encode_fps.{t}", rate(lambda m: encode_message(national, m, rsctl=rsctl), msg, args.seconds,
+        emit(f"encode_fps.{t}", rate(lambda m, r=rsctl: encode_message(national, m, rsctl=r), msg, args.seconds,
                                      args.repeats), "frames/s")
     return 0
 

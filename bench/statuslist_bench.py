@@ -56,7 +56,8 @@ import time
 import tracemalloc
 from array import array
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from laned.lane.status_list import (
     Entry, Key, StatusList, apply_delta, card_key, obu_key, parse_payload, parse_payload_steps, run_steps,
@@ -104,8 +105,7 @@ def rss_growth(file: Path) -> tuple[int, int]:
 def random_entries(n: int, rng: random.Random) -> list[Entry]:
     """``n`` entries in the national mix (random numbers: duplicates are possible, rare)."""
     n_card = int(n * CARD_SHARE)
-    n_id = int(n * OBU_ID_SHARE)
-    n_serial = n - n_card - n_id
+    n_id = int(n * OBU_ID_SHARE)  # the rest (n - n_card - n_id) are contract serials
     words = array("Q", rng.randbytes(8 * n))
     reasons = [1 + b % 3 for b in rng.randbytes(n)]
     card_parts = [CARD_PARTS[b % len(CARD_PARTS)] for b in rng.randbytes(n_card)]

@@ -20,11 +20,15 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from unittest import mock
 
+from laned import app as app_module
 from laned.app import run_lane
 from laned.config import Config, parse_config
 from laned.executor import LaneExecutor, Observation
+from laned.health.alarms import CATALOGUE, AlarmKind, AlarmRegistry
+from laned.health.monitor import HealthMonitor
 from laned.lane.status_list import StatusList, card_key, obu_key
 from laned.sim.lane_model import LaneModel
 from laned.sim.modbus_devices import EmulatedFeeDisplay, EmulatedIoModule, ModbusDeviceServer
@@ -150,6 +154,13 @@ class LaneBench:
     seen: list[Observation] = field(default_factory=list)
     executor: LaneExecutor | None = None  # set once the daemon stopped
     task: asyncio.Task[LaneExecutor] | None = None
+    # The executor while the daemon runs (run_lane's ``started=``): its ``rsu`` is the link a
+    # test tells about a re-plugged adapter, as udev would (``rsu.device_added(path)``).
+    running: LaneExecutor | None = None
+    # The emulated Modbus servers: one for both devices, or one each (``split_modbus``), so
+    # that one device's server can go offline alone.
+    display_server: ModbusDeviceServer | None = None
+    io_server: ModbusDeviceServer | None = None
     # Called synchronously with each observation, inside the executor's step: what a hook
     # reads from the journal is what was durable when the executor acted.
     hooks: list[Callable[[Observation], None]] = field(default_factory=list)
@@ -168,6 +179,21 @@ class LaneBench:
 
     def observed(self, kind: str) -> list[dict[str, Any]]:
         return [o.detail for o in self.seen if o.kind == kind]
+
+    def alarms(self, change: Literal["raised", "cleared"]) -> list[str]:
+        """Alarm codes raised (or cleared) by the health monitor so far, in order."""
+        return [o.detail["code"] for o in self.seen if o.kind == f"alarm_{change}"]
+
+    def alarm_at(self, code: str, change: Literal["raised", "cleared"], after: float = 0.0) -> float | None:
+        """Monotonic time ``code`` was first raised (or cleared) at or after ``after``."""
+        return next((o.at for o in self.seen if o.kind == f"alarm_{change}" and o.detail["code"] == code
+                     and o.at >= after), None)
+
+    def events_at(self, kind: str, after: float = 0.0) -> float | None:
+        """Monotonic time the lane first journalled a lane event ``kind`` at or after ``after``
+        (the observation is made as the event is handed to the journal writer)."""
+        return next((o.at for o in self.seen if o.kind == "event" and o.detail["kind"] == kind and o.at >= after),
+                    None)
 
     def c2_for(self, obu_id: str) -> list[LogEntry]:
         return [e for e in self.emu.received("C2") if e.obu_id == obu_id]
@@ -215,37 +241,80 @@ async def lane_bench(tmp_path: Path, obus: Iterable[ObuScenario] = (), *, profil
                      settings: EmulatorSettings = FAST_RSU, display: bool = True,
                      model: LaneModel | None = None, status_list: Path | None = None,
                      barrier: dict[str, Any] | None = None,
-                     hooks: Iterable[Callable[[Observation], None]] = ()) -> AsyncIterator[LaneBench]:
-    """The daemon against the emulated RSU (and fee display; IO module wired to ``model``)."""
+                     hooks: Iterable[Callable[[Observation], None]] = (),
+                     rsu_transport: Literal["pty", "tcp"] = "pty", split_modbus: bool = False,
+                     journal_options: dict[str, Any] | None = None,
+                     wall: Callable[[], dt.datetime] | None = None,
+                     alarm_debounce: float | None = None,
+                     health_interval: float | None = None,
+                     health: dict[str, Any] | None = None,
+                     display_on_offline: str | None = None) -> AsyncIterator[LaneBench]:
+    """The daemon against the emulated RSU (and fee display; IO module wired to ``model``).
+
+    Fault-injection knobs: ``rsu_transport="tcp"`` puts the RSU on a TCP port instead of a
+    pty; ``split_modbus`` gives the display and the IO module a Modbus TCP server each
+    (``bench.display_server`` / ``bench.io_server``; shared by default, as one gateway);
+    ``journal_options`` and ``wall`` go to ``run_lane`` (commit faults, the lane's civil
+    clock); ``alarm_debounce`` multiplies every condition alarm's raise and clear debounce
+    of the catalogue (0.1: rsu_offline after 0.5 s instead of 5 s), so that a short
+    outage shows the whole alarm life cycle; ``health`` is the ``[health]`` section.
+    """
     async with AsyncExitStack() as stack:
-        emu = await stack.enter_async_context(RsuEmulator(obus, profile=profile, settings=settings))
+        if alarm_debounce is not None:
+            stack.enter_context(mock.patch.object(app_module, "AlarmRegistry", scaled_registry(alarm_debounce)))
+        if health_interval is not None:
+            stack.enter_context(mock.patch.object(app_module, "HealthMonitor", checking_every(health_interval)))
+        emu = await stack.enter_async_context(RsuEmulator(obus, profile=profile, settings=settings,
+                                                          transport=rsu_transport))
         devices: dict[str, Any] = {}
         fee_display = io = None
+        display_server = io_server = None
         if display or model is not None:
-            emulated: list[Any] = []
             if display:
                 fee_display = EmulatedFeeDisplay(DISPLAY_SLAVE)
-                emulated.append(fee_display)
             if model is not None:
                 io = EmulatedIoModule(IO_SLAVE)
                 io.attach_lane_model(model)
-                emulated.append(io)
-            server = await stack.enter_async_context(ModbusDeviceServer(emulated, transport="tcp"))
-            port = server.link.port  # type: ignore[union-attr]
-            if fee_display is not None:
-                devices["fee_display"] = {"kind": "modbus_tcp", "host": "127.0.0.1", "port": port,
-                                          "slave": DISPLAY_SLAVE}
-            if io is not None:
-                devices["io"] = {"kind": "modbus_tcp", "host": "127.0.0.1", "port": port, "slave": IO_SLAVE}
-        cfg = parse_config(config_data(tmp_path / "journal.db", emu.path, profile=profile, lane=lane, rsu=rsu,
-                                       devices=devices, status_list=status_list, barrier=barrier))
-        bench = LaneBench(emu, cfg, fee_display, io, model, hooks=list(hooks))
+            groups = [[d] for d in (fee_display, io) if d is not None] if split_modbus else \
+                [[d for d in (fee_display, io) if d is not None]]
+            for group in groups:
+                server = await stack.enter_async_context(ModbusDeviceServer(group, transport="tcp"))
+                port = server.link.port  # type: ignore[union-attr]
+                for device in group:
+                    if device is fee_display:
+                        display_server = server
+                        devices["fee_display"] = {"kind": "modbus_tcp", "host": "127.0.0.1", "port": port,
+                                                  "slave": DISPLAY_SLAVE}
+                        if display_on_offline is not None:
+                            devices["fee_display"]["on_offline"] = display_on_offline
+                    else:
+                        io_server = server
+                        devices["io"] = {"kind": "modbus_tcp", "host": "127.0.0.1", "port": port, "slave": IO_SLAVE}
+        if rsu_transport == "tcp":
+            rsu = {"transport": "tcp", "host": "127.0.0.1", "tcp_port": emu.tcp_port, **(rsu or {})}
+        data = config_data(tmp_path / "journal.db", emu.path if rsu_transport == "pty" else "", profile=profile,
+                           lane=lane, rsu=rsu, devices=devices, status_list=status_list, barrier=barrier)
+        if rsu_transport == "tcp":
+            del data["rsu"]["port"], data["rsu"]["baud"]
+        if health:
+            data["health"] = health
+        cfg = parse_config(data)
+        bench = LaneBench(emu, cfg, fee_display, io, model, hooks=list(hooks), display_server=display_server,
+                          io_server=io_server)
         stop = asyncio.Event()
-        bench.task = asyncio.create_task(run_lane(cfg, stop=stop, observe=bench.observe))
+
+        def started(executor: LaneExecutor) -> None:
+            bench.running = executor
+
+        extra: dict[str, Any] = {"journal_options": journal_options, "started": started}
+        if wall is not None:
+            extra["wall"] = wall
+        bench.task = asyncio.create_task(run_lane(cfg, stop=stop, observe=bench.observe, **extra))
         mover = asyncio.create_task(_move(model)) if model is not None else None
         try:
             await bench.until(lambda: emu.state is not RsuState.UNINIT and emu.received("C1"), T,
                               "the daemon to initialise the RSU (C0, C1)")
+            await bench.until(lambda: bench.running is not None, T, "run_lane to start every task")
             yield bench
         except BaseException:
             print(bench.describe())  # shown by pytest with the failure
@@ -255,6 +324,31 @@ async def lane_bench(tmp_path: Path, obus: Iterable[ObuScenario] = (), *, profil
                 mover.cancel()
             stop.set()
             bench.executor = await asyncio.wait_for(bench.task, 15)
+
+
+def checking_every(interval: float) -> type[HealthMonitor]:
+    """The daemon's HealthMonitor with its checks every ``interval`` (``run``'s own parameter)."""
+
+    class Monitor(HealthMonitor):
+        async def run(self, interval_: float = interval, after: Callable[[], object] = lambda: None) -> None:
+            await super().run(interval_, after)
+
+    return Monitor
+
+
+def scaled_registry(scale: float) -> Callable[..., AlarmRegistry]:
+    """An AlarmRegistry factory whose condition debounces are the catalogue's × ``scale``
+    (the registry's own per-code override, ``debounce_s`` / ``clear_debounce_s``)."""
+    conditions = [spec for spec in CATALOGUE.values() if spec.kind is AlarmKind.CONDITION]
+    raise_after = {s.code: s.raise_after_s * scale for s in conditions}
+    clear_after = {s.code: s.clear_after_s * scale for s in conditions}
+
+    def factory(*args: Any, **kwargs: Any) -> AlarmRegistry:
+        kwargs.setdefault("debounce_s", raise_after)
+        kwargs.setdefault("clear_debounce_s", clear_after)
+        return AlarmRegistry(*args, **kwargs)
+
+    return factory
 
 
 async def _move(model: LaneModel) -> None:

@@ -45,7 +45,8 @@ class Daemon:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        with open(self.log_path, "wb") as out:
+        # The log file is the child's stdout: opened once, before it starts (not on the hot path).
+        with open(self.log_path, "wb") as out:  # noqa: ASYNC230
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "laned.cli", "run", "--config", str(self.config),
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT)
