@@ -172,3 +172,16 @@ async def test_tcp_reconnect_rewrites_everything_without_a_new_show(bench, displ
 
     await wait_until(lambda: device.shown() == PAID, what="the display to be rewritten after the reconnect")
     assert bench.bus.generation > generation
+
+
+async def test_a_display_that_dies_while_the_lane_is_idle_is_known_before_the_next_vehicle(
+        bench, display, wait_until) -> None:
+    """No show() after the display died: the driver's keep-alive read finds out, so the
+    lane's health (and display_offline) does not wait for the next vehicle's screen."""
+    await display.show(PAID)
+    assert display.health().online
+    bench.display_device.faults.no_answer()
+    await wait_until(lambda: not display.health().online, what="the idle display to be known dead")
+    bench.display_device.faults.answer_again()
+    await wait_until(lambda: display.health().online, what="the display to be back")
+    assert bench.display_device.shown() == PAID

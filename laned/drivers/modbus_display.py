@@ -26,7 +26,7 @@ from laned.drivers.tasks import cancel_and_wait
 from laned.drivers.errors import DeviceError
 from laned.drivers.fee_display import DisplayContent
 from laned.drivers.lane_io import DeviceHealth
-from laned.drivers.modbus_bus import ModbusBus, Priority, WriteRegister, WriteRegisters
+from laned.drivers.modbus_bus import ModbusBus, Priority, ReadHoldingRegisters, WriteRegister, WriteRegisters
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +154,32 @@ class ModbusFeeDisplay:
                 if self._wanted is None:
                     continue
                 if not self._behind and self._cache_generation == self._bus.generation:
+                    await self._keep_alive()
                     continue
                 try:
                     await self._write(self._wanted)
                 except DeviceError:
                     pass  # logged and counted in _write; tried again after retry_interval
+
+    async def _keep_alive(self) -> None:
+        """An idle display is asked for one register now and then, so one that died
+        between vehicles is known before the next vehicle's screen depends on it."""
+        if self._last_ok_at is not None and time.monotonic() - self._last_ok_at < self._retry_interval:
+            return
+        address = next((addr for addr, _ in self._cache.values()), None)
+        if address is None:
+            return
+        try:
+            await self._bus.request(self._slave, ReadHoldingRegisters(address, 1), priority=Priority.DISPLAY,
+                                    device=self.name)
+        except DeviceError as exc:
+            self._cache.clear()
+            self._behind = True  # rewritten in full once it answers (the next round of _catch_up)
+            self._errors += 1
+            self._last_error = str(exc)
+            log.warning("%s: does not answer while idle (%s); its content is rewritten once it does", self.name, exc)
+            return
+        self._last_ok_at = time.monotonic()
 
 
 def _adjacent_batches(
