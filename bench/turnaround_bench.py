@@ -38,10 +38,30 @@ default) and looks through them on each B2 and B4. Back to back, this run puts a
 vehicles inside that window — far more than a real lane sees in 300 s — so the later
 transactions cost more than the first; ``--redetect-window-s`` shows the difference.
 
-Prints one JSON object per line: ``{"bench": "turnaround", "metric", "value", "unit"}``.
+Slow-commit journal (issue 8, item 3: C1 p99 must stay ≤ 2 ms however slow the disk).
+``--journal-commit-ms`` lists the journals to run with, one complete run (its own daemon,
+journal folder and floor) each, in that order; the default ``0 200`` runs the normal
+journal and then one whose every commit takes 200 ms longer. ``0`` is the daemon as above.
+Any other value starts the daemon through this script (``--serve-laned CONFIG``), which
+does what ``laned run --config`` does — load the config, set up logging, ``run_lane`` —
+except that it passes ``journal_options={"commit_delay_s": …}``: ``JournalWriter.open``
+hands it to ``Journal.open``, so the real writer thread sleeps that long just before each
+real ``COMMIT`` (and its fsync) of a transaction that wrote. As a check that the delay
+reached that path, such a run fails unless every C6 (sent only after its intent's commit)
+came at least that long after its B4. ``c6_*`` then includes the delayed intent commit,
+and the wait for the commit of the previous vehicle's B5 result queued before it (commits
+run one at a time): it is reported, with no target. The CPU reading after a block waits
+for two delayed commits more, so the last transaction's trailing commits are counted.
+
+Prints one JSON object per line: ``{"bench": "turnaround", "metric", "value", "unit",
+"journal_commit_ms"}``, the last saying which journal's run the figure is from (0: the
+normal journal). When a normal run and a slow one ran, one more line per slow run,
+``"metric": "c1_p99_ms_slow_journal"``, puts both side by side: ``value`` is the slow
+run's C1 p99 and ``c1_p99_ms`` the normal run's.
 
     .venv/bin/python bench/turnaround_bench.py [--transactions 2000] [--block 100] [--warmup 20]
                                                [--redetect-window-s 300] [--log-level info]
+                                               [--journal-commit-ms 0 200]
 """
 
 from __future__ import annotations
@@ -72,8 +92,11 @@ TARGET_C6_P99_MS = 5.0
 TARGET_CPU_MS_PER_TX = 3.0
 
 FLOOR_OBU = "f100f100"
-# Generous: a transaction takes milliseconds; this only stops a hung run.
+# Generous: a transaction takes milliseconds (with a slow-commit journal: two of its
+# commits); this only stops a hung run.
 TX_TIMEOUT_S = 10.0
+# The journals run by default: the normal one, and one whose every commit takes 200 ms more.
+JOURNAL_COMMIT_MS = [0.0, 200.0]
 STARTUP_TIMEOUT_S = 60.0
 SETTLE_S = 0.05
 # RSCTL of RSU frames (RSU_PROTOCOL.md): X8 with X 0–7, and 98 for the first after power-up.
@@ -128,6 +151,22 @@ async def serve_floor(path: str) -> None:
 
 
 # -- the daemon ---------------------------------------------------------------------------
+
+def serve_laned(config: str, commit_ms: float) -> int:
+    """``laned run --config CONFIG`` (laned/cli), with every journal commit ``commit_ms`` slower."""
+    import logging
+
+    from laned.app import run_lane
+    from laned.config import load_config
+    from laned.logs import setup_logging
+
+    cfg = load_config(config)
+    setup_logging(cfg.log.level, cfg.log.format)
+    logging.getLogger("laned").info("configuration %s: %s; bench: every journal commit %g ms slower", config,
+                                    cfg.summary(), commit_ms)
+    asyncio.run(run_lane(cfg, journal_options={"commit_delay_s": commit_ms / 1e3}))
+    return 0
+
 
 def write_config(folder: Path, pty: str, log_level: str, redetect_window_s: float) -> Path:
     path = folder / "laned.toml"
@@ -210,7 +249,7 @@ def floor_obu(i: int) -> ObuScenario:
     return ObuScenario(obu_id=FLOOR_OBU, balance=100_00)
 
 
-async def run_block(lane: Lane, count: int, measure: bool) -> None:
+async def run_block(lane: Lane, count: int, measure: bool, settle_s: float = SETTLE_S) -> None:
     """``count`` transactions back to back; with ``measure``, their turnarounds and CPU."""
     emu = lane.emu
     log_start, charges_start = len(emu.log), len(emu.charges)
@@ -226,7 +265,7 @@ async def run_block(lane: Lane, count: int, measure: bool) -> None:
     if not measure:
         return
     if lane.pid:
-        await asyncio.sleep(SETTLE_S)
+        await asyncio.sleep(settle_s)
         lane.cpu_s += cpu_seconds(lane.pid) - cpu0
     lane.measured += count
     for stage, answer, turnaround in answered(emu, log_start):
@@ -262,27 +301,49 @@ def percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def emit(metric: str, value: float, unit: str) -> None:
-    print(json.dumps({"bench": "turnaround", "metric": metric, "value": round(value, 4), "unit": unit}), flush=True)
+def emit(metric: str, value: float, unit: str, commit_ms: float, **extra: float) -> None:
+    row = {"bench": "turnaround", "metric": metric, "value": round(value, 4), "unit": unit,
+           "journal_commit_ms": int(commit_ms) if commit_ms.is_integer() else commit_ms}
+    row.update({k: round(v, 4) for k, v in extra.items()})
+    print(json.dumps(row), flush=True)
 
 
-def report(lane: Lane, floor: Lane) -> None:
+def c1_p99_ms(lane: Lane) -> float:
+    return percentile(lane.samples["B2"] + lane.samples["B3"], 99) * 1e3
+
+
+def report(lane: Lane, floor: Lane, commit_ms: float) -> None:
     c1 = lane.samples["B2"] + lane.samples["B3"]
     c6 = lane.samples["B4"]
     fl = floor.samples["B2"] + floor.samples["B3"] + floor.samples["B4"]
     for name, values in (("c1", c1), ("c6", c6), ("floor", fl)):
-        emit(f"{name}_p50_ms", percentile(values, 50) * 1e3, "ms")
-        emit(f"{name}_p99_ms", percentile(values, 99) * 1e3, "ms")
-    emit("cpu_ms_per_tx", lane.cpu_s * 1e3 / lane.measured, "ms")
-    emit("transactions", lane.measured, "transactions")
+        emit(f"{name}_p50_ms", percentile(values, 50) * 1e3, "ms", commit_ms)
+        emit(f"{name}_p99_ms", percentile(values, 99) * 1e3, "ms", commit_ms)
+    emit("cpu_ms_per_tx", lane.cpu_s * 1e3 / lane.measured, "ms", commit_ms)
+    emit("transactions", lane.measured, "transactions", commit_ms)
+
+
+def compare(runs: dict[float, Lane]) -> None:
+    """C1 p99 of each slow-commit run next to the normal journal's, when both ran."""
+    normal = runs.get(0.0)
+    if normal is None:
+        return
+    for commit_ms, lane in runs.items():
+        if commit_ms > 0:
+            emit("c1_p99_ms_slow_journal", c1_p99_ms(lane), "ms", commit_ms, c1_p99_ms=c1_p99_ms(normal))
 
 
 # -- the run ------------------------------------------------------------------------------
 
-async def start_daemon(folder: Path, emu: RsuEmulator, args: argparse.Namespace) -> asyncio.subprocess.Process:
+async def start_daemon(folder: Path, emu: RsuEmulator, args: argparse.Namespace,
+                       commit_ms: float) -> asyncio.subprocess.Process:
     config = write_config(folder, emu.path, args.log_level, args.redetect_window_s)
+    if commit_ms > 0:  # laned run, with the delay passed on to the journal writer
+        command = [__file__, "--serve-laned", str(config), "--journal-commit-ms", str(commit_ms)]
+    else:
+        command = ["-m", "laned.cli", "run", "--config", str(config)]
     log = open(folder / "laned.log", "wb")
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "laned.cli", "run", "--config", str(config),
+    proc = await asyncio.create_subprocess_exec(sys.executable, *command,
                                                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
     log.close()
     try:
@@ -306,14 +367,22 @@ async def start_floor(emu: RsuEmulator) -> asyncio.subprocess.Process:
     return proc
 
 
-async def measure(args: argparse.Namespace) -> tuple[Lane, Lane]:
+def check_commit_delay(lane: Lane, commit_ms: float) -> None:
+    """Every C6 waits for its intent's commit: with the delay really on the commit path, none is faster."""
+    fastest = min(lane.samples["B4"]) * 1e3
+    if fastest < commit_ms:
+        raise RuntimeError(f"journal commits delayed by {commit_ms:g} ms, but a C6 came {fastest:.2f} ms after its "
+                           "B4: the delay did not reach the journal's commits")
+
+
+async def measure(args: argparse.Namespace, commit_ms: float) -> tuple[Lane, Lane]:
     # No heartbeats (they would interleave with the frames measured); no OBU is ever seen again.
     quiet = dict(heartbeat_interval=None, redetect_interval=3600.0)
     with tempfile.TemporaryDirectory(prefix="turnaround-bench-") as tmp:
         async with RsuEmulator(profile="national", settings=EmulatorSettings(**quiet), name="rsu-laned") as lane_emu, \
                 RsuEmulator(profile="national", settings=EmulatorSettings(require_init=False, **quiet),
                             name="rsu-floor") as floor_emu:
-            daemon = await start_daemon(Path(tmp), lane_emu, args)
+            daemon = await start_daemon(Path(tmp), lane_emu, args, commit_ms)
             lane = Lane("laned", lane_emu, lane_obu, pid=daemon.pid)
             floor: Lane | None = None
             responder: asyncio.subprocess.Process | None = None
@@ -326,7 +395,8 @@ async def measure(args: argparse.Namespace) -> tuple[Lane, Lane]:
                 while left:
                     n = min(args.block, left)
                     await run_block(floor, n, measure=True)
-                    await run_block(lane, n, measure=True)
+                    # Trailing work: the last B5 result's commit (and room for one more).
+                    await run_block(lane, n, measure=True, settle_s=SETTLE_S + 2 * commit_ms / 1e3)
                     left -= n
             finally:
                 await stop_child(daemon)
@@ -348,15 +418,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--redetect-window-s", type=float, default=300.0,
                     help="laned's re-detection window (default 300, laned's default); every vehicle paid within "
                     "it is kept, and this run packs far more vehicles into it than a real lane does")
+    ap.add_argument("--journal-commit-ms", type=float, nargs="+", default=JOURNAL_COMMIT_MS, metavar="MS",
+                    help="one run per value, each journal commit that much slower (0: the normal journal); "
+                    "default 0 200: the normal journal, then a 200 ms slow-commit one")
     ap.add_argument("--serve-floor", metavar="PTY", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-laned", metavar="CONFIG", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve_floor:
         asyncio.run(serve_floor(args.serve_floor))
         return 0
+    if args.serve_laned:
+        return serve_laned(args.serve_laned, args.journal_commit_ms[0])
     if args.transactions < 1 or args.block < 1 or args.warmup < 0:
         ap.error("--transactions and --block must be at least 1, --warmup at least 0")
-    lane, floor = asyncio.run(measure(args))
-    report(lane, floor)
+    if any(ms < 0 for ms in args.journal_commit_ms) or len(set(args.journal_commit_ms)) != len(args.journal_commit_ms):
+        ap.error("--journal-commit-ms values must be at least 0 and different")
+    runs: dict[float, Lane] = {}
+    for commit_ms in args.journal_commit_ms:
+        lane, floor = asyncio.run(measure(args, commit_ms))
+        if commit_ms > 0:
+            check_commit_delay(lane, commit_ms)
+        report(lane, floor, commit_ms)
+        runs[commit_ms] = lane
+    compare(runs)
     return 0
 
 
