@@ -324,11 +324,7 @@ class LaneMachine:
             self._recovered(tx, res, seq, rsctl, out)
             return
         if res.error_code == 0:
-            tx.stage = Stage.RECORDING
-            tx.balance_after = res.balance_after
-            tx.result = _b5_result(res)
-            out.append(Send(self.d.continue_(res.obu_id), rsctl))
-            out.append(self._journal_result(tx))
+            self._record_b5(tx, res, rsctl, out)
             return
         self.counters[f"b5_error_{res.error_code:02x}"] += 1
         if res.error_code in NOT_DEBITED_CODES and tx.stage is Stage.CHARGING:
@@ -479,6 +475,14 @@ class LaneMachine:
         else:
             self.counters[Reason.PAID_ON_RECORD] += 1
 
+    def _record_b5(self, tx: Tx, res: Any, rsctl: int | None, out: list[Action]) -> None:
+        """A B5 success: answer the RSU, and have the journal keep it before anything else."""
+        tx.stage = Stage.RECORDING
+        tx.balance_after = res.balance_after
+        tx.result = _b5_result(res)
+        out.append(Send(self.d.continue_(res.obu_id), rsctl))
+        out.append(self._journal_result(tx))
+
     def _journal_result(self, tx: Tx) -> JournalCharged | JournalResolved:
         """Have the journal keep a B5 success (settle an unknown charge, for a recovery)."""
         result = tx.result or {}
@@ -514,11 +518,7 @@ class LaneMachine:
         """The B5 answering a recovery C8: the unknown charge went through only if the
         OBU's last purchase is the one this lane's C6 asked for (its purchase time)."""
         if res.error_code == 0 and (tx.purchase_time is None or res.trans_time == tx.purchase_time):
-            tx.stage = Stage.RECORDING
-            tx.balance_after = res.balance_after
-            tx.result = _b5_result(res)
-            out.append(Send(self.d.continue_(res.obu_id), rsctl))
-            out.append(self._journal_result(tx))
+            self._record_b5(tx, res, rsctl, out)
             return
         why = (f"C8 answered with B5 error {res.error_code:02x}" if res.error_code else
                f"the OBU's last purchase ({res.trans_time}) is not this lane's ({tx.purchase_time})")
