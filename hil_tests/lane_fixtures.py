@@ -22,10 +22,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 from unittest import mock
+from zoneinfo import ZoneInfo
 
 from laned import app as app_module
 from laned.app import run_lane
-from laned.config import Config, parse_config
+from laned.config import DEFAULT_TIMEZONE, Config, parse_config
 from laned.executor import LaneExecutor, Observation
 from laned.health.alarms import CATALOGUE, AlarmKind, AlarmRegistry
 from laned.health.monitor import HealthMonitor
@@ -359,5 +360,6 @@ async def _move(model: LaneModel) -> None:
 
 
 def today() -> dt.date:
-    """The lane's civil date (the daemon compares contract dates with its wall clock)."""
-    return dt.datetime.now().date()
+    """The lane's civil date (the daemon compares contract dates with its wall clock, which
+    runs in lane.timezone — not in the host's time zone)."""
+    return dt.datetime.now(ZoneInfo(DEFAULT_TIMEZONE)).date()

@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from laned.config import Config
 from laned.drivers.device_profiles import IoModuleProfile
@@ -60,6 +61,32 @@ class LaneTaskFailed(Exception):
 
 class _Stopping(Exception):
     """Raised inside the task group to end it when a stop was asked for."""
+
+
+def lane_clock(timezone: str | dt.tzinfo, *,
+               now: Callable[[], dt.datetime] | None = None) -> Callable[[], dt.datetime]:
+    """The lane's civil clock (the daemon's ``wall``): the current time in the lane's time
+    zone (``lane.timezone``), aware — never the host's local time.
+
+    Everything that reads it gets one instant with the lane's offset: the lane machine
+    takes dates (contract and card validity) and the C6 purchase and C0 clock times from
+    its civil fields, the journal stamps rows with its ISO form (offset included) and its
+    unix time, health compares it with the monotonic clock (an aware time never jumps at a
+    daylight-saving change). ``now`` gives the current instant (aware, any zone; tests
+    inject a fixed one); by default the system clock.
+    """
+    zone = ZoneInfo(timezone) if isinstance(timezone, str) else timezone
+    if now is None:
+        return lambda: dt.datetime.now(zone)
+    read = now
+
+    def wall() -> dt.datetime:
+        t = read()
+        if t.tzinfo is None:
+            raise ValueError(f"lane_clock: now() gave {t.isoformat()}, a naive time; give an aware one (UTC)")
+        return t.astimezone(zone)
+
+    return wall
 
 
 def make_rsu(cfg: Config) -> RsuLink:
@@ -131,9 +158,11 @@ def warn_shared_bus(cfg: Config, buses: Buses) -> None:
 
 
 def load_fees(cfg: Config) -> tuple[FeeSchedule | None, str]:
-    """The fee table, or None and why: a lane without one starts with ETC closed."""
+    """The fee table, or None and why: a lane without one starts with ETC closed. Its
+    times are the lane's (``lane.timezone``)."""
+    zone = ZoneInfo(cfg.lane.timezone)
     try:
-        return FeeSchedule(FeeTable.load(cfg.fee_table.path)), ""
+        return FeeSchedule(FeeTable.load(cfg.fee_table.path, tz=zone), tz=zone), ""
     except (FeeTableError, OSError) as err:
         return None, f"no usable fee table: {err}"
 
@@ -222,15 +251,17 @@ async def _first_rsu_attempt(rsu: RsuLink) -> None:
 
 async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
                    observe: Any = None, uevent_source: Any = None,
-                   notifier: Notifier | None = None, wall: Callable[[], dt.datetime] = dt.datetime.now,
+                   notifier: Notifier | None = None, wall: Callable[[], dt.datetime] | None = None,
                    journal_options: dict[str, Any] | None = None,
                    started: Callable[[LaneExecutor], None] | None = None) -> LaneExecutor:
     """Run the lane until ``stop`` is set (or SIGTERM); returns the executor for inspection
     (its ``health`` is the health monitor, with every alarm change).
 
     Raises :class:`LaneTaskFailed` when a task ended unexpectedly. ``wall`` (the lane's
-    civil clock) and ``journal_options`` (``commit_delay_s``, ``commit_hook`` of
-    :meth:`JournalWriter.open`) are for fault-injection tests and benchmarks; ``started`` is
+    civil clock; default :func:`lane_clock` in ``lane.timezone``) and ``journal_options``
+    (``commit_delay_s``, ``commit_hook`` of :meth:`JournalWriter.open`) are for
+    fault-injection tests and benchmarks — a naive ``wall`` is lane time to the machine and
+    the host's local time to the journal and health, so give an aware one; ``started`` is
     called with the executor once everything runs (its ``rsu`` is the link, for a test that
     plays udev)."""
     from laned.journal import JournalWriter
@@ -244,24 +275,26 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
         except (NotImplementedError, RuntimeError):  # not the main thread (tests)
             pass
     settings = cfg.lane_settings()
+    zone = ZoneInfo(cfg.lane.timezone)
+    clock = wall or lane_clock(zone)
     profile = get_profile(cfg.rsu.profile)
     fees, fees_problem = load_fees(cfg)
     status = StatusList()
     status_loaded_at = None
     if cfg.status_list is not None and cfg.status_list.path.exists():
         status.load(cfg.status_list.path)
-        status_loaded_at = dt.datetime.fromtimestamp(cfg.status_list.path.stat().st_mtime).astimezone()
+        status_loaded_at = dt.datetime.fromtimestamp(cfg.status_list.path.stat().st_mtime, zone)
     async with AsyncExitStack() as stack:
         # One thread owns the journal: every commit (and its fsync) happens there, never on
         # the loop that answers the RSU and samples the safety loop.
-        writer = JournalWriter.open(cfg.journal.path, settings.lane_id, now=wall(), **(journal_options or {}))
+        writer = JournalWriter.open(cfg.journal.path, settings.lane_id, now=clock(), **(journal_options or {}))
         await writer.astart()
         stack.push_async_callback(writer.aclose)
         recovery = writer.recovery
         assert recovery is not None  # known once the writer has started
         if recovery.completed or recovery.unknown:
             log.warning("journal: recovered after an unclean stop: %s", recovery)
-        wall0, mono0 = wall(), time.monotonic()
+        wall0, mono0 = clock(), time.monotonic()
         recent = await writer.submit_async(lambda mj: mj.recent_paid(settings.redetect_window, wall0, mono0))
         machine = LaneMachine(settings, cfg.dialect(), fees=fees, status=status, recent=recent)
         rsu = make_rsu(cfg)
@@ -279,8 +312,8 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
             status_list=status,
             status_list_loaded_at=status_loaded_at, fee_table_required=settings.direction.value == "exit",
             status_list_required=cfg.status_list is not None, rsu_ready=lambda: machine.rsu_initialised,
-            wall=lambda: wall().astimezone(), observe=observe)
-        executor = LaneExecutor(machine, rsu, io, display, writer, wall=wall, observe=observe,
+            wall=lambda: clock().astimezone(zone), observe=observe)
+        executor = LaneExecutor(machine, rsu, io, display, writer, wall=clock, observe=observe,
                                 on_alarm=monitor.lane_alarm)
         executor.health = monitor
         if fees is None:

@@ -17,6 +17,7 @@ The simulator's configuration ships in the package: :func:`load_sim_config`.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -27,6 +28,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import (
     AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
@@ -43,12 +45,16 @@ from laned.lane.barrier import InterlockSettings
 from laned.lane.dialect import Dialect, RsuInit
 from laned.lane.machine import Direction, LaneSettings, MissingEntryPolicy
 from laned.lane.modes import DisplayPolicy
+from laned.lane.signals import Signal
 from laned.health.checks import HealthSettings
 from laned.protocol.profiles import PROFILES, get_profile
 
 DEFAULT_PATH = Path("/etc/laned/laned.toml")
 SIM_CONFIG = Path(__file__).parent / "data" / "sim.toml"  # package data
 SERIAL_BAUDS = (9600, 19200, 38400, 57600, 115200)  # RSU_PROTOCOL.md: 9600–115200 must all work
+# The lane's time zone (``[lane] timezone``) unless the file names another: the daemon's
+# civil clock runs in it, whatever the host's own time zone is.
+DEFAULT_TIMEZONE = "Asia/Shanghai"
 
 
 class ConfigError(ValueError):
@@ -102,6 +108,20 @@ def _lane_id(value: str) -> str:
     return value
 
 
+def _timezone(value: str) -> str:
+    """An IANA time zone name the host's time zone database knows."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        known = available_timezones()
+        if not known:
+            raise ValueError("no time zone database on this machine (install the tzdata package)") from None
+        close = [name for name in known if name.lower() == value.strip().lower()]
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ValueError(f"expected an IANA time zone name such as {DEFAULT_TIMEZONE}{hint}") from None
+    return value
+
+
 IssuerId = Annotated[str, _hex_bytes(8, "an 8-byte issuer id")]
 DivFactor = Annotated[str, _hex_bytes(8, "an 8-byte diversification factor")]
 ConfigPath = Annotated[Path, AfterValidator(_config_path)]
@@ -120,6 +140,9 @@ class LaneSection(_Model):
     station: Annotated[str, _hex_bytes(2, "the station code")]
     lane_number: int = Field(ge=0, le=255)
     direction: Literal["entry", "exit"]
+    # The lane's civil time: contract and card dates, the C6 purchase time, the C0 clock and
+    # the fee table's validity are judged in it (not in the host's time zone).
+    timezone: Annotated[str, AfterValidator(_timezone)] = DEFAULT_TIMEZONE
     redetect_window_s: float = Field(300.0, gt=0, le=3600)
     # B2 to B5, the whole exchange: one not at the charge by then is given up (the next OBU is
     # served); from the intent on, b5_timeout_s governs (a charge is never abandoned blind).
@@ -267,6 +290,18 @@ class IoSection(_DeviceLink):
         gpio = (GpioPinMap, None, "the pin map: [devices.io.profile.inputs] and [devices.io.profile.outputs]")
         return _profile_for(value, info, {"modbus_tcp": modbus, "modbus_rtu": modbus, "gpio": gpio})
 
+    def input_interval(self) -> tuple[float, str, float] | None:
+        """How often the safety loop is read: (interval in s, the key that sets it, its value);
+        None without an IO device. Modbus polls at ``poll.safety_loop_hz``; GPIO pushes edges
+        and re-reads every input at ``sample_hz`` (which also catches a missed edge)."""
+        profile = self.profile
+        if isinstance(profile, IoModuleProfile):
+            hz = profile.poll.safety_loop_hz
+            return 1.0 / hz, "devices.io.profile.poll.safety_loop_hz", hz
+        if isinstance(profile, GpioPinMap):
+            return 1.0 / profile.sample_hz, "devices.io.profile.sample_hz", profile.sample_hz
+        return None
+
 
 class DevicesSection(_Model):
     fee_display: FeeDisplaySection = FeeDisplaySection()
@@ -287,12 +322,51 @@ class BarrierSection(_Model):
     chatter_window_s: float = Field(1.0, gt=0, le=10)  # … within this long is chatter (a fault)
     disagree_after_s: float = Field(0.5, gt=0, le=10)  # presence inputs may disagree this long
     raise_travel_timeout_s: float = Field(6.0, gt=0, le=60)  # up limit switch not reached by then: alarm
+    # Safety loop occupied at the IO module -> the raise (reverse) command there, at most this
+    # long while the arm moves down (bench/reaction_bench.py measures it; the simulator's lane
+    # model takes down motion on an occupied loop for longer than this as a violation).
+    reaction_limit_ms: int = Field(400, ge=50, le=2000)
+    # With an approach loop in the IO profile: lowering waits this long after it cleared.
+    approach_hold_off_s: float = Field(1.0, ge=0, le=10)
+    # Without one, the hold-off is at least the time the slowest vehicle takes from the stop
+    # line to the safety loop (the light turns red when the hold-off starts): a driver who
+    # crossed the stop line on green is on the loop before the arm may start down.
+    stop_line_to_loop_m: float = Field(0.5, ge=0, le=20)
+    slowest_speed_mps: float = Field(0.5, gt=0, le=10)
 
     def interlock(self) -> InterlockSettings:
         return InterlockSettings(staleness=self.staleness_s, hold_off=self.hold_off_s,
                                  release_after=self.release_after_s, chatter_changes=self.chatter_changes,
                                  chatter_window=self.chatter_window_s, disagree_after=self.disagree_after_s,
-                                 raise_travel_timeout=self.raise_travel_timeout_s)
+                                 raise_travel_timeout=self.raise_travel_timeout_s,
+                                 reaction_limit=self.reaction_limit_ms / 1000)
+
+    def reaction_problem(self, io: IoSection) -> str | None:
+        """Why ``reaction_limit_ms`` cannot be met with ``io``'s input reads, or None.
+
+        A vehicle entering the safety loop is seen by the first read after it arrived (one
+        read interval, plus the answer); when that read is lost or late, the last clear
+        sample turns stale ``staleness_s`` after it was taken, which the lane notices on its
+        next check (the executor's tick, ``laned.executor.TICK_S``). So it can go unseen for
+        up to ``staleness_s`` + the longer of the read interval and the tick; the raise
+        command's own writes come on top, so that sum must stay below the limit.
+        """
+        from laned.executor import TICK_S  # the lane's check interval (not a setting)
+
+        read = io.input_interval()
+        if read is None:
+            return None  # no IO device: no barrier to reverse
+        interval, key, hz = read
+        unseen_ms = round(1000 * (self.staleness_s + max(interval, TICK_S)), 3)
+        if unseen_ms < self.reaction_limit_ms:
+            return None
+        return (f"{self.reaction_limit_ms} ms cannot be met: a vehicle on the safety loop can go unseen for up to "
+                f"{unseen_ms:g} ms (barrier.staleness_s = {self.staleness_s:g} s until a sample counts as stale, "
+                f"plus {1000 * max(interval, TICK_S):g} ms: the safety loop is read every {1000 * interval:g} ms "
+                f"({key} = {hz:g}) and the lane checks its inputs every {1000 * TICK_S:g} ms), and the raise "
+                f"command needs time on top; set barrier.reaction_limit_ms above {unseen_ms:g}"
+                + (f", or lower barrier.staleness_s or raise {key}" if interval > TICK_S else
+                   ", or lower barrier.staleness_s"))
 
 
 class HotplugSection(_Model):
@@ -361,6 +435,30 @@ class Config(_Model):
             data["log"] = {**log, "level": level}
         return data
 
+    @model_validator(mode="after")
+    def _reaction_limit(self) -> Config:
+        """``[barrier] reaction_limit_ms`` against how often the IO device's inputs are read."""
+        problem = self.barrier.reaction_problem(self.devices.io)
+        if problem is not None:
+            raise _key_error("barrier.reaction_limit_ms", problem)
+        return self
+
+    def has_approach_loop(self) -> bool:
+        """Whether the IO profile wires an approach (entry) loop."""
+        profile = self.devices.io.profile
+        return profile is not None and Signal.ENTRY_LOOP in profile.inputs
+
+    def interlock(self) -> InterlockSettings:
+        """The barrier interlock's settings, with the approach loop where the IO profile has
+        one, and otherwise a hold-off no shorter than the slowest vehicle's way from the stop
+        line to the safety loop (docs/lane_sensors.md)."""
+        b = self.barrier
+        if self.has_approach_loop():
+            return dataclasses.replace(b.interlock(), approach=(Signal.ENTRY_LOOP,),
+                                       approach_hold_off=b.approach_hold_off_s)
+        derived = b.stop_line_to_loop_m / b.slowest_speed_mps
+        return dataclasses.replace(b.interlock(), hold_off=max(b.hold_off_s, derived))
+
     def lane_settings(self) -> LaneSettings:
         """The lane machine's settings."""
         lane = self.lane
@@ -372,7 +470,7 @@ class Config(_Model):
             transaction_timeout=lane.transaction_timeout_s, passage_timeout=lane.passage_timeout_s,
             missing_entry_policy=MissingEntryPolicy(lane.missing_entry_policy),
             allow_credit_cards=lane.credit_card_policy == "allow", tx_power=self.rsu.tx_power,
-            pll_channel=self.rsu.pll_channel, interlock=self.barrier.interlock(),
+            pll_channel=self.rsu.pll_channel, interlock=self.interlock(),
             display_policy=DisplayPolicy(self.devices.fee_display.on_offline))
 
     def dialect(self) -> Dialect:
@@ -390,7 +488,7 @@ class Config(_Model):
         ``vendor`` their profile names)."""
         lane, rsu = self.lane, self.rsu
         where = rsu.port if rsu.transport == "serial" else f"{rsu.host}:{rsu.tcp_port}"
-        parts = [f"lane {lane.lane_id} ({lane.direction}, station {lane.station_key})",
+        parts = [f"lane {lane.lane_id} ({lane.direction}, station {lane.station_key}, lane time {lane.timezone})",
                  f"RSU profile {rsu.profile} on {where}"]
         for what, dev in (("IO", self.devices.io), ("fee display", self.devices.fee_display)):
             profile = dev.profile

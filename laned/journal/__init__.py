@@ -28,7 +28,12 @@ States and the transitions the journal allows (anything else raises
 Every row has a per-lane ``seq`` that is never reused (the counter lives in the database,
 so it survives restarts and deleted rows), a UUID (the lane machine's transaction id), and
 the wall-clock time of creation and of the last change, ISO and unix — both passed in by
-the caller: the journal reads no clock.
+the caller: the journal reads no clock. The daemon passes its lane clock (aware, in
+``lane.timezone``), so ``*_iso`` is the lane's civil time with its UTC offset
+(``2026-03-02T01:00:00.123456+08:00``) and ``*_unix`` the instant; every query uses
+``*_unix``. Rows written before the lane had its own time zone carry a naive ``*_iso`` (the
+host's local time then); a naive ``now`` (tests) is still taken as the host's local time.
+``purchase_time`` is the C6's PurchaseTime as sent: the lane's civil time, naive.
 
 The store is synchronous and bound to the thread that opened it. The daemon never commits
 on the event loop: a commit is an fsync, 5–30 ms on a lane PC's eMMC. It runs the journal

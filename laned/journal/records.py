@@ -118,7 +118,7 @@ class TransactionIntent(Observed):
 
     kind: TxKind = TxKind.EXIT_CHARGE
     amount: int  # ConsumeMoney in the C6, fen
-    purchase_time: dt.datetime  # PurchaseTime in the C6 (the card's TAC covers it)
+    purchase_time: dt.datetime  # PurchaseTime in the C6 (the card's TAC covers it): lane time, naive
     tx_id: str | None = None  # the lane machine's transaction id; a new UUID if None
 
 

@@ -14,7 +14,8 @@ File format (TOML, or the same structure in JSON), documented in docs/fee_table.
     12 = 9000
 
 Times are the lane's local civil time, like the ``wall`` the lane machine gets: a
-``valid_from`` with a UTC offset is converted to local time, one without is taken as is.
+``valid_from`` with a UTC offset is converted to the lane's time zone (``tz``: the
+daemon passes ``lane.timezone``; None is the host's), one without is taken as is.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ class FeeTableError(ValueError):
     """A fee table that cannot be used; names the station, class and value."""
 
 
-def local_naive(value: dt.datetime) -> dt.datetime:
-    """The lane's local civil time: aware times converted, naive ones kept."""
-    return value.astimezone().replace(tzinfo=None) if value.tzinfo is not None else value
+def local_naive(value: dt.datetime, tz: dt.tzinfo | None = None) -> dt.datetime:
+    """The lane's local civil time: aware times converted to ``tz`` (None: the host's time
+    zone), naive ones kept."""
+    return value.astimezone(tz).replace(tzinfo=None) if value.tzinfo is not None else value
 
 
 @dataclass(frozen=True)
@@ -64,18 +66,20 @@ class FeeTable:
         return frozenset(station for station, _ in self.fees)
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "fee table") -> FeeTable:
-        """Validate a parsed file. Every problem is listed, each naming station, class and value."""
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "fee table",
+                     tz: dt.tzinfo | None = None) -> FeeTable:
+        """Validate a parsed file. Every problem is listed, each naming station, class and value.
+        Times with a UTC offset are converted to ``tz``, the lane's time zone."""
         errors: list[str] = []
         version = data.get("version")
         if not isinstance(version, int) or isinstance(version, bool) or version < 0:
             errors.append(f"version is {version!r}, expected a whole number ≥ 0")
-        valid_from = _valid_from(data.get("valid_from"))
+        valid_from = _valid_from(data.get("valid_from"), tz)
         if valid_from is None:
             errors.append(f"valid_from is {data.get('valid_from')!r}, expected a date-time like 2026-11-01T00:00:00")
         valid_until = None
         if data.get("valid_until") is not None:
-            valid_until = _valid_from(data["valid_until"])
+            valid_until = _valid_from(data["valid_until"], tz)
             if valid_until is None:
                 errors.append(f"valid_until is {data['valid_until']!r}, expected a date-time like 2027-11-01T00:00:00")
             elif valid_from is not None and valid_until <= valid_from:
@@ -103,8 +107,8 @@ class FeeTable:
         return cls(version, valid_from, fees, maximum, valid_until)
 
     @classmethod
-    def load(cls, path: str | Path) -> FeeTable:
-        """A ``.json`` file is read as JSON, anything else as TOML."""
+    def load(cls, path: str | Path, *, tz: dt.tzinfo | None = None) -> FeeTable:
+        """A ``.json`` file is read as JSON, anything else as TOML (``tz``: see from_mapping)."""
         p = Path(path)
         try:
             text = p.read_text(encoding="utf-8")
@@ -121,17 +125,17 @@ class FeeTable:
                                 f"(line {err.lineno}, column {err.colno})") from None
         if not isinstance(data, Mapping):
             raise FeeTableError(f"fee table {p}: expected a table at the top, found {type(data).__name__}")
-        return cls.from_mapping(data, source=str(p))
+        return cls.from_mapping(data, source=str(p), tz=tz)
 
 
-def _valid_from(value: Any) -> dt.datetime | None:
+def _valid_from(value: Any, tz: dt.tzinfo | None) -> dt.datetime | None:
     if isinstance(value, str):
         try:
             value = dt.datetime.fromisoformat(value)
         except ValueError:
             return None
     if isinstance(value, dt.datetime):
-        return local_naive(value)
+        return local_naive(value, tz)
     if isinstance(value, dt.date):  # a bare date: from midnight
         return dt.datetime.combine(value, dt.time())
     return None
@@ -159,26 +163,30 @@ def _station(station: str, classes: Any, seen: dict[str, str], fees: dict[tuple[
 
 
 class FeeSchedule:
-    """The table in force and the next one, switched by time. Satisfies the machine's FeeLookup."""
+    """The table in force and the next one, switched by time. Satisfies the machine's FeeLookup.
 
-    def __init__(self, current: FeeTable) -> None:
+    ``tz`` is the lane's time zone: an aware ``now`` is converted to it (None: the host's)."""
+
+    def __init__(self, current: FeeTable, *, tz: dt.tzinfo | None = None) -> None:
         self.current = current
         self.pending: FeeTable | None = None
+        self.tz = tz
 
     @classmethod
-    def from_tables(cls, tables: Iterable[FeeTable], now: dt.datetime) -> FeeSchedule:
+    def from_tables(cls, tables: Iterable[FeeTable], now: dt.datetime, *,
+                    tz: dt.tzinfo | None = None) -> FeeSchedule:
         """The newest table valid at ``now`` in force, the newest later one pending.
 
         Used at start-up with the table files on disk (the one in force and one the centre
         sent ahead of its date). With none valid yet the lane cannot price: an error.
         """
-        now = local_naive(now)
+        now = local_naive(now, tz)
         tables = sorted(tables, key=lambda t: t.version)
         valid = [t for t in tables if t.valid_from <= now]
         if not valid:
             starts = ", ".join(f"version {t.version} from {t.valid_from.isoformat()}" for t in tables) or "none given"
             raise FeeTableError(f"no fee table is valid at {now.isoformat()} ({starts})")
-        schedule = cls(valid[-1])
+        schedule = cls(valid[-1], tz=tz)
         later = [t for t in tables if t.valid_from > now and t.version > schedule.current.version]
         schedule.pending = later[-1] if later else None
         return schedule
@@ -193,7 +201,7 @@ class FeeSchedule:
         It must be newer than the table in force and than the pending one. A valid
         table that is older than the pending one leaves that pending.
         """
-        now = local_naive(now)
+        now = local_naive(now, self.tz)
         if table.version <= self.current.version:
             raise FeeTableError(f"fee table version {table.version} is not newer than {self.current.version}, "
                                 "the one in force")
@@ -209,7 +217,7 @@ class FeeSchedule:
 
     def tick(self, now: dt.datetime) -> bool:
         """Switch to the pending table once it is valid; True when it switched."""
-        if self.pending is not None and self.pending.valid_from <= local_naive(now):
+        if self.pending is not None and self.pending.valid_from <= local_naive(now, self.tz):
             self.current, self.pending = self.pending, None
             return True
         return False
@@ -217,7 +225,7 @@ class FeeSchedule:
     def expired(self, now: dt.datetime) -> str | None:
         """Why the table in force can no longer price (past its ``valid_until``), or None."""
         until = self.current.valid_until
-        if until is not None and local_naive(now) >= until:
+        if until is not None and local_naive(now, self.tz) >= until:
             return f"fee table version {self.current.version} expired at {until.isoformat()}"
         return None
 
