@@ -73,10 +73,10 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 from laned.protocol import encode_message, get_profile
 from laned.protocol.profiles import national
@@ -342,10 +342,11 @@ async def start_daemon(folder: Path, emu: RsuEmulator, args: argparse.Namespace,
         command = [__file__, "--serve-laned", str(config), "--journal-commit-ms", str(commit_ms)]
     else:
         command = ["-m", "laned.cli", "run", "--config", str(config)]
-    log = open(folder / "laned.log", "wb")
-    proc = await asyncio.create_subprocess_exec(sys.executable, *command,
-                                                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
-    log.close()
+    # The child writes its log there; the file is opened off the loop (the emulator runs on it).
+    log = await asyncio.to_thread((folder / "laned.log").open, "wb")
+    with log:
+        proc = await asyncio.create_subprocess_exec(sys.executable, *command,
+                                                    stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
     try:
         await emu.wait_for(lambda: emu.state is RsuState.SEARCHING or proc.returncode is not None,
                            timeout=STARTUP_TIMEOUT_S, what="laned to initialise the RSU (C0, C1)")
