@@ -460,7 +460,8 @@ async def test_a_car_following_the_one_that_paid_is_reported_and_the_barrier_nev
     async with lane_bench(tmp_path, [scenario], model=model, barrier={"hold_off_s": 1.0, "release_after_s": 0.5},
                           settings=dataclasses.replace(FAST_RSU, redetect_interval=30.0)) as bench:
         payer = model.add_vehicle(time.monotonic(), speed=6.0, vehicle_id="payer")
-        tailgater = model.add_vehicle(time.monotonic(), speed=6.0, follow_gap=3.0, vehicle_id="tailgater")
+        tailgater = model.add_vehicle(time.monotonic(), speed=6.0, follow_gap=3.0, vehicle_id="tailgater",
+                                      obeys_light=False)  # it goes through on the red light
         await bench.journal_row(lambda r: r["kind"] == "follow_car", what="the follow-car event")
         shown = await bench.display_shows("跟车违章")
         await bench.until(lambda: len(model.departed) == 2, what="both cars to leave the lane")

@@ -55,6 +55,7 @@ async def test_a_lane_that_lowers_onto_a_vehicle_is_caught(tmp_path, monkeypatch
 
     monkeypatch.setattr(LaneMachine, "_barrier", reckless_barrier)
     monkeypatch.setattr(BarrierInterlock, "occupied", lambda self, now: False)
+    monkeypatch.setattr(BarrierInterlock, "approach_doubt", lambda self, now: None)  # the IO worker's last check
     summary = await LaneSim([car(1), car(2, arrive_after=2.0)], tmp_path).run()
     assert summary.safety_violations >= 1
     assert any("safety_loop" in v or "hit" in v for v in summary.violations)

@@ -411,7 +411,10 @@ class LaneExecutor:
         self._answer(self.journal.submit(lambda j: j.journal.probe()), done)
 
     async def _ticker(self) -> None:
-        presence = self.machine.s.interlock.presence
+        # Freshness comes from each input's latest sample: the interlock judges the presence
+        # and approach inputs by their age.
+        interlock = self.machine.s.interlock
+        presence = interlock.presence + interlock.approach
         next_poll = next_probe = 0.0
         while True:
             await asyncio.sleep(TICK_S)

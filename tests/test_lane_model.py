@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from laned.drivers.lane_io import Signal
+from laned.drivers.lane_io import Light, Signal
 from laned.sim.lane_model import (
     BarrierSpec,
     FaultKind,
@@ -322,3 +322,55 @@ def test_a_vehicle_under_the_arm_cannot_pull_over() -> None:
     with pytest.raises(ValueError, match="cannot pull over"):
         model.divert(model.now, car)
     assert model.vehicle(car) is not None
+
+
+def _lowering_onto_a_creeping_car(model: LaneModel, reverse_after: float) -> None:
+    """A car creeps past the stop line as the arm starts down; the lane reverses the arm
+    ``reverse_after`` seconds after the car reached the safety loop."""
+    car = model.add_vehicle(0.0, speed=0.8, obeys_light=False)
+    run_until(model, lambda: model.vehicle(car).front > model.geometry.stop_x + 0.1, within=60)
+    model.command_lower(model.now)
+    on_loop = run_until(model, lambda: model.true_state(Signal.SAFETY_LOOP), within=5)
+    model.advance(on_loop + reverse_after)
+    model.command_raise(model.now)
+    model.advance(model.now + 3.0)
+
+
+def test_an_arm_reversed_within_the_reaction_bound_when_a_car_reaches_the_loop_is_no_violation() -> None:
+    model = LaneModel(barrier=BarrierSpec(start_raised=True), reaction_limit=0.3)
+    _lowering_onto_a_creeping_car(model, reverse_after=0.2)
+    assert model.violations == ()
+
+
+def test_an_arm_that_goes_on_down_onto_an_occupied_loop_past_the_reaction_bound_is_a_violation() -> None:
+    model = LaneModel(barrier=BarrierSpec(start_raised=True), reaction_limit=0.3)
+    _lowering_onto_a_creeping_car(model, reverse_after=0.5)
+    assert [v.kind for v in model.violations] == [ViolationKind.MOVING_DOWN_WHILE_OCCUPIED]
+    assert "300 ms" in model.violations[0].detail
+
+
+def test_a_driver_stops_at_a_red_light_under_an_open_arm_and_a_tailgater_does_not() -> None:
+    model = LaneModel(barrier=BarrierSpec(start_raised=True))
+    model.set_light(0.0, Light.RED)
+    careful = model.add_vehicle(0.0, speed=5.0)
+    model.advance(10.0)
+    assert model.vehicle(careful).front == pytest.approx(model.geometry.stop_x)
+    model2 = LaneModel(barrier=BarrierSpec(start_raised=True))
+    model2.set_light(0.0, Light.RED)
+    tailgater = model2.add_vehicle(0.0, speed=5.0, obeys_light=False)
+    model2.advance(14.0)
+    assert model2.vehicle(tailgater) is None and model2.departed[0][0] == tailgater
+
+
+def test_a_queue_closed_up_to_half_a_metre_opens_up_as_it_moves_off() -> None:
+    model = LaneModel()  # the arm is down: the queue waits at the stop line
+    first = model.add_vehicle(0.0, speed=2.0, follow_gap=0.5, start_delay=1.0)
+    second = model.add_vehicle(0.0, speed=2.0, follow_gap=0.5, start_delay=1.0)
+    model.advance(25.0)
+    gap = model.vehicle(first).rear - model.vehicle(second).front
+    assert gap == pytest.approx(0.5, abs=0.02)
+    model.command_raise(25.0)
+    model.advance(30.0)
+    # Each driver moved off 1 s after the way cleared: 2 m/s × 1 s more between them.
+    gap = model.vehicle(first).rear - model.vehicle(second).front
+    assert gap == pytest.approx(2.5, abs=0.05)

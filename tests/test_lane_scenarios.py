@@ -26,6 +26,16 @@ def lane() -> Lane:
     return ln
 
 
+OTHER = b"\x01\x02\x03\x04"
+
+
+def pay_other_car(lane: Lane, obu_id: bytes = OTHER, plate: str = "京B99999", number: str = "2301000099999999"):
+    """Another vehicle (its own OBU, card and plate) pays."""
+    card = card_file(plate=plate, number=number)
+    return (lane.b2(obu_id=obu_id) + lane.b3(obu_id=obu_id, plate=plate) + lane.b4(obu_id=obu_id, card=card)
+            + lane.b5(obu_id=obu_id))
+
+
 def shown(actions) -> list[tuple[str, str]]:
     return [(a.content.line1, a.content.line2) for a in actions if isinstance(a, Show)]
 
@@ -154,7 +164,21 @@ def test_an_obu_seen_again_after_paying_is_let_through_on_its_record_not_charged
     out += lane.b3() + lane.b4()
     assert "C6" not in lane.sent(out)
     assert len(lane.machine.c6_sent) == 1
-    assert any(j[0] == "JournalEvent" for j in lane.journal)
+    # Still on its way to the arm: its payment waits for it. The first report is kept …
+    assert lane.machine.credits == 1
+    assert [j[1].kind for j in lane.journal if j[0] == "JournalEvent"] == ["paid_on_record"]
+    lane.b2()  # … the RSU's later re-reports of the waiting OBU add nothing
+    assert [j[1].kind for j in lane.journal if j[0] == "JournalEvent"] == ["paid_on_record"]
+
+
+def test_a_paid_vehicle_whose_payment_expired_is_let_out_on_its_record_when_seen_again(lane):
+    lane.pay()
+    lane.advance(62.0)  # it did not reach the arm in time: the arm went down
+    assert lane.machine.credits == 0
+    out = lane.b2()
+    assert lane.sent(out) == ["C2"] and lane.barrier(out) == [BarrierCommand.RAISE]
+    assert len(lane.machine.c6_sent) == 1 and lane.machine.credits == 1
+    assert any(j[0] == "JournalEvent" and j[1].kind == "paid_on_record" for j in lane.journal)
 
 
 def test_a_card_moved_to_another_obu_of_the_same_vehicle_after_paying_is_not_charged_again(lane):
@@ -260,7 +284,7 @@ def test_a_tailgater_does_not_use_up_the_payment_of_the_car_behind_it(lane):
     lane.advance(0.2)
     lane.loop(True)  # the tailgater, unpaid
     lane.advance(0.5)
-    lane.pay(obu_id=b"\x01\x02\x03\x04")  # the next car pays while the tailgater is on the loop
+    pay_other_car(lane)  # the next car pays while the tailgater is on the loop
     lane.advance(0.5)
     lane.loop(False)  # the tailgater leaves
     out = lane.advance(3.0)

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from laned.drivers.fee_display import DisplayContent
 from laned.drivers.gpio_profile import REQUIRED_OUTPUTS, BarrierMode, Contact
-from laned.drivers.lane_io import Light, Output, Signal
+from laned.drivers.lane_io import REQUIRED_INPUTS, Light, Output, Signal
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +402,7 @@ class IoModuleProfile(BaseModel):
     @model_validator(mode="after")
     def _complete_and_distinct(self) -> IoModuleProfile:
         required: list[tuple[str, Sequence[enum.StrEnum], dict[Any, Any], str]] = [
-            ("inputs", list(Signal), self.inputs, "every lane input needs one"),
+            ("inputs", REQUIRED_INPUTS, self.inputs, "every lane needs the safety loop and both limit switches"),
             ("outputs", REQUIRED_OUTPUTS, self.outputs, "the barrier needs both"),
         ]
         for key, names, table, why in required:

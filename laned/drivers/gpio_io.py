@@ -252,7 +252,7 @@ class GpioLaneIO(SampledLaneIO):
 
     def _publish_unknown(self) -> None:
         now = time.monotonic()
-        for signal in Signal:
+        for signal in self._map.inputs:
             self._update(signal, None, now)
 
     # -- polling and edges ---------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from laned.drivers.lane_io import Output, Signal
+from laned.drivers.lane_io import REQUIRED_INPUTS, Output, Signal
 
 # Outputs a lane cannot run without; lights and alarm may be absent on small lanes.
 REQUIRED_OUTPUTS = (Output.BARRIER_RAISE, Output.BARRIER_LOWER)
@@ -131,9 +131,10 @@ class GpioPinMap(BaseModel):
 
     @model_validator(mode="after")
     def _check_complete(self) -> GpioPinMap:
-        missing_in = [s.value for s in Signal if s not in self.inputs]
+        missing_in = [s.value for s in REQUIRED_INPUTS if s not in self.inputs]
         if missing_in:
-            raise ValueError(f"inputs: no pin for {', '.join(missing_in)} (every lane input needs one)")
+            raise ValueError(f"inputs: no pin for {', '.join(missing_in)} (every lane needs the safety loop and "
+                             "both limit switches)")
         missing_out = [o.value for o in REQUIRED_OUTPUTS if o not in self.outputs]
         if missing_out:
             raise ValueError(f"outputs: no pin for {', '.join(missing_out)} (the barrier needs both)")

@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
-from laned.lane.signals import InputSample, Light, Signal
+from laned.lane.signals import REQUIRED_INPUTS, InputSample, Light, Signal
 
 if TYPE_CHECKING:
     from laned.drivers.fanout import Fanout
 
 
-__all__ = ["DeviceHealth", "InputSample", "LaneIO", "Light", "Output", "SampledLaneIO", "Signal"]
+__all__ = ["REQUIRED_INPUTS", "DeviceHealth", "InputSample", "LaneIO", "Light", "Output", "SampledLaneIO", "Signal"]
 
 
 class Output(enum.StrEnum):

@@ -47,6 +47,12 @@ class BarrierPosition(enum.StrEnum):
 @dataclass(frozen=True, slots=True)
 class InterlockSettings:
     presence: tuple[Signal, ...] = (Signal.SAFETY_LOOP,)
+    # Approach inputs (an approach loop, a light curtain before the arm): a vehicle on them
+    # may not be able to stop before the arm, so lowering does not start while one is
+    # occupied (or unknown, or stale) nor for approach_hold_off after it cleared. They do
+    # not reverse a lowering arm: a car stopping at the stop line is on them.
+    approach: tuple[Signal, ...] = ()
+    approach_hold_off: float = 1.0
     staleness: float = 0.25  # s; the safety loop is polled at >= 20 Hz
     hold_off: float = 1.0  # s clear after the vehicle leaves before lowering
     release_after: float = 3.0  # s of sustained clear to release a latched fault
@@ -56,6 +62,7 @@ class InterlockSettings:
     # s from a raise command to the up limit switch; None: do not check. Only checked once
     # the switch has reported (a lane whose IO has no up switch never sees a sample of it).
     raise_travel_timeout: float | None = 6.0
+    reaction_limit: float = 0.4  # s; safety loop occupied at the IO module -> raise there ([barrier] reaction_limit_ms)
 
 
 @dataclass
@@ -85,6 +92,7 @@ class BarrierInterlock:
     def __init__(self, settings: InterlockSettings | None = None) -> None:
         self.s = settings or InterlockSettings()
         self._inputs: dict[Signal, _InputState] = {sig: _InputState() for sig in self.s.presence}
+        self._approach: dict[Signal, _InputState] = {sig: _InputState() for sig in self.s.approach}
         self.position = BarrierPosition.UNKNOWN
         self.fault: str | None = "no input sampled yet"  # latched fault, None when released
         self._fault_clear_since: float | None = None
@@ -107,7 +115,7 @@ class BarrierInterlock:
             self._raising = False
         if sample.signal is Signal.BARRIER_UP and sample.active is not None:
             self._up_switch_seen = True
-        st = self._inputs.get(sample.signal)
+        st = self._inputs.get(sample.signal) or self._approach.get(sample.signal)
         if st is None:
             return
         prev = st.sample
@@ -119,6 +127,21 @@ class BarrierInterlock:
                 st.clear_since = sample.at
         else:
             st.clear_since = None
+
+    def approach_doubt(self, now: float) -> str | None:
+        """Why a vehicle may be about to reach the arm (None: no approach input says so)."""
+        for sig in self.s.approach:
+            st = self._approach[sig]
+            smp = st.sample
+            if smp is None or smp.active is None:
+                return f"{sig} unknown"
+            if now - smp.at > self.s.staleness:
+                return f"{sig} stale ({now - smp.at:.2f} s old)"
+            if smp.active:
+                return f"{sig} occupied"
+            if st.clear_since is None or now - st.clear_since < self.s.approach_hold_off:
+                return f"{sig} clear for less than {self.s.approach_hold_off:g} s"
+        return None
 
     def occupied(self, now: float) -> bool:
         """True when any presence input is occupied, unknown or stale: any doubt."""
@@ -184,6 +207,9 @@ class BarrierInterlock:
         for sig, st in self._inputs.items():
             if st.clear_since is None or now - st.clear_since < self.s.hold_off:
                 return LowerDecision(False, f"{sig} clear for less than the hold-off {self.s.hold_off} s"), None
+        approach = self.approach_doubt(now)
+        if approach is not None:
+            return LowerDecision(False, approach), None
         if self.position in (BarrierPosition.DOWN, BarrierPosition.LOWERING):
             return LowerDecision(True, f"already {self.position}"), None
         self.position = BarrierPosition.LOWERING

@@ -42,6 +42,7 @@ from laned.lane.events import (
 from laned.lane.modes import Availability
 from laned.lane.outcomes import IDLE, OUTCOMES, Reason
 from laned.lane.paid import Paid, PaidRecords
+from laned.lane.passages import Passages, Unpaid
 from laned.lane.settings import (
     Direction, EmptyStatusList, FeeLookup, LaneSettings, MissingEntryPolicy, StatusLookup,
 )
@@ -74,6 +75,11 @@ NOT_DEBITED_CODES = frozenset({0x10, 0x11, 0x13, 0x17})
 # let out on its record.
 OUTAGE_PASSAGE_GRACE_S = 8.0
 
+# A vehicle on the approach loop this long before an OBU was first read is not that OBU's
+# vehicle; a raise for the OBU waits for it to turn away, this long at most.
+WAITING_BEFORE_READ_S = 1.0
+RAISE_HOLD_S = 4.0
+
 # After a damaged frame during a transaction: wait this long for a good one, then ask the
 # RSU to resend (C2 stop type 2), at most this many times per transaction.
 RESEND_GRACE_S = 0.08
@@ -92,14 +98,13 @@ class LaneMachine:
         # Charges whose B5 success is being journalled while the RSU already moved on.
         self._recording: dict[str, Tx] = {}
         self.paid = PaidRecords(recent or ())
-        # When each vehicle allowed through and not yet past the safety loop was let
-        # through, oldest first.
-        self._credit_at: list[float] = []
+        # Payments not used yet, and the vehicles between the approach loop and the arm.
+        self.passages = Passages(approach=bool(settings.interlock.approach))
         self.want_down = True
         self.safety_occupied: bool | None = None
-        # The loop is held by a vehicle nobody paid for (a follow-car): its leaving must not
-        # use up the payment of the vehicle behind it.
-        self.unpaid_on_loop = False
+        # A raise held back for a vehicle standing at the stop line that is not the one that
+        # paid: (the OBU's first read, until when at most).
+        self._raise_held: tuple[float, float] | None = None
         self.counters: Counter[str] = Counter()
         self.display = DisplayContent(line1=IDLE.line1, line2=IDLE.line2)
         self.light = Light.RED
@@ -113,13 +118,19 @@ class LaneMachine:
 
     def may_lower(self, now: float) -> bool:
         """Whether a lower decided earlier may still start now: every presence input is
-        fresh and clear (the IO worker asks this as the command reaches the module)."""
-        return not self.barrier.occupied(now)
+        fresh and clear, and nothing is on the approach (the IO worker asks this as the
+        command reaches the module)."""
+        return not self.barrier.occupied(now) and self.barrier.approach_doubt(now) is None
 
     @property
     def credits(self) -> int:
         """Vehicles allowed through and not yet past the safety loop."""
-        return len(self._credit_at)
+        return self.passages.outstanding
+
+    @property
+    def unpaid_on_loop(self) -> bool:
+        """A follow-car is at the arm: the arm stays up for it."""
+        return self.passages.unpaid_at_arm
 
     # -- entry point -----------------------------------------------------------------------
     def handle(self, event: Event, now: float, wall: dt.datetime) -> list[Action]:
@@ -442,8 +453,7 @@ class LaneMachine:
         out.append(SetLight(self.light))
         # A paid vehicle may have crossed the loop while its samples were unknown: it no
         # longer holds the arm for the full passage timeout, only for a short grace.
-        cutoff = now - self.s.passage_timeout + OUTAGE_PASSAGE_GRACE_S
-        self._credit_at = [min(t, cutoff) for t in self._credit_at]
+        self.passages.shorten(now - self.s.passage_timeout + OUTAGE_PASSAGE_GRACE_S)
 
     # -- outcomes ---------------------------------------------------------------------------
     def _refuse(self, tx: Tx, reason: Reason, rsctl: int | None, now: float, out: list[Action], *,
@@ -468,12 +478,24 @@ class LaneMachine:
             self.counters["seen_again_unknown"] += 1
             self._still_unknown(tx, "seen again; its charge is unknown", out)
             return
-        out.append(JournalEvent(str(Reason.PAID_ON_RECORD), self._record(tx, Reason.PAID_ON_RECORD)))
-        if self.credits == 0 and self.barrier.position is not BarrierPosition.UP:
-            # Paid and still in the zone in front of a closed barrier: let it through again.
-            self._let_through(tx, Reason.PAID_ON_RECORD, now, out)
+        paid = self._paid_match(tx)
+        key = paid.obu_id if paid is not None else tx.obu.obu_id
+        again, unpaid = self.passages.seen_again(key, now)
+        if unpaid is not None:
+            self._unpaid(unpaid, out)
+        # The first report after paying is kept (the driver's "was I charged twice?" is
+        # answered from the journal); an RSU re-reporting a waiting OBU every half second
+        # adds nothing after that, unless the vehicle is let out on it.
+        if again or (paid is not None and not paid.reported_again):
+            out.append(JournalEvent(str(Reason.PAID_ON_RECORD), self._record(tx, Reason.PAID_ON_RECORD)))
+        if paid is not None:
+            paid.reported_again = True
+        if again:
+            # Its payment was used (by a vehicle in front of it) or expired, and it is still
+            # before the arm: a paid vehicle is let out, never sent to the manual lane.
+            self._let_through(tx, Reason.PAID_ON_RECORD, now, out, key=key)
         else:
-            self.counters[Reason.PAID_ON_RECORD] += 1
+            self.counters[Reason.PAID_ON_RECORD] += 1  # its payment still waits for it
 
     def _record_b5(self, tx: Tx, res: Any, rsctl: int | None, out: list[Action]) -> None:
         """A B5 success: answer the RSU, and have the journal keep it before anything else."""
@@ -537,11 +559,24 @@ class LaneMachine:
             self._set_light(Light.RED, out)
 
     def _let_through(self, tx: Tx, reason: Reason, now: float, out: list[Action], *, fee: int | None = None,
-                     balance: int | None = None) -> None:
+                     balance: int | None = None, key: bytes | None = None) -> None:
         self.counters[reason] += 1
-        self._credit_at.append(now)
+        self.passages.paid(key or tx.obu.obu_id, now)
         self.want_down = False
         self._show(reason, tx, out, fee=fee, balance=balance)
+        read_at = tx.started - WAITING_BEFORE_READ_S
+        if reason is not Reason.PAID_ON_RECORD and self.passages.waiting_since(read_at):
+            # A vehicle has stood at the stop line since before this OBU was first read (an
+            # OBU is read as it enters the zone, far back): the payment is the car behind's.
+            # Raising now would let the one in front out on it; hold the raise until it
+            # turned away, for RAISE_HOLD_S at most.
+            self.counters["raise_held"] += 1
+            self._raise_held = (read_at, now + RAISE_HOLD_S)
+            return
+        self._open(out)
+
+    def _open(self, out: list[Action]) -> None:
+        self._raise_held = None
         out.append(MoveBarrier(self.barrier.command_raise()))
         self._set_light(Light.GREEN, out)
 
@@ -592,6 +627,16 @@ class LaneMachine:
                               f"{first.obu_id.hex()} (plate {mask_plate(first.plate or '')}); now in OBU "
                               f"{tx.obu.obu_id.hex()} (plate {mask_plate(plate or '')}): charged as a new vehicle"))
 
+    def _paid_match(self, tx: Tx) -> Paid | None:
+        """This vehicle's settled payment: by its OBU, or by its card and plate (a card
+        moved to another OBU of the same vehicle)."""
+        key = tx.card_file.card_key if tx.card_file else None
+        plate = _plate_of(tx)
+        for p in self.paid.find(tx.obu.obu_id, key):
+            if p.settled and p.same_vehicle(tx.obu.obu_id, key, plate):
+                return p
+        return None
+
     def _paid_for_sure(self, tx: Tx) -> bool:
         key = tx.card_file.card_key if tx.card_file else None
         plate = _plate_of(tx)
@@ -604,8 +649,7 @@ class LaneMachine:
     def _expire_passages(self, now: float, out: list[Action]) -> None:
         if self.safety_occupied is not False:
             return  # someone (or, for all the lane knows, someone) is passing right now
-        while self._credit_at and now - self._credit_at[0] > self.s.passage_timeout:
-            self._credit_at.pop(0)
+        for _ in range(self.passages.expire(now, self.s.passage_timeout)):
             self.counters["passage_timeout"] += 1
             out.append(RaiseAlarm("passage_timeout", f"a vehicle let through did not pass within "
                                   f"{self.s.passage_timeout:g} s; the arm no longer waits for it"))
@@ -626,6 +670,12 @@ class LaneMachine:
     # -- timers --------------------------------------------------------------------------------
     def _timers(self, now: float, out: list[Action]) -> None:
         self._expire_passages(now, out)
+        if self._raise_held is not None:
+            read_at, until = self._raise_held
+            if self.credits == 0:
+                self._raise_held = None
+            elif now >= until or not self.passages.waiting_since(read_at):
+                self._open(out)
         tx = self.tx
         if tx is not None and tx.resend_due is not None and now >= tx.resend_due:
             tx.resend_due = None
@@ -657,34 +707,42 @@ class LaneMachine:
     # -- inputs and barrier --------------------------------------------------------------------
     def _input(self, sample: InputSample, now: float, out: list[Action]) -> None:
         self.barrier.update(sample)
+        if sample.signal is Signal.ENTRY_LOOP:
+            for u in self.passages.approach_loop(sample.active, now):
+                self._unpaid(u, out)
+            return
         if sample.signal is not Signal.SAFETY_LOOP:
             if sample.signal is Signal.BARRIER_DOWN and sample.active and self.credits == 0:
                 self._set_light(Light.RED, out)
             return
         was = self.safety_occupied
         self.safety_occupied = sample.active
-        if sample.active and was is not True:
-            if self.credits == 0 and self.barrier.position is not BarrierPosition.DOWN:
-                self._follow_car(now, out)
-        elif sample.active is False and was is True:
-            if self.unpaid_on_loop:
-                self.unpaid_on_loop = False
-            elif self._credit_at:
-                self._credit_at.pop(0)
-            if self.credits == 0:
-                self.want_down = True
+        for u in self.passages.safety_loop(sample.active, now,
+                                           barrier_down=self.barrier.position is BarrierPosition.DOWN):
+            self._unpaid(u, out)
+        if sample.active is False and was is True and self.credits == 0 and not self.unpaid_on_loop:
+            self.want_down = True
+            # Red first: a driver who crossed the stop line on green is on the loop before
+            # the hold-off ends, and one who has not stops.
+            self._set_light(Light.RED, out)
 
-    def _follow_car(self, now: float, out: list[Action]) -> None:
-        """A vehicle under the open arm that nobody paid for: never trap it, report it."""
+    def _unpaid(self, u: Unpaid, out: list[Action]) -> None:
+        """A vehicle passing without a payment of its own: a follow-car. One under the arm
+        is never trapped; one found out afterwards is reported all the same."""
         self.counters[Reason.FOLLOW_CAR] += 1
+        record = {"lane_id": self.s.lane_id, "reason": str(Reason.FOLLOW_CAR), "detail": u.detail}
+        if not u.at_arm_now:
+            self.counters["follow_car_found_later"] += 1
+            out.append(RaiseAlarm(str(Reason.FOLLOW_CAR), u.detail))
+            out.append(JournalEvent(str(Reason.FOLLOW_CAR), record))
+            return
         self.want_down = False
-        self.unpaid_on_loop = True
         out.append(MoveBarrier(self.barrier.command_raise()))
         o = OUTCOMES[Reason.FOLLOW_CAR]
         self._display(DisplayContent(line1=o.line1, line2=o.line2, light=Light.RED), out)
         self._set_light(Light.RED, out)
-        out.append(RaiseAlarm(str(Reason.FOLLOW_CAR), "a vehicle entered the safety loop without paying"))
-        out.append(JournalEvent(str(Reason.FOLLOW_CAR), {"lane_id": self.s.lane_id, "reason": str(Reason.FOLLOW_CAR)}))
+        out.append(RaiseAlarm(str(Reason.FOLLOW_CAR), u.detail))
+        out.append(JournalEvent(str(Reason.FOLLOW_CAR), record))
 
     def _barrier(self, now: float, out: list[Action]) -> None:
         reverse = self.barrier.tick(now)

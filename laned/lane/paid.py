@@ -33,6 +33,7 @@ class Paid:
     plate: str | None = None  # of the vehicle that paid (B3, else the card's)
     purchase_time: dt.datetime | None = None  # what the C6 told the card: its B5 (and a C8's) carries it
     refetch_tried: bool = False  # an unknown outcome the lane already asked the OBU about (C8)
+    reported_again: bool = False  # the journal has its first "seen again" event
 
     def same_vehicle(self, obu_id: bytes, card_key: str | None, plate: str | None) -> bool:
         """This payment is the vehicle's own: its OBU, or its card and its plate."""

@@ -19,10 +19,15 @@ from dataclasses import dataclass
 class Signal(enum.StrEnum):
     """Inputs of a lane."""
 
-    ENTRY_LOOP = "entry_loop"
+    ENTRY_LOOP = "entry_loop"  # the approach loop before the arm (optional)
     SAFETY_LOOP = "safety_loop"  # the loop under the barrier arm
     BARRIER_UP = "barrier_up"  # limit switch: arm fully raised
     BARRIER_DOWN = "barrier_down"  # limit switch: arm fully lowered
+
+
+# The approach (entry) loop is optional: a lane without one gets a hold-off derived from its
+# geometry instead (docs/lane_sensors.md).
+REQUIRED_INPUTS: tuple[Signal, ...] = (Signal.SAFETY_LOOP, Signal.BARRIER_UP, Signal.BARRIER_DOWN)
 
 
 class Light(enum.StrEnum):
