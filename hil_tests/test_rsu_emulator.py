@@ -13,6 +13,7 @@ import datetime as dt
 import errno
 import hashlib
 import hmac
+import math
 import os
 import time
 import tty
@@ -274,6 +275,52 @@ async def test_seen_again_after_paying_from_a_sim_vehicle() -> None:
         assert b2.message.obu_id == obu.obu_bytes
         assert b4.message.card_rest_money == 15_00  # the balance after the first charge
         assert StationRecord.decode(b4.message.last_station).record == STATION  # 0019 was written
+
+
+# -- an OBU that waits in the zone (``laned sim``'s RSU: dwell until removed, re-reads) -----------
+
+def stop(obu: bytes = OBU_B) -> Message:
+    return Stop(obu_id=obu, stop_type=STOP_SEARCH_AGAIN)
+
+
+async def reports_until_quiet(emu: RsuEmulator, lane: PtyLane) -> list[float]:
+    """Stop every report of the OBU until the RSU stays quiet for three re-read intervals;
+    the emulator times of its reports (``obu_detected``)."""
+    while True:
+        try:
+            b2 = await lane.expect(0xB2, timeout=3 * FAST.redetect_interval)
+        except TimeoutError:
+            return [e.at for e in emu.events if e.kind == "obu_detected"]
+        lane.send(stop(b2.message.obu_id), b2)
+
+
+async def test_an_obu_waiting_in_the_zone_is_reported_again_only_for_reread_for() -> None:
+    async with rig([ObuScenario(OBU, dwell=math.inf, reread_for=1.0)]) as (emu, lane):
+        reported = await reports_until_quiet(emu, lane)
+        first_end = next(e.at for e in emu.events if e.kind == "transaction_end")
+        again = reported[1:]
+        # Every 0.3 s (FAST.redetect_interval) after the last transaction ended, for 1 s
+        # after the first one ended: about 0.3, 0.6 and 0.9 s.
+        assert 2 <= len(again) <= 3, reported
+        assert all(at - first_end < 1.0 for at in again)
+        assert all(b - a >= FAST.redetect_interval * 0.9 for a, b in zip(reported, reported[1:]))
+
+
+async def test_an_obu_in_the_zone_until_removed_is_reported_until_it_leaves() -> None:
+    async with rig([ObuScenario(OBU, dwell=math.inf)]) as (emu, lane):
+        for _ in range(3):
+            b2 = await lane.expect(0xB2)
+            lane.send(stop(), b2)
+        await emu.wait_for(lambda: sum(e.kind == "transaction_end" for e in emu.events) == 3, T)
+        emu.remove_obu(OBU)  # its vehicle passed the arm
+        assert len(await reports_until_quiet(emu, lane)) == 3
+
+
+@pytest.mark.parametrize("redetect, reports", [(False, 1), (True, 2)])
+async def test_reread_for_0_suppresses_rereads_but_a_seen_again_obu_is_reported_once_more(
+        redetect: bool, reports: int) -> None:
+    async with rig([ObuScenario(OBU, dwell=math.inf, reread_for=0.0, redetect=redetect)]) as (emu, lane):
+        assert len(await reports_until_quiet(emu, lane)) == reports
 
 
 async def test_b5_error_injection() -> None:

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from laned.cli import app
 from laned.protocol.records import CardIssueFile, StationRecord
-from laned.sim.lane_sim import EXIT_X, SPAWN_X, VehicleRun, traffic_deadline_s
+from laned.sim.lane_sim import EXIT_X, SPAWN_X, LaneSim, VehicleRun, spawn_x, traffic_deadline_s
 from laned.sim.rsu_scenario import ObuScenario, file_0019
-from laned.sim.traffic import Kind, SimVehicle, build_scenario, parse_scenario, traffic_mix
+from laned.sim.traffic import Kind, RsuSettings, SimVehicle, build_scenario, parse_scenario, traffic_mix
 
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 
@@ -60,6 +60,14 @@ BAD = [
     ({"speed": 0}, "speed = 0"),
     ({"balance": 2**32}, "balance = 4294967296"),
     ({"rsu_faults": ["lightning"]}, "rsu_faults"),
+    ({"rsu_errors": {"B7": 1}}, 'rsu_errors = {"B7": 1}: "B7" is not a frame with an ErrorCode (B2, B3, B4, B5)'),
+    ({"rsu_errors": {"b4": 1}}, '"b4" is not a frame with an ErrorCode'),
+    ({"rsu_errors": {"B4": 256}}, 'rsu_errors = {"B4": 256}: B4: 256 is not an ErrorCode 1–255'),
+    ({"rsu_errors": {"B5": 0}}, "B5: 0 is not an ErrorCode 1–255"),
+    ({"rsu_errors": {"B4": "0x1ff"}}, 'B4: "0x1ff" is not an ErrorCode'),
+    ({"rsu_errors": {"B3": True}}, "B3: true is not an ErrorCode"),
+    ({"rsu_errors": ["B4"]}, 'rsu_errors = ["B4"]: expected an object of frame name to ErrorCode'),
+    ({"rsu_erorrs": {"B4": 1}}, 'unknown key "rsu_erorrs" (did you mean "rsu_errors"?)'),
 ]
 
 
@@ -93,6 +101,16 @@ def test_the_same_obu_on_two_vehicles_is_refused_the_same_card_is_not(tmp_path):
     ('{"timzone": "UTC", "vehicles": []}', 'unknown key "timzone" (did you mean "timezone"?)'),
     (json.dumps({"timezone": "Mars/Olympus", "vehicles": [car(1)]}), 'timezone = "Mars/Olympus": not a time zone'),
     ('[1]', "vehicle 1: expected an object"),
+    (json.dumps({"rsu": {"zone_m": 50}, "vehicles": [car(1)]}),
+     "rsu.zone_m = 50: Input should be less than or equal to 40 (expected 5–40, metres before the arm"),
+    (json.dumps({"rsu": {"zone_m": 4.5}, "vehicles": [car(1)]}), "rsu.zone_m = 4.5: "),
+    (json.dumps({"rsu": {"zone": 20}, "vehicles": [car(1)]}), 'rsu: unknown key "zone" (did you mean "zone_m"?)'),
+    (json.dumps({"rsu": {"reread_for_s": -1}, "vehicles": [car(1)]}), "rsu.reread_for_s = -1: "),
+    (json.dumps({"rsu": {"reread_interval_s": 0}, "vehicles": [car(1)]}), "rsu.reread_interval_s = 0: "),
+    (json.dumps({"rsu": {"early_reads": "sometimes"}, "vehicles": [car(1)]}),
+     'rsu.early_reads = "sometimes": Input should be a valid boolean'),
+    (json.dumps({"rsu": 20, "vehicles": [car(1)]}), "rsu = 20: expected an object with zone_m, reread_interval_s"),
+    (json.dumps({"rsu": {}, "vehicle": [car(1)]}), 'unknown key "vehicle" (did you mean "vehicles"?)'),
 ])
 def test_a_bad_scenario_file_is_one_line_and_exit_2(tmp_path, content, message):
     done = sim(tmp_path, content)
@@ -172,6 +190,30 @@ def test_relative_dates_resolve_in_the_lanes_time_zone():
     assert v.entry_time == dt.datetime(2026, 3, 1, 8, 30, tzinfo=SHANGHAI)
 
 
+def test_the_rsu_settings_of_a_scenario_and_their_defaults():
+    scenario = build_scenario({"rsu": {"zone_m": 30, "reread_interval_s": 1, "reread_for_s": 0, "early_reads": False},
+                               "vehicles": [car(1)]})
+    assert scenario.rsu == RsuSettings(zone_m=30.0, reread_interval_s=1.0, reread_for_s=0.0, early_reads=False)
+    # A list, or an object without "rsu": a real RSU's habits.
+    for plain in ([car(1)], {"vehicles": [car(1)]}, {"rsu": {}, "vehicles": [car(1)]}):
+        assert build_scenario(plain).rsu == RsuSettings(zone_m=20.0, reread_interval_s=0.5, reread_for_s=10.0,
+                                                        early_reads=True)
+    # Vehicles appear 5 m before the zone starts, so each enters it moving.
+    assert spawn_x(scenario.rsu) == -35.0 and spawn_x(RsuSettings()) == SPAWN_X == -25.0
+
+
+def test_rsu_errors_become_the_obus_error_codes():
+    v = parse_scenario([car(1, rsu_errors={"B4": "0x01", "B5": 23, "B3": "17"})])[0]
+    assert v.rsu_errors == {"B4": 1, "B5": 23, "B3": 0x17}  # a string is hex, as the RSU documents write codes
+    assert ObuScenario.from_sim_vehicle(v).errors == {"B4": 1, "B5": 23, "B3": 0x17}
+    assert ObuScenario.from_sim_vehicle(parse_scenario([car(2)])[0]).errors == {}
+    # An OBU without a card answers the card read with 08, unless the scenario says otherwise.
+    no_card = parse_scenario([car(3, kind="no_card", obu_flags=["card_absent"])])[0]
+    assert ObuScenario.from_sim_vehicle(no_card).errors == {"B4": 0x08}
+    told = parse_scenario([car(4, obu_flags=["card_absent"], rsu_errors={"B4": "0x02"})])[0]
+    assert ObuScenario.from_sim_vehicle(told).errors == {"B4": 0x02}
+
+
 def test_card_plate_class_and_validity_apart_from_the_obus():
     v = parse_scenario([car(1, plate="鲁A11111", vehicle_class=1, card_plate="鲁B22222", card_class=12,
                             contract_start="2024-01-01", contract_expiry="2034-01-01",
@@ -222,6 +264,7 @@ def run_of(outcome: str, end: str, *, reason: str | None = None, fee: int | None
            **keys: Any) -> VehicleRun:
     r = VehicleRun(0, SimVehicle.model_validate(car(1, **keys)), 0.0)
     r.outcome, r.reason, r.fee, r.end, r.final = outcome, reason or outcome, fee, end, final
+    r.follow_recorded = outcome == "follow_car"  # the lane's record was matched to it
     return r
 
 
@@ -259,7 +302,38 @@ def test_the_seeded_mix_is_valid_and_has_distinct_obus():
 def test_the_scenarios_in_docs_sim_md_are_valid():
     text = (Path(__file__).parents[1] / "docs" / "sim.md").read_text(encoding="utf-8")
     blocks = [json.loads(b.split("```")[0]) for b in text.split("```json\n")[1:] if not b.startswith("{\"vehicles\": 12")]
-    scenarios = [b for b in blocks if isinstance(b, list) or "timezone" in b]
-    assert len(scenarios) == 3
+    scenarios = [b for b in blocks if isinstance(b, list) or "vehicles" in b]
+    assert len(scenarios) == 4
     for block in scenarios:
         assert build_scenario(block, source="docs/sim.md").vehicles
+
+
+def _lane_with(tmp_path: Path, passages: list[tuple[str, str, float]]) -> LaneSim:
+    """A simulated lane after the fact: (kind, outcome, when at the arm) per vehicle, all passed."""
+    sim = LaneSim([SimVehicle.model_validate(car(i + 1, kind=kind)) for i, (kind, _, _) in enumerate(passages)],
+                  tmp_path)
+    for r, (_, outcome, at) in zip(sim.runs, passages, strict=True):
+        r.outcome, r.end, r.at_arm_at, r.final = outcome, "passed", at, True
+    return sim
+
+
+def test_a_follow_car_found_out_later_is_matched_to_the_tailgater_that_used_the_payment(tmp_path):
+    sim = _lane_with(tmp_path, [("normal", "charged", 10.0), ("follow_car", "none", 12.0),
+                                ("normal", "charged", 40.0)])
+    sim.follow_records.append(35.0)  # when the car behind was reported again at the closed arm
+    sim._attribute_follow_cars()
+    tailgater = sim.runs[1]
+    assert tailgater.follow_recorded and tailgater.outcome == "follow_car" and not tailgater.passed_unpaid
+    assert not any(r.passed_unpaid for r in sim.runs)
+
+
+def test_one_follow_car_record_covers_one_vehicle_and_a_paid_car_never_takes_it(tmp_path):
+    sim = _lane_with(tmp_path, [("normal", "charged", 10.0), ("follow_car", "none", 11.0),
+                                ("no_obu", "none", 12.0)])
+    sim.follow_records.append(11.5)
+    sim._attribute_follow_cars()
+    assert [r.follow_recorded for r in sim.runs] == [False, True, False]
+    assert sim.runs[2].passed_unpaid and sim.runs[2].unrecorded_follow_car
+    sim.follow_records[:] = [200.0]  # long after: not theirs
+    sim._attribute_follow_cars()
+    assert sim.runs[1].passed_unpaid and sim.runs[2].passed_unpaid

@@ -35,7 +35,8 @@ class InputError(ValueError):
 
 
 def traffic(vehicles: int, seed: int, scenario: str | None, timezone: str | None = None) -> Scenario:
-    """The run's vehicles and the lane's time zone (``--timezone`` over the scenario's own)."""
+    """The run's vehicles, the lane's time zone (``--timezone`` over the scenario's own) and
+    how the RSU reads them (the scenario's ``rsu``; the seeded mix: the defaults)."""
     try:
         if scenario is not None:
             return read_scenario(scenario, timezone=timezone)
@@ -79,7 +80,8 @@ def main(*, vehicles: int, seed: int, scenario: str | None, as_json: bool, state
     logging.basicConfig(level=logging.INFO, filename=log_file, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     console = Console()
-    sim = LaneSim(plan.vehicles, state, seed=seed, show_plates=show_plates, timezone=plan.timezone, resume=resume)
+    sim = LaneSim(plan.vehicles, state, seed=seed, show_plates=show_plates, timezone=plan.timezone, resume=resume,
+                  rsu=plan.rsu)
     try:
         if as_json:
             summary = asyncio.run(sim.run())

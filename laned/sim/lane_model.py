@@ -13,10 +13,18 @@ The model keeps two views of every input:
   faults: stuck occupied, stuck clear, chatter, a dead input (``None``: no reading) or
   the whole IO module offline (``None`` everywhere).
 
-It records a :class:`SafetyViolation` whenever the barrier is told to move down, or keeps
-moving down, while a vehicle is on the safety loop, and when the arm comes down on a
-vehicle under it: the first rule of ARCHITECTURE.md, checked against the truth, not
-against what the sensors claimed.
+It records a :class:`SafetyViolation` — the first rule of ARCHITECTURE.md, checked
+against where the vehicles really are, not against what the sensors claimed — when
+
+- the barrier is told to start down while a vehicle is on the safety loop;
+- the arm keeps moving down with a vehicle on the safety loop for longer than the
+  reaction bound (``reaction_limit``, the lane's ``[barrier] reaction_limit_ms``): a
+  vehicle may drive onto the loop while the arm is on its way down, and the lane must
+  reverse it within that bound;
+- the arm touches a vehicle, ever.
+
+Drivers stop at the stop line when the arm is not fully up, and (unless ``obeys_light``
+is off: a tailgater) when the lane's light is red.
 
 Geometry is one dimension along the direction of travel, in metres, with the barrier arm
 at x = 0. A vehicle is a segment ``[front - length, front]``.
@@ -44,7 +52,9 @@ class LaneGeometry:
     """Where things are, in metres along the lane (the barrier arm at ``arm_x``)."""
 
     spawn_x: float = -30.0  # where an approaching vehicle's front starts
-    entry_loop: tuple[float, float] = (-6.0, -3.0)  # the RSU trigger loop before the arm
+    # The approach loop: it covers the stop line's waiting vehicle and ends less than the
+    # shortest vehicle's length before the safety loop (docs/lane_sensors.md).
+    entry_loop: tuple[float, float] = (-6.0, -3.0)
     safety_loop: tuple[float, float] = (-1.0, 2.0)  # the loop under and just past the arm
     arm_x: float = 0.0
     # A driver facing a closed (or not fully open) arm stops the front bumper here; it
@@ -171,6 +181,9 @@ class _Vehicle:
     follow_gap: float
     clearance: float  # barrier position below which the arm touches this vehicle
     front: float
+    obeys_light: bool = True
+    start_delay: float = 0.0  # s a stopped driver takes to move off once the way is clear
+    go_at: float | None = None
     moving: bool = True
     hit_by_arm: bool = False
 
@@ -199,6 +212,7 @@ class LaneModel:
         geometry: LaneGeometry | None = None,
         barrier: BarrierSpec | None = None,
         max_step: float = MAX_STEP_S,
+        reaction_limit: float = 0.0,
     ) -> None:
         self.geometry = geometry or LaneGeometry()
         self.barrier = barrier or BarrierSpec()
@@ -216,6 +230,8 @@ class LaneModel:
         self._alarm = False
         self._violations: list[SafetyViolation] = []
         self._moving_down_recorded = False  # one record per episode of moving onto a vehicle
+        self.reaction_limit = reaction_limit  # s the arm may go on down onto an occupied loop
+        self._down_on_occupied_since: float | None = None
         self._listeners: list[Callable[[SensedChange], None]] = []
         self._last_sensed = {s: self._compute_sensed(s) for s in Signal}
 
@@ -310,6 +326,8 @@ class LaneModel:
         follow_gap: float = 2.0,
         clearance: float = 0.5,
         vehicle_id: str | None = None,
+        obeys_light: bool = True,
+        start_delay: float = 0.0,
     ) -> str:
         """A vehicle appears at ``spawn_x`` (or right behind the last one) and drives in.
 
@@ -330,7 +348,8 @@ class LaneModel:
         if self._vehicles:
             front = min(front, self._vehicles[-1].rear - follow_gap)
         self._vehicles.append(
-            _Vehicle(vehicle_id, length, speed, follow_gap, clearance, front)
+            _Vehicle(vehicle_id, length, speed, follow_gap, clearance, front, obeys_light=obeys_light,
+                     start_delay=start_delay)
         )
         self._emit_changes()
         return vehicle_id
@@ -430,9 +449,19 @@ class LaneModel:
             limit = v.front + v.speed * dt
             if leader is not None:
                 limit = min(limit, leader.rear - v.follow_gap)
-            if not arm_open and v.front <= g.stop_x + _EPS:
+            stop = not arm_open or (v.obeys_light and self._light is Light.RED)
+            if stop and v.front <= g.stop_x + _EPS:
                 limit = min(limit, g.stop_x)
             new_front = max(v.front, limit)  # vehicles never reverse
+            if new_front > v.front + _EPS and not v.moving and v.start_delay > 0:
+                # A driver who stood still moves off a moment after the way clears: a
+                # queue closed up to 0.5 m opens up again as it starts moving.
+                if v.go_at is None:
+                    v.go_at = self._now + v.start_delay
+                if self._now < v.go_at - _EPS:
+                    new_front = v.front
+            if new_front > v.front + _EPS:
+                v.go_at = None
             v.moving = new_front > v.front + _EPS
             v.front = new_front
             leader = v
@@ -473,13 +502,18 @@ class LaneModel:
         on_loop = self._first_on(self.geometry.safety_loop)
         if self._motion is not Motion.LOWERING or on_loop is None:
             self._moving_down_recorded = False
+            self._down_on_occupied_since = None
             return
-        if not self._moving_down_recorded:
+        if self._down_on_occupied_since is None:
+            self._down_on_occupied_since = self._now
+        late = self._now - self._down_on_occupied_since
+        if not self._moving_down_recorded and late > self.reaction_limit + _EPS:
             self._moving_down_recorded = True
             self._record(
                 ViolationKind.MOVING_DOWN_WHILE_OCCUPIED,
                 on_loop,
-                f"arm kept moving down with {on_loop.id} on the safety loop",
+                f"arm kept moving down with {on_loop.id} on the safety loop for more than "
+                f"{self.reaction_limit * 1000:.0f} ms (the reaction bound)",
             )
 
     # -- helpers ----------------------------------------------------------------------

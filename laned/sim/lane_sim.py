@@ -9,8 +9,10 @@ What runs, all in one event loop:
   the IO module wired to a :class:`~laned.sim.lane_model.LaneModel` in which the vehicles
   drive over the loops and under the arm;
 - a driver (:class:`LaneSim`) that lets the traffic in: each vehicle appears in the lane
-  model, its OBU enters the RSU's zone when it is the next vehicle to reach the arm, and a
-  vehicle kept waiting before a closed arm pulls over to the manual lane.
+  model, its OBU enters the RSU's zone as the vehicle does and leaves it when the vehicle
+  passes the arm or pulls over (the scenario's ``rsu`` settings: where the zone starts,
+  early reads, re-reads), and a vehicle kept waiting before a closed arm pulls over to
+  the manual lane.
 
 The verdict compares what each vehicle was expected to get (``SimVehicle.expected_*``:
 outcome, reason, fee, way) with what the journal says happened and with where the lane
@@ -21,8 +23,9 @@ charges the emulated cards really took (a second charge of one card is a double 
 and takes the safety violations from the lane model, which checks the arm against where
 the vehicles really are rather than against what the sensors said.
 
-The daemon runs with the process's local time zone set to the lane's (``timezone``), so
-the scenario's relative dates ("today-1") and the lane's contract checks agree.
+The daemon runs with the lane's time zone (``timezone``) as its ``lane.timezone``, so the
+scenario's relative dates ("today-1") and the lane's contract checks agree whatever the
+host's time zone (the process's ``TZ`` is left alone).
 """
 
 from __future__ import annotations
@@ -31,12 +34,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
+import math
 import sqlite3
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,26 +50,40 @@ from laned.executor import LaneExecutor
 from laned.lane.status_list import StatusList, card_key, obu_key
 from laned.masking import mask_plate
 from laned.observation import Observation
+from laned.lane.signals import Light
 from laned.sim.lane_model import BarrierSpec, LaneGeometry, LaneModel
 from laned.sim.modbus_devices import EmulatedFeeDisplay, EmulatedIoModule, ModbusDeviceServer
 from laned.sim.rsu_emulator import EmulatorSettings, LogEntry, RsuEmulator, RsuState
 from laned.sim.rsu_scenario import Fault, ObuScenario
-from laned.sim.traffic import (DEFAULT_TIMEZONE, MAY_PASS_OUTCOMES, PAID_OUTCOMES, Kind, ScenarioError, SimVehicle,
-                                check_vehicles, status_entries)
+from laned.sim.traffic import (DEFAULT_TIMEZONE, PAID_OUTCOMES, Kind, RsuSettings, ScenarioError,
+                                SimVehicle, check_vehicles, status_entries)
 
 log = logging.getLogger("laned.sim")
 
 STEP_S = 0.02  # how often the driver moves the lane model and lets traffic in
 JOURNAL_POLL_S = 0.1  # how often the driver reads what the lane decided
-SPAWN_X = -20.0  # m before the arm where a vehicle appears
+# A vehicle appears this far before the RSU's zone starts, so that it enters the zone
+# moving, as on a road, not standing in it from the start.
+SPAWN_BEFORE_ZONE_M = 5.0
+SPAWN_X = -(RsuSettings().zone_m + SPAWN_BEFORE_ZONE_M)  # m before the arm, with the default zone
 EXIT_X = 8.0  # m past the arm where a vehicle has left the lane
-RSU_ZONE_X = -15.0  # m before the arm where the RSU starts talking to an OBU
-PATIENCE_S = 1.5  # a driver facing a closed arm this long pulls over to the manual lane
+PATIENCE_S = 3.0  # a driver facing a closed arm this long pulls over to the manual lane
 # Loop detectors see two vehicles as one when the gap between them is shorter than the
 # loop; the sim's drivers keep gaps the 2 m safety loop can still tell apart.
 SAFETY_LOOP_M = (-1.0, 1.0)
+# The approach loop (the IO module's entry_loop): it covers a car waiting at the stop line
+# (1.5 m before the arm) and ends 1 m before the safety loop, less than any vehicle is long
+# (docs/lane_sensors.md). Vehicles closer than its 1.5 m are one vehicle to it.
+APPROACH_LOOP_M = (-3.5, -2.0)
+# A follow-car record the lane makes belongs to a vehicle without a payment of its own that
+# was at the arm at most this long before it (found out later: when the car whose payment
+# it used is reported again at the closed arm) or just after it.
+FOLLOW_RECORD_WINDOW_S = (-2.0, 90.0)
 GAP_M = 3.0  # a driver queueing behind another
 FOLLOW_GAP_M = 3.0  # a tailgater sticking to the car the barrier opened for
+# A driver moves off this long after the way ahead clears (a tailgater: at once, nearly).
+START_S = 1.0
+TAILGATER_START_S = 0.2
 SETTLE_S = 0.6  # after the last vehicle: let the journal and the display catch up
 BARRIER_TRAVEL_S = 0.8  # an ETC lane's fast barrier
 # The end-of-run deadline (a lane that deadlocks must end the run with a verdict, not
@@ -78,11 +95,17 @@ DEADLINE_MARGIN_S = 30.0
 JOURNAL_NAME = "journal.db"
 
 
-def traffic_deadline_s(vehicles: Sequence[SimVehicle]) -> float:
-    """Seconds after the traffic started by which every vehicle must have left the lane."""
+def spawn_x(rsu: RsuSettings) -> float:
+    """Where vehicles appear (the arm at 0) for an RSU whose zone is ``rsu.zone_m`` long."""
+    return -(rsu.zone_m + SPAWN_BEFORE_ZONE_M)
+
+
+def traffic_deadline_s(vehicles: Sequence[SimVehicle], spawn_at: float = SPAWN_X) -> float:
+    """Seconds after the traffic started by which every vehicle must have left the lane
+    (vehicles appearing at ``spawn_at``)."""
     last_spawn = sum(v.arrive_after for v in vehicles)
     slowest = min(v.speed for v in vehicles)
-    drive = max((EXIT_X - SPAWN_X + v.length) / v.speed for v in vehicles)
+    drive = max((EXIT_X - spawn_at + v.length) / v.speed for v in vehicles)
     queue = sum(PER_VEHICLE_S + (v.length + GAP_M) / slowest for v in vehicles)
     return last_spawn + drive + queue + DEADLINE_MARGIN_S
 
@@ -91,22 +114,6 @@ def previous_run(state_dir: str | Path) -> Path | None:
     """The journal a previous run left in ``state_dir``, if any."""
     journal = Path(state_dir) / JOURNAL_NAME
     return journal if journal.exists() else None
-
-
-@contextlib.contextmanager
-def lane_timezone(name: str) -> Iterator[None]:
-    """The process's local time (what the daemon's wall clock reads) in ``name`` for a while."""
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = name
-    time.tzset()
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TZ", None)
-        else:
-            os.environ["TZ"] = old
-        time.tzset()
 
 
 class SimError(RuntimeError):
@@ -128,6 +135,8 @@ class VehicleRun:
     reason: str | None = None
     fee: int | None = None
     seen_again: bool = False  # the RSU reported it again after it paid and the lane let it on
+    at_arm_at: float | None = None  # when it first was on the safety loop (monotonic)
+    follow_recorded: bool = False  # drove out without its own payment, and the lane recorded a follow-car for it
     final: bool = False  # the run is over and was not interrupted: still in the lane counts as not passed
 
     @property
@@ -142,8 +151,14 @@ class VehicleRun:
 
     @property
     def passed_unpaid(self) -> bool:
-        """Drove out without its own payment, record or follow-car record."""
-        return self.end == "passed" and self.outcome not in MAY_PASS_OUTCOMES
+        """Drove out without its own payment (or record) and without a follow-car record."""
+        return self.end == "passed" and self.outcome not in PAID_OUTCOMES and not self.follow_recorded
+
+    @property
+    def unrecorded_follow_car(self) -> bool:
+        """A tailgater (with or without an OBU: it drove out behind another vehicle) that
+        drove out without its own payment and without a follow-car record."""
+        return self.passed_unpaid and (self.vehicle.kind is Kind.NO_OBU or self.vehicle.is_tailgater)
 
     def problems(self) -> list[str]:
         """Why this vehicle is not as expected (empty: it is)."""
@@ -195,6 +210,8 @@ class SimSummary:
     duration_s: float
     paid_not_passed: int = 0  # paid, but another vehicle drove out on the payment (or none did)
     passed_unpaid: int = 0  # drove out without its own payment or record
+    unrecorded_follow_cars: int = 0  # tailgaters among those: the lane recorded no follow-car for them
+    follow_car_records: int = 0  # follow-cars the lane recorded (one per vehicle without a payment of its own)
     timezone: str = DEFAULT_TIMEZONE
     violations: list[str] = field(default_factory=list)
     state_dir: str | None = None  # where the journal and the daemon log are (None: removed)
@@ -221,9 +238,11 @@ class LaneSim:
 
     def __init__(self, vehicles: list[SimVehicle], state_dir: str | Path, *, seed: int = 0,
                  show_plates: bool = False, on_change: Callable[[LaneSim], None] | None = None,
-                 timezone: str = DEFAULT_TIMEZONE, resume: bool = False) -> None:
+                 timezone: str = DEFAULT_TIMEZONE, resume: bool = False, rsu: RsuSettings | None = None) -> None:
         """``resume``: ``state_dir`` may hold a previous run's journal, and the daemon goes on
-        with it (its payments are remembered); otherwise such a folder is refused."""
+        with it (its payments are remembered); otherwise such a folder is refused. ``rsu``:
+        how the emulated RSU reads the vehicles (the scenario's ``rsu``; default: a real
+        RSU's habits, see :class:`~laned.sim.traffic.RsuSettings`)."""
         if not vehicles:
             raise SimError("no vehicles to simulate")
         try:
@@ -233,6 +252,9 @@ class LaneSim:
         self.state_dir = Path(state_dir)
         self.timezone = timezone
         self.resume = resume
+        self.rsu = rsu or RsuSettings()
+        self.spawn_x = spawn_x(self.rsu)
+        self._past_arm: set[int] = set()  # runs whose front passed the arm
         self._seq_floor = 0  # journal rows up to this seq are a previous run's (--resume)
         self.seed = seed
         self.show_plates = show_plates
@@ -256,6 +278,7 @@ class LaneSim:
         self._journal_rows: list[dict[str, Any]] = []
         self._departed_seen = 0
         self.events: list[tuple[float, int, str]] = []  # (seconds, vehicle number, what)
+        self.follow_records: list[float] = []  # when the lane recorded a follow-car (monotonic)
 
     def trace(self, now: float, r: VehicleRun, what: str) -> None:
         self.events.append((round(now - self.started, 2), r.index + 1, what))
@@ -263,8 +286,7 @@ class LaneSim:
 
     # -- the run ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event | None = None) -> SimSummary:
-        with lane_timezone(self.timezone):
-            return await self._run(stop or asyncio.Event())
+        return await self._run(stop or asyncio.Event())
 
     async def _run(self, stop: asyncio.Event) -> SimSummary:
         old = previous_run(self.state_dir)
@@ -275,19 +297,24 @@ class LaneSim:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         status_path = self._write_status_list()
         self.display, self.io = EmulatedFeeDisplay(slave=1), EmulatedIoModule(slave=2)
-        self.model = LaneModel(now=time.monotonic(), geometry=LaneGeometry(spawn_x=SPAWN_X, safety_loop=SAFETY_LOOP_M, exit_x=EXIT_X),
+        self.model = LaneModel(now=time.monotonic(), geometry=LaneGeometry(spawn_x=self.spawn_x, safety_loop=SAFETY_LOOP_M, exit_x=EXIT_X,
+                                                                                     entry_loop=APPROACH_LOOP_M),
                                barrier=BarrierSpec(travel_time=BARRIER_TRAVEL_S))
         self.io.attach_lane_model(self.model)
-        # Heartbeats as a real RSU sends them; an OBU that paid and is still in the zone is
-        # reported again half a second later (the ``seen_again`` vehicles).
-        settings = EmulatorSettings(heartbeat_interval=2.0, redetect_interval=0.5, seed=self.seed)
+        # Heartbeats as a real RSU sends them; an OBU still in the zone after its transaction
+        # is reported again after ``reread_interval_s`` (with early reads, every OBU; without,
+        # the ``seen_again`` vehicles once).
+        settings = EmulatorSettings(heartbeat_interval=2.0, redetect_interval=self.rsu.reread_interval_s,
+                                    seed=self.seed)
         async with contextlib.AsyncExitStack() as stack:
             server = await stack.enter_async_context(ModbusDeviceServer([self.display, self.io], transport="tcp"))
             self.emulator = await stack.enter_async_context(RsuEmulator([], profile="national", settings=settings))
             port = server.link.port
             self.config = load_sim_config(self.state_dir, overrides={
                 "rsu.port": self.emulator.path, "devices.io.port": port, "devices.fee_display.port": port,
-                "status_list.path": str(status_path)})
+                "status_list.path": str(status_path), "lane.timezone": self.timezone})
+            # The model judges down motion on an occupied loop by the lane's own bound.
+            self.model.reaction_limit = self.config.barrier.reaction_limit_ms / 1000
             lane_stop = asyncio.Event()
             lane = asyncio.create_task(run_lane(self.config, stop=lane_stop, observe=self._observe))
             try:
@@ -326,7 +353,7 @@ class LaneSim:
 
     async def _drive(self, lane: asyncio.Task[Any], stop: asyncio.Event) -> None:
         assert self.model is not None
-        deadline = self.started + traffic_deadline_s([r.vehicle for r in self.runs])
+        deadline = self.started + traffic_deadline_s([r.vehicle for r in self.runs], self.spawn_x)
         done_at: float | None = None
         last_journal_read = 0.0
         while True:
@@ -370,11 +397,16 @@ class LaneSim:
             v = r.vehicle
             speed = v.speed
             gap = GAP_M
-            if v.kind is Kind.FOLLOW_CAR and r.index > 0:
+            if v.is_tailgater and r.index > 0:
                 # A tailgater keeps up with the car it follows.
                 speed = max(speed, self.runs[r.index - 1].vehicle.speed)
                 gap = FOLLOW_GAP_M
+            if v.gap_m is not None:
+                gap = v.gap_m
+            # A tailgater goes wherever the car in front goes, red light or not.
             r.model_id = self.model.add_vehicle(now, length=v.length, speed=speed, follow_gap=gap,
+                                                obeys_light=not v.is_tailgater,
+                                                start_delay=TAILGATER_START_S if v.is_tailgater else START_S,
                                                 vehicle_id=f"v{r.index + 1}")
             self._by_model_id[r.model_id] = r
             self._by_obu[v.obu_id] = r
@@ -389,18 +421,28 @@ class LaneSim:
             r.end = "passed"
             self.trace(now, r, "drove through and left the lane")
         self._departed_seen = len(model.departed)
+        for st in model.vehicles():
+            r = self._by_model_id[st.id]
+            if st.on_safety_loop and r.at_arm_at is None:
+                r.at_arm_at = now
         arm_open = model.barrier_position >= 1.0
         for st in model.vehicles():
             r = self._by_model_id[st.id]
-            waiting = not st.moving and not arm_open and st.front >= model.geometry.stop_x - 0.05
+            if st.front >= model.geometry.arm_x and r.index not in self._past_arm:
+                self._past_arm.add(r.index)
+                self._leave_rsu_zone(r)
+                self.trace(now, r, "passes the arm")
+            # Stopped at the stop line in front of a closed arm, or of a red light under an open
+            # one (the lane holds the arm up while it stands on the approach loop).
+            held = not arm_open or (model.light is Light.RED and not r.vehicle.is_tailgater)
+            waiting = not st.moving and held and st.front >= model.geometry.stop_x - 0.05
             if not waiting:
                 r.stopped_since = None
                 continue
             r.stopped_since = r.stopped_since or now
             if now - r.stopped_since >= PATIENCE_S:
                 model.divert(now, st.id)
-                if r.announced and self.emulator is not None:
-                    self.emulator.remove_obu(r.vehicle.obu_id)
+                self._leave_rsu_zone(r)
                 r.end = "diverted"
                 self.trace(now, r, f"waited {PATIENCE_S} s before the closed arm; pulled over to the manual lane")
 
@@ -415,13 +457,47 @@ class LaneSim:
             st = model.vehicle(r.model_id)
             if st is not None and st.front <= model.geometry.safety_loop[0] and not st.under_arm:
                 model.divert(now, r.model_id)
+                self._leave_rsu_zone(r)
                 r.end = "diverted"
                 self.trace(now, r, f"told to use the manual lane ({r.reason}); pulled over")
 
+    def _leave_rsu_zone(self, r: VehicleRun) -> None:
+        """Its OBU leaves the RSU's zone: the vehicle passed the arm or pulled over."""
+        if r.announced and self.emulator is not None:
+            self.emulator.remove_obu(r.vehicle.obu_id)
+
+    def _obu(self, v: SimVehicle) -> ObuScenario:
+        if not self.rsu.early_reads:
+            return ObuScenario.from_sim_vehicle(v)
+        # In the zone until its vehicle passes the arm or pulls over (_leave_rsu_zone).
+        return ObuScenario.from_sim_vehicle(v, dwell=math.inf, reread_for=self.rsu.reread_for_s)
+
     def _announce(self, now: float) -> None:
-        """The RSU talks to one vehicle at a time, in the order they drive: the next one
-        enters its zone once the lane has decided about the one before. Follow-cars carry no
-        OBU; the car behind one is read once the tailgater reached the arm."""
+        """Each OBU enters the RSU's zone as its vehicle's front passes ``zone_m`` before
+        the arm, whoever is ahead of it; the emulator serves the OBUs in its zone one
+        transaction at a time, in the order they came, and reports each again while it
+        waits there (``reread_interval_s``, ``reread_for_s``). Follow-cars and ``no_obu``
+        vehicles carry no OBU."""
+        if not self.rsu.early_reads:
+            self._announce_in_turn(now)
+            return
+        model, emu = self.model, self.emulator
+        assert model is not None and emu is not None
+        for r in self.runs:
+            if r.announced or r.end or r.model_id is None or not r.vehicle.has_obu:
+                continue
+            st = model.vehicle(r.model_id)
+            if st is None or st.front < -self.rsu.zone_m:
+                continue
+            r.announced = True
+            self.trace(now, r, "in the RSU zone")
+            emu.add_obu(self._obu(r.vehicle), arrive_in=0.0)
+
+    def _announce_in_turn(self, now: float) -> None:
+        """``early_reads = false``: the RSU talks to one vehicle at a time, in the order
+        they drive: the next one enters its zone once the lane has decided about the one
+        before. Follow-cars carry no OBU; the car behind one is read once the tailgater
+        reached the arm."""
         model, emu = self.model, self.emulator
         assert model is not None and emu is not None
         if emu.state is RsuState.IN_TRANSACTION:
@@ -445,11 +521,11 @@ class LaneSim:
                     return  # the lane has not decided about it yet
                 continue
             st = model.vehicle(r.model_id)
-            if st is None or st.front < RSU_ZONE_X:
+            if st is None or st.front < -self.rsu.zone_m:
                 return
             r.announced = True
             self.trace(now, r, "in the RSU zone")
-            emu.add_obu(ObuScenario.from_sim_vehicle(r.vehicle), arrive_in=0.0)
+            emu.add_obu(self._obu(r.vehicle), arrive_in=0.0)
             return
 
     # -- what the lane did -------------------------------------------------------------------
@@ -458,20 +534,28 @@ class LaneSim:
         if len(self.observations) > 2000:
             del self.observations[:1000]
         if o.kind == "alarm" and o.detail.get("code") == "follow_car":
-            self._blame_follow_car()
+            self.follow_records.append(o.at)
+            self._attribute_follow_cars()
 
-    def _blame_follow_car(self) -> None:
-        """The vehicle that entered the safety loop with nobody's payment behind it: the
-        rearmost vehicle on the loop."""
-        model = self.model
-        if model is None:
-            return
-        on_loop = [st for st in model.vehicles() if st.on_safety_loop]
-        if not on_loop:
-            return
-        r = self._by_model_id[min(on_loop, key=lambda st: st.front).id]
-        if r.outcome == "none":
-            r.outcome, r.reason = "follow_car", "follow_car"
+    def _attribute_follow_cars(self) -> None:
+        """Match the lane's follow-car records with the vehicles that drove out without a
+        payment of their own. The lane cannot name the vehicle (no plate camera): a record is
+        judged by whether such a vehicle was at the arm about then — at most
+        FOLLOW_RECORD_WINDOW_S before it (a tailgater found out once the car whose payment
+        it used is reported again) or just after. Each record covers one vehicle."""
+        lo, hi = FOLLOW_RECORD_WINDOW_S
+        unpaid = sorted((r for r in self.runs if r.at_arm_at is not None and r.outcome not in PAID_OUTCOMES),
+                        key=lambda r: r.at_arm_at or 0.0)
+        for r in unpaid:
+            r.follow_recorded = False
+        for at in self.follow_records:
+            for r in unpaid:
+                if not r.follow_recorded and r.at_arm_at is not None and lo <= at - r.at_arm_at <= hi:
+                    r.follow_recorded = True
+                    break
+        for r in unpaid:
+            if r.follow_recorded and r.outcome == "none":
+                r.outcome, r.reason = "follow_car", "follow_car"
 
     def _read_journal(self) -> None:
         assert self.config is not None
@@ -491,8 +575,7 @@ class LaneSim:
         self._journal_rows = rows
         before = {run.index: (run.outcome, run.seen_again) for run in self.runs}
         for run in self.runs:
-            if run.outcome != "follow_car":
-                run.outcome, run.reason, run.fee, run.seen_again = "none", None, None, False
+            run.outcome, run.reason, run.fee, run.seen_again = "none", None, None, False
         for row in rows:
             r = self._by_obu.get((row["obu_id"] or "").lower())
             if r is None:
@@ -510,6 +593,7 @@ class LaneSim:
             if run.outcome == "none" and run.seen_again:
                 # Paid in a previous run (--resume) and let on by its record in this one.
                 run.outcome, run.reason = "paid_on_record", "paid_on_record"
+        self._attribute_follow_cars()
         now = time.monotonic()
         for run in self.runs:
             if before[run.index] != (run.outcome, run.seen_again):
@@ -544,6 +628,8 @@ class LaneSim:
             diverted=sum(1 for r in self.runs if r.end == "diverted"),
             paid_not_passed=sum(1 for r in self.runs if r.paid_not_passed),
             passed_unpaid=sum(1 for r in self.runs if r.passed_unpaid),
+            unrecorded_follow_cars=sum(1 for r in self.runs if r.unrecorded_follow_car),
+            follow_car_records=len(self.follow_records),
             timezone=self.timezone,
             duration_s=round(time.monotonic() - self.started, 1) if self.started else 0.0,
             violations=[f"{v.kind} ({v.vehicle}): {v.detail}" for v in model.violations],

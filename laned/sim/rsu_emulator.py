@@ -16,7 +16,9 @@ the classic envelope; ``jinyi`` and ``gb2019tcp`` with OBU-id-prefixed raw paylo
   the RSU abandon the OBU and search again. After its transaction (completed, stopped
   by C2, abandoned) an OBU drives on — unless its scenario sets ``redetect`` (reported
   once more after ``redetect_interval``: "OBU seen again after paying") or a ``dwell``
-  (reported again every ``redetect_interval`` while it is in the zone).
+  (reported again every ``redetect_interval`` while it is in the zone, for at most
+  ``reread_for`` seconds after its first transaction). OBUs waiting in the zone are
+  served one transaction at a time, in the order they arrived.
 * A purchase takes the amount off the balance, computes a TAC deterministically
   (HMAC-SHA256 with a fixed key over OBU id, amount and purchase time, first 4 bytes) and
   increments the PSAM and card serials; it is appended to :attr:`RsuEmulator.charges`
@@ -150,6 +152,8 @@ class _Obu:
     done_at: float | None = None  # end of its last transaction
     gone: bool = False  # left the zone
     redetected: bool = False  # a ``redetect`` OBU already got its second report
+    first_done_at: float | None = None  # end of its first transaction: ``reread_for`` runs from here
+    transactions: int = 0  # ended so far
     last_purchase: Purchase | None = None
 
     @property
@@ -726,6 +730,9 @@ class RsuEmulator:
         if tx is None:
             return
         tx.obu.done_at = time.monotonic()
+        if tx.obu.first_done_at is None:
+            tx.obu.first_done_at = tx.obu.done_at
+        tx.obu.transactions += 1
         if tx.obu.scenario.dwell is None:
             if tx.obu.scenario.redetect and not tx.obu.redetected:
                 tx.obu.redetected = True  # still in the zone: reported again after redetect_interval
@@ -810,7 +817,7 @@ class RsuEmulator:
             if now < o.arrival:
                 later.append(o.arrival)
                 continue
-            if not o.in_zone(now):
+            if not o.in_zone(now) or self._rereads_over(o, now):
                 o.gone = True
                 continue
             if o.done_at is not None and now < o.done_at + self.settings.redetect_interval:
@@ -818,6 +825,16 @@ class RsuEmulator:
                 continue
             return o
         return min(later) if later else None
+
+    @staticmethod
+    def _rereads_over(o: _Obu, now: float) -> bool:
+        """Whether the RSU stopped reporting an OBU that waits in its zone (``reread_for``)."""
+        window = o.scenario.reread_for
+        if window is None or o.first_done_at is None:
+            return False
+        if o.scenario.redetect and o.transactions < 2:
+            return False  # "seen again after paying" is reported once more whatever the window
+        return now >= o.first_done_at + window
 
 
 # -- command line -------------------------------------------------------------------------------

@@ -102,13 +102,18 @@ class ObuScenario:
 
     ``arrive_at`` is seconds after the emulator started; the OBU stays in the zone for
     ``dwell`` seconds (``None``: until its transaction is over — charged, stopped or
-    abandoned). While it is in the zone and not in a transaction, the RSU reports it again
-    once the re-detection interval has passed since its last transaction.
+    abandoned; ``math.inf``: until :meth:`~laned.sim.rsu_emulator.RsuEmulator.remove_obu`
+    takes it out, as the simulated lane does when its vehicle passes the arm). While it is
+    in the zone and not in a transaction, the RSU reports it again once the re-detection
+    interval has passed since its last transaction — for ``reread_for`` seconds after its
+    first transaction ended (``None``: as long as it is in the zone; 0: never, an RSU set to
+    suppress re-reads), and with ``redetect`` at least once whatever ``reread_for`` says.
     """
 
     obu_id: str  # 8 hex digits
     arrive_at: float = 0.0
     dwell: float | None = None
+    reread_for: float | None = None
     flags: frozenset[ObuFlag] = frozenset()
     contract_issue: dt.date = dt.date(2023, 1, 1)
     contract_expiry: dt.date = dt.date(2033, 1, 1)
@@ -162,6 +167,8 @@ class ObuScenario:
             raise ValueError(f"card_number must be 16 digits, got {self.card_number!r}")
         if self.balance < 0:
             raise ValueError("balance must be >= 0 fen")
+        if self.reread_for is not None and not self.reread_for >= 0:
+            raise ValueError(f"reread_for must be >= 0 s or None, got {self.reread_for!r}")
         errors = {str(k).upper(): int(v) for k, v in self.errors.items()}
         for name, code in (("B2", self.b2_error), ("B3", self.b3_error), ("B4", self.b4_error),
                            ("B5", self.b5_error)):
@@ -184,8 +191,8 @@ class ObuScenario:
         cumulative: see :func:`scenarios_from_sim`). Kind ``seen_again`` sets ``redetect``;
         ``rsu_faults`` map onto the first sending of one frame each — corrupt → B3,
         duplicate → B2, split → B4, noise → B4 — and ``lost_b5`` onto ``lost_b5``, so a
-        lane that asks again (C2 stop type 2) or re-fetches the TAC can still finish.
-        The card's plate, class and validity default to the OBU's; the entry record's
+        lane that asks again (C2 stop type 2) or re-fetches the TAC can still finish;
+        ``rsu_errors`` onto ``errors``. The card's plate, class and validity default to the OBU's; the entry record's
         network to the card's (``entry_network`` overrides it), its time to an hour ago.
         """
         faults: dict[str, list[Fault]] = {}
@@ -220,10 +227,11 @@ class ObuScenario:
             balance=v.balance,
             entry=entry,
             faults={k: tuple(fs) for k, fs in faults.items()},
+            errors=dict(getattr(v, "rsu_errors", None) or {}),
             lost_b5="lost_b5" in v.rsu_faults,
             redetect=kind == "seen_again",
         )
-        if kw["flags"] and ObuFlag.CARD_ABSENT in kw["flags"]:
+        if kw["flags"] and ObuFlag.CARD_ABSENT in kw["flags"] and "B4" not in kw["errors"]:
             kw["b4_error"] = 0x08  # no card: the card read gets no answer
         kw.update(overrides)
         return cls(**kw)

@@ -13,6 +13,10 @@ OBU id), the key, the value and what was expected. Dates may be relative (``"tod
 ``"today-1"``, ``"today+30"``) and the entry time too (``"now-2h"``), resolved in the
 lane's time zone (``timezone``, default Asia/Shanghai).
 
+How the emulated RSU reads the vehicles (where its zone starts, whether it reads the
+next OBU while the vehicle before is still at the arm, how it re-reports an OBU that
+waits in its zone) is the scenario's ``rsu`` object (:class:`RsuSettings`).
+
 The JSON scenario schema is documented with examples in ``docs/sim.md``.
 """
 
@@ -43,6 +47,10 @@ DEFAULT_TIMEZONE = "Asia/Shanghai"
 VEHICLE_CLASSES = "1–4, 11–16, 21–26"
 PLATE_BYTES = 12  # the plate field of the OBU vehicle file and of card file 0015, GBK
 U32_MAX = 0xFFFF_FFFF  # money is unsigned 32-bit fen on the wire
+# The frames whose ErrorCode a scenario can set (RSU_PROTOCOL.md, "B5 ErrorCode"); an
+# ErrorCode is one byte, 0 meaning no error.
+RSU_ERROR_FRAMES = ("B2", "B3", "B4", "B5")
+RSU_ERROR_CODES = "1–255 (an integer, or hex as a string: \"0x17\")"
 
 
 class Kind(enum.StrEnum):
@@ -189,6 +197,23 @@ def show(value: Any) -> str:
         return repr(value)
 
 
+def rsu_error_code(frame: Any, code: Any) -> int:
+    """One entry of ``rsu_errors`` → its ErrorCode; ValueError naming the frame or the code.
+    A string is hex, as the RSU documents write codes (``"17"`` and ``"0x17"`` are 23)."""
+    if frame not in RSU_ERROR_FRAMES:
+        raise ValueError(f"{show(frame)} is not a frame with an ErrorCode ({', '.join(RSU_ERROR_FRAMES)})")
+    value: int | None = None
+    if isinstance(code, int) and not isinstance(code, bool):
+        value = code
+    elif isinstance(code, str):
+        digits = code.strip().lower().removeprefix("0x")
+        if 1 <= len(digits) <= 2 and _hex(digits, len(digits)):
+            value = int(digits, 16)
+    if value is None or not 1 <= value <= 0xFF:
+        raise ValueError(f"{frame}: {show(code)} is not an ErrorCode {RSU_ERROR_CODES}")
+    return value
+
+
 class SimVehicle(BaseModel):
     """One vehicle of a scenario. Money in fen; dates ISO or relative (today-1)."""
 
@@ -213,12 +238,25 @@ class SimVehicle(BaseModel):
     obu_flags: list[ObuFlag] = Field(default_factory=list, description="OBUStatus flags: card_absent, obu_removed …")
     arrive_after: float = Field(4.0, ge=0, description="seconds after the previous vehicle appeared")
     speed: float = Field(5.0, gt=0, le=40, description="m/s")
-    length: float = Field(4.5, gt=0, le=25, description="m")
+    length: float = Field(4.5, ge=2.0, le=25, description="m; 2 m or more (the shortest car: the approach loop ends 1 m before the safety loop)")
+    gap_m: float | None = Field(None, ge=0.5, le=50, description="m kept to the vehicle in front, also when queueing; "
+                                "default 3 (a tailgater: 3)")
+    tailgates: bool | None = Field(None, description="follows the vehicle in front through the open arm, red light or "
+                                   "not; default: true for kind follow_car")
     rsu_faults: list[Literal["corrupt", "duplicate", "split", "noise", "lost_b5"]] = Field(default_factory=list)
+    rsu_errors: dict[str, int] = Field(default_factory=dict,
+                                       description="ErrorCode the RSU puts into B2, B3, B4 or B5 for this OBU")
     expect: str | None = Field(None, description="outcome or reason code; default: from kind")
     expect_reason: str | None = Field(None, description="a reason code")
     expect_fee: int | None = Field(None, ge=0, le=U32_MAX, description="fen")
     expect_way: Literal["passed", "diverted"] | None = None
+
+    @field_validator("rsu_errors", mode="before")
+    @classmethod
+    def _rsu_errors(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            raise ValueError('expected an object of frame name to ErrorCode, such as {"B4": "0x01"}')
+        return {name: rsu_error_code(name, code) for name, code in v.items()}
 
     @field_validator("obu_id")
     @classmethod
@@ -345,6 +383,10 @@ class SimVehicle(BaseModel):
         return self.expected_reason or self.expected_outcome
 
     @property
+    def is_tailgater(self) -> bool:
+        return self.tailgates if self.tailgates is not None else self.kind is Kind.FOLLOW_CAR
+
+    @property
     def has_obu(self) -> bool:
         return self.kind not in (Kind.FOLLOW_CAR, Kind.NO_OBU)
 
@@ -353,15 +395,67 @@ class ScenarioError(ValueError):
     """A scenario that cannot be used: one line naming the vehicle, the key, the value and why."""
 
 
+class RsuSettings(BaseModel):
+    """How the emulated RSU reads the vehicles: a scenario's ``rsu`` object.
+
+    A real RSU's zone is 15–30 m long: it reads each OBU as its vehicle enters the zone,
+    the next one while the vehicle before is still at the arm, and it reports an OBU that
+    waits in its zone again and again (the next beacon wakes an OBU whose transaction
+    ended). ``early_reads = false`` is the simulator's earlier, politer RSU, kept for
+    comparison: it reads the next OBU only once the lane decided about the vehicle before
+    (and a tailgater reached the arm), and reports an OBU again only for ``seen_again``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    zone_m: float = Field(20.0, ge=5, le=40, description="where the RSU starts reading an OBU, metres before the arm")
+    reread_interval_s: float = Field(0.5, ge=0.1, le=10, description="an OBU still in the zone is reported again "
+                                     "this long after its last transaction ended (paid, refused, stopped)")
+    reread_for_s: float = Field(10.0, ge=0, le=300, description="for this long after its first transaction ended, "
+                                "while its vehicle is before the arm; 0: never (re-reads suppressed)")
+    early_reads: bool = Field(True, description="read each OBU as it enters the zone (a real RSU); false: only once "
+                              "the lane decided about the vehicle before")
+
+
+# What each ``rsu`` key takes, for the error line.
+_RSU_EXPECTED = {
+    "zone_m": "5–40, metres before the arm where the RSU starts reading",
+    "reread_interval_s": "0.1–10 seconds between reports of an OBU that waits in the zone",
+    "reread_for_s": "0–300 seconds after an OBU's first transaction; 0 = never reported again",
+    "early_reads": "true or false",
+}
+
+
+def rsu_settings(data: Any, source: str = "scenario") -> RsuSettings:
+    """A scenario's ``rsu`` object (None: the defaults); ScenarioError naming the key."""
+    if data is None:
+        return RsuSettings()
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: rsu = {show(data)}: expected an object with "
+                            f"{', '.join(RsuSettings.model_fields)}")
+    try:
+        return RsuSettings.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else ""
+        if first["type"] == "extra_forbidden":
+            raise ScenarioError(f"{source}: rsu: unknown key {show(key)}{_did_you_mean(key, RsuSettings.model_fields)}"
+                                f" (the keys are {', '.join(RsuSettings.model_fields)})") from None
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        raise ScenarioError(f"{source}: rsu.{key} = {show(data.get(key))}: {msg} "
+                            f"(expected {_RSU_EXPECTED.get(key, 'see docs/sim.md')})") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Scenario:
-    """A parsed scenario: its vehicles and the lane's time zone."""
+    """A parsed scenario: its vehicles, the lane's time zone and how the RSU reads."""
 
     vehicles: list[SimVehicle]
     timezone: str = DEFAULT_TIMEZONE
+    rsu: RsuSettings = dataclasses.field(default_factory=RsuSettings)
 
 
-SCENARIO_KEYS = ("vehicles", "timezone")
+SCENARIO_KEYS = ("vehicles", "timezone", "rsu")
 
 
 def check_timezone(name: str, what: str = "timezone") -> str:
@@ -379,8 +473,9 @@ def read_scenario(path: str | Path, *, timezone: str | None = None, now: dt.date
 
 def build_scenario(data: Any, *, source: str = "scenario", timezone: str | None = None,
                    now: dt.datetime | None = None) -> Scenario:
-    """A JSON list of vehicles, or an object ``{"timezone": …, "vehicles": [...]}``."""
+    """A JSON list of vehicles, or an object ``{"timezone": …, "rsu": {…}, "vehicles": [...]}``."""
     tz = timezone
+    rsu = RsuSettings()
     if isinstance(data, dict):
         unknown = [k for k in data if k not in SCENARIO_KEYS]
         if unknown:
@@ -391,6 +486,7 @@ def build_scenario(data: Any, *, source: str = "scenario", timezone: str | None 
         if file_tz is not None and not isinstance(file_tz, str):
             raise ScenarioError(f"{source}: timezone = {show(file_tz)}: not a time zone name")
         tz = tz or file_tz
+        rsu = rsu_settings(data.get("rsu"), source)
         data = data.get("vehicles")
     try:
         tz = check_timezone(tz) if tz else DEFAULT_TIMEZONE
@@ -406,7 +502,7 @@ def build_scenario(data: Any, *, source: str = "scenario", timezone: str | None 
         check_vehicles(vehicles)
     except ScenarioError as err:
         raise ScenarioError(f"{source}: {err}") from None
-    return Scenario(vehicles, tz)
+    return Scenario(vehicles, tz, rsu)
 
 
 def _where(source: str, i: int, item: Any) -> str:
