@@ -149,6 +149,10 @@ class LaneSection(_Model):
     transaction_timeout_s: float = Field(3.0, gt=0, le=30)
     b5_timeout_s: float = Field(1.0, gt=0, le=1.1)
     passage_timeout_s: float = Field(60.0, ge=5, le=600)  # a paid vehicle that never reaches the loop
+    # A paid OBU the RSU reported again after paying and then not for this long has left the
+    # zone (passed the arm unseen, close behind another vehicle): its payment no longer holds
+    # the arm open. 0: never judge by the RSU's silence (an RSU that does not re-report).
+    left_zone_after_s: float = Field(5.0, ge=0, le=120)
     missing_entry_policy: Literal["max_fee", "refuse"] = "max_fee"
     credit_card_policy: Literal["allow", "refuse"] = "allow"
     accepted_issuers: list[IssuerId] = Field(default_factory=list)  # empty: every issuer
@@ -468,6 +472,7 @@ class Config(_Model):
             accepted_issuers=frozenset(bytes.fromhex(i) for i in lane.accepted_issuers),
             redetect_window=lane.redetect_window_s, b5_timeout=lane.b5_timeout_s,
             transaction_timeout=lane.transaction_timeout_s, passage_timeout=lane.passage_timeout_s,
+            left_zone_after=lane.left_zone_after_s,
             missing_entry_policy=MissingEntryPolicy(lane.missing_entry_policy),
             allow_credit_cards=lane.credit_card_policy == "allow", tx_power=self.rsu.tx_power,
             pll_channel=self.rsu.pll_channel, interlock=self.interlock(),

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 
 from laned.lane.barrier import BarrierCommand, InterlockSettings
-from laned.lane.machine import InputIn, JournalEvent, LaneSettings, RaiseAlarm
+from laned.lane.machine import InputIn, JournalEvent, LaneSettings, RaiseAlarm, SetLight
 from laned.lane.outcomes import Reason
-from laned.lane.signals import InputSample, Signal
+from laned.lane.signals import InputSample, Light, Signal
 from tests.lane_harness import Lane, card_file
 
 A = b"\xa1\xfe\x33\xff"
@@ -194,3 +194,39 @@ def test_a_held_raise_is_given_after_a_while_if_the_standing_vehicle_does_not_mo
     assert BarrierCommand.RAISE not in lane.barrier(out)
     out = lane.advance(1.0)
     assert lane.barrier(out) == [BarrierCommand.RAISE]
+
+
+def test_the_light_turns_red_once_the_paid_car_is_at_the_arm_and_green_again_for_the_next_payment():
+    """A driver behind the paid car waits for a payment of its own: the green was the paid car's."""
+    lane = with_approach()
+    out = lane.pay()
+    assert SetLight(Light.GREEN) in out
+    out = approach(lane, True) + lane.advance(0.5) + lane.loop(True)
+    assert SetLight(Light.RED) in out
+    out = pay_b(lane)  # the car behind pays: green for it, though the first is still at the arm
+    assert SetLight(Light.GREEN) in out
+
+
+def test_a_paid_car_that_passed_uncounted_behind_another_stops_holding_the_arm_once_the_rsu_no_longer_hears_it():
+    """Two paid cars closer than the approach loop is long: one vehicle to the loops. The
+    second car's OBU, reported while it waited, falls silent once it is past the arm."""
+    lane = with_approach()
+    lane.pay()
+    pay_b(lane)
+    lane.b2(obu_id=B)  # the RSU reports B again on its way
+    drive_through(lane)  # both, as one vehicle
+    assert lane.machine.credits == 1
+    out = lane.advance(3.0)
+    assert BarrierCommand.LOWER not in lane.barrier(out)
+    out = lane.advance(4.0)
+    assert lane.machine.credits == 0 and lane.barrier(out) == [BarrierCommand.LOWER]
+    assert lane.machine.counters["passed_uncounted"] == 1 and not follow_cars(out)
+
+
+def test_a_paid_car_the_rsu_keeps_reporting_keeps_its_payment():
+    lane = with_approach()
+    lane.pay()
+    for _ in range(8):
+        lane.advance(1.0)
+        lane.b2()  # waiting in the zone, reported again
+    assert lane.machine.credits == 1

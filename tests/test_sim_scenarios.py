@@ -196,7 +196,7 @@ def test_the_rsu_settings_of_a_scenario_and_their_defaults():
     assert scenario.rsu == RsuSettings(zone_m=30.0, reread_interval_s=1.0, reread_for_s=0.0, early_reads=False)
     # A list, or an object without "rsu": a real RSU's habits.
     for plain in ([car(1)], {"vehicles": [car(1)]}, {"rsu": {}, "vehicles": [car(1)]}):
-        assert build_scenario(plain).rsu == RsuSettings(zone_m=20.0, reread_interval_s=0.5, reread_for_s=10.0,
+        assert build_scenario(plain).rsu == RsuSettings(zone_m=20.0, reread_interval_s=0.5, reread_for_s=60.0,
                                                         early_reads=True)
     # Vehicles appear 5 m before the zone starts, so each enters it moving.
     assert spawn_x(scenario.rsu) == -35.0 and spawn_x(RsuSettings()) == SPAWN_X == -25.0

@@ -1,8 +1,9 @@
 """ModbusLaneIO: barrier, loops, traffic light and alarm on a Modbus DI/DO module.
 
 Inputs are polled, never pushed: a Modbus slave cannot report an edge. The reads that
-cover the safety loop run at ``poll.safety_loop_hz`` (at least 20 Hz, so the interlock
-always has a sample younger than 50 ms), the others at ``poll.other_inputs_hz``. Inputs
+cover the safety loop or the approach loop run at ``poll.safety_loop_hz`` (at least 20 Hz,
+so the interlock always has a sample younger than 50 ms), the others at
+``poll.other_inputs_hz``. Inputs
 of one kind that sit close together are read in one request, so the default module costs
 one request per 50 ms. Polls go to the bus at :attr:`Priority.SAFETY`, ahead of any
 display refresh.
@@ -86,7 +87,9 @@ class _InputRead:
 
     @property
     def covers_safety_loop(self) -> bool:
-        return Signal.SAFETY_LOOP in self.signals
+        # The approach loop counts vehicles and holds lowering back: it is read as fast as
+        # the safety loop, or two vehicles a short gap apart would read as one.
+        return Signal.SAFETY_LOOP in self.signals or Signal.ENTRY_LOOP in self.signals
 
     def bit(self, point: InputPoint, values: Sequence[int | bool]) -> bool:
         value = values[point.address - self.op.address]

@@ -649,6 +649,15 @@ class LaneMachine:
     def _expire_passages(self, now: float, out: list[Action]) -> None:
         if self.safety_occupied is not False:
             return  # someone (or, for all the lane knows, someone) is passing right now
+        for key in self.passages.left_zone(now, self.s.left_zone_after):
+            # Not an alarm: two vehicles closer than the loops can count, both paid.
+            self.counters["passed_uncounted"] += 1
+            detail = f"OBU {key.hex()} not heard for {self.s.left_zone_after:g} s: it left the zone"
+            out.append(JournalEvent("passed_uncounted", {"lane_id": self.s.lane_id, "reason": "passed_uncounted",
+                                                         "detail": detail}))
+            if self.credits == 0 and not self.unpaid_on_loop and self.safety_occupied is False:
+                self.want_down = True
+                self._set_light(Light.RED, out)
         for _ in range(self.passages.expire(now, self.s.passage_timeout)):
             self.counters["passage_timeout"] += 1
             out.append(RaiseAlarm("passage_timeout", f"a vehicle let through did not pass within "
@@ -710,6 +719,8 @@ class LaneMachine:
         if sample.signal is Signal.ENTRY_LOOP:
             for u in self.passages.approach_loop(sample.active, now):
                 self._unpaid(u, out)
+            if self.credits and self.passages.uncommitted <= 0:
+                self._set_light(Light.RED, out)
             return
         if sample.signal is not Signal.SAFETY_LOOP:
             if sample.signal is Signal.BARRIER_DOWN and sample.active and self.credits == 0:
@@ -720,6 +731,9 @@ class LaneMachine:
         for u in self.passages.safety_loop(sample.active, now,
                                            barrier_down=self.barrier.position is BarrierPosition.DOWN):
             self._unpaid(u, out)
+        if sample.active and self.credits and self.passages.uncommitted <= 0:
+            # The paid vehicle is at the arm: red for whoever is behind it.
+            self._set_light(Light.RED, out)
         if sample.active is False and was is True and self.credits == 0 and not self.unpaid_on_loop:
             self.want_down = True
             # Red first: a driver who crossed the stop line on green is on the loop before

@@ -58,6 +58,7 @@ class Credit:
 
     key: bytes  # the OBU that paid
     at: float  # when it was granted (monotonic)
+    heard: float | None = None  # when the RSU last reported its OBU again (None: not since it paid)
 
 
 @dataclass
@@ -99,6 +100,14 @@ class Passages:
         return any(c.key == key for c in self._credits)
 
     @property
+    def uncommitted(self) -> int:
+        """Payments no vehicle at the arm is using yet: while there are none, the light is
+        red, so a driver behind the paid vehicle waits for a payment of its own."""
+        if not self.approach:
+            return len(self._credits) - (1 if self._safety_on and not self.unpaid_on_loop else 0)
+        return len(self._credits) - sum(1 for c in self._counted if c.at_arm and not c.unpaid)
+
+    @property
     def unpaid_at_arm(self) -> bool:
         """A follow-car is on the safety loop: the arm stays up for it."""
         if not self.approach:
@@ -119,8 +128,10 @@ class Passages:
         """A vehicle that paid is reported again. Returns whether it needs a payment again
         (its own was used or expired: the caller lets it out again with :meth:`paid`) and,
         when its payment was used by another vehicle, that vehicle as a follow-car."""
-        if self.holds(key):
-            return False, None  # still on its way to the arm
+        for c in self._credits:
+            if c.key == key:
+                c.heard = now
+                return False, None  # still on its way to the arm
         used = self._used.get(key)
         if used is not None and now - used < REREAD_AFTER_PASSAGE_S:
             return False, None  # the vehicle that just drove out
@@ -139,6 +150,19 @@ class Passages:
         for key in [k for k, t in self._used.items() if now - t > USED_MEMORY_S]:
             del self._used[key]
         return n
+
+    def left_zone(self, now: float, silence: float) -> list[bytes]:
+        """Forget the payments of OBUs the RSU reported again after paying and has not heard
+        for ``silence`` seconds: their vehicles left the zone — past the arm, too close
+        behind another vehicle for the loops to count them. The OBUs, oldest first."""
+        if silence <= 0:
+            return []
+        gone = [c for c in self._credits if c.heard is not None and now - c.heard > silence]
+        for c in gone:
+            # Not remembered as used: were it still waiting after all, its next report lets
+            # it out on its record without blaming another vehicle.
+            self._credits.remove(c)
+        return [c.key for c in gone]
 
     def shorten(self, oldest: float) -> None:
         """After an IO outage: a paid vehicle may have passed unseen; no payment counts as

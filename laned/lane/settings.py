@@ -62,6 +62,9 @@ class LaneSettings:
     # A vehicle let through that has not passed the safety loop after this long (it
     # turned back, or was never there) no longer holds the arm open for whoever comes next.
     passage_timeout: float = 60.0
+    # A paid OBU reported again after paying, then not heard for this long, has left the zone:
+    # its payment stops holding the arm open (docs/lane_sensors.md). 0: off.
+    left_zone_after: float = 5.0
     refetch_attempts: int = 1
     missing_entry_policy: MissingEntryPolicy = MissingEntryPolicy.MAX_FEE
     allow_credit_cards: bool = True

@@ -411,7 +411,7 @@ class RsuSettings(BaseModel):
     zone_m: float = Field(20.0, ge=5, le=40, description="where the RSU starts reading an OBU, metres before the arm")
     reread_interval_s: float = Field(0.5, ge=0.1, le=10, description="an OBU still in the zone is reported again "
                                      "this long after its last transaction ended (paid, refused, stopped)")
-    reread_for_s: float = Field(10.0, ge=0, le=300, description="for this long after its first transaction ended, "
+    reread_for_s: float = Field(60.0, ge=0, le=300, description="for this long after its first transaction ended, "
                                 "while its vehicle is before the arm; 0: never (re-reads suppressed)")
     early_reads: bool = Field(True, description="read each OBU as it enters the zone (a real RSU); false: only once "
                               "the lane decided about the vehicle before")
