@@ -44,8 +44,9 @@ from laned.sim.lane_model import BarrierSpec, LaneGeometry, LaneModel
 from laned.sim.modbus_devices import EmulatedFeeDisplay, EmulatedIoModule, ModbusDeviceServer
 from laned.sim.rsu_emulator import EmulatorSettings, RsuEmulator, RsuState
 from laned.sim.rsu_scenario import ObuScenario
-from laned.sim.traffic import (DEFAULT_TIMEZONE, Kind, RsuSettings, ScenarioError, SimVehicle, check_vehicles,
-                                status_entries)
+from laned.sim.scenario import RsuSettings, ScenarioError, check_vehicles
+from laned.sim.traffic import status_entries
+from laned.sim.vehicle import DEFAULT_TIMEZONE, Kind, SimVehicle
 # SimSummary and VehicleRun are imported from here too (the CLI, the live view, the tests).
 from laned.sim.verdict import SimSummary as SimSummary, VehicleRun as VehicleRun, attribute_follow_cars, summarise
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from laned.masking import mask_plate
 from laned.sim.rsu_emulator import LogEntry
 from laned.sim.rsu_scenario import Fault
-from laned.sim.traffic import DEFAULT_TIMEZONE, PAID_OUTCOMES, Kind, SimVehicle
+from laned.sim.vehicle import DEFAULT_TIMEZONE, PAID_OUTCOMES, Kind, SimVehicle
 
 if TYPE_CHECKING:
     from laned.sim.lane_sim import LaneSim
