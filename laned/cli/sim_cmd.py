@@ -24,7 +24,9 @@ from rich.live import Live
 
 from laned.sim import sim_view
 from laned.sim.lane_sim import LaneSim, SimError, SimSummary, previous_run
-from laned.sim.traffic import DEFAULT_TIMEZONE, Scenario, ScenarioError, check_timezone, read_scenario, traffic_mix
+from laned.sim.scenario import Scenario, ScenarioError, check_timezone, read_scenario
+from laned.sim.traffic import traffic_mix
+from laned.sim.vehicle import DEFAULT_TIMEZONE
 
 EXIT_OK, EXIT_RULE_BROKEN, EXIT_BAD_INPUT, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 LIVE_REFRESH_S = 0.2

@@ -2,6 +2,8 @@
 
 The transaction record and its admission rules are in ``transaction.py``, the settings
 in ``settings.py``, events and actions in ``events.py``, degraded modes in ``modes.py``.
+:class:`LaneMachine` is the transaction (B2 to B5) and the durable outcomes; its base
+classes hold the arm side (``arm.py``) and re-detection and recovery (``redetect.py``).
 
 Events go in (:class:`FrameIn`, :class:`InputIn`, :class:`Tick`, journal confirmations),
 actions come out (:class:`Send`, :class:`Show`, :class:`MoveBarrier`, journal records…),
@@ -9,17 +11,17 @@ and time is passed in with every call: ``handle(event, now, wall)`` where ``now`
 monotonic clock (timers) and ``wall`` the local civil time (contract dates, C6 purchase
 time). Nothing here reads a clock or touches a port.
 
-The two rules, and how this module keeps them:
+The two rules, and how the machine keeps them:
 
 * **The barrier never moves down onto a vehicle.** Only :class:`BarrierInterlock` emits a
   lower command; the machine merely *wants* the barrier down once every paid vehicle has
-  left the safety loop.
-* **No charged transaction is lost or charged twice.** C6 goes out only after the
+  left the safety loop (``arm.py``).
+* **No charged transaction is lost or charged twice.** Here: C6 goes out only after the
   executor confirms the intent is durable (:class:`IntentRecorded`); the barrier rises only
-  after the B5 result is durable (:class:`ChargeRecorded`); an OBU or card that completed
-  a charge within the re-detection window is let through on its record, never charged
-  again; after a B5 error or a lost B5 the TAC is re-fetched (C8) where the profile can,
-  otherwise the outcome is recorded as unknown for reconciliation.
+  after the B5 result is durable (:class:`ChargeRecorded`). In ``redetect.py``: an OBU or
+  card that completed a charge within the re-detection window is let through on its record,
+  never charged again; after a B5 error or a lost B5 the TAC is re-fetched (C8) where the
+  profile can, otherwise the outcome is recorded as unknown for reconciliation.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from dataclasses import replace
 from collections import Counter
 from typing import Any
 
-from laned.lane.barrier import BarrierInterlock, BarrierPosition
+from laned.lane.arm import Arm
+from laned.lane.barrier import BarrierInterlock
 from laned.lane.dialect import Dialect, ObuView, VehicleView
 from laned.lane.display import DisplayContent
 from laned.lane.events import (
@@ -42,14 +45,14 @@ from laned.lane.events import (
 from laned.lane.modes import Availability
 from laned.lane.outcomes import IDLE, OUTCOMES, Reason
 from laned.lane.paid import Paid, PaidRecords
-from laned.lane.passages import Passages, Unpaid
+from laned.lane.passages import Passages
+from laned.lane.redetect import Redetection
 from laned.lane.settings import (
     Direction, EmptyStatusList, FeeLookup, LaneSettings, MissingEntryPolicy, StatusLookup,
 )
-from laned.lane.signals import InputSample, Light, Signal
-from laned.masking import mask_card, mask_plate
+from laned.lane.signals import Light
 from laned.lane.transaction import (
-    LaneStateError, Stage, Tx, check_card, check_obu, price, record, seq_of, station_record,
+    LaneStateError, Stage, Tx, b5_result, check_card, check_obu, plate_of, price, record, seq_of, station_record,
 )
 from laned.protocol import Message, ProtocolError
 from laned.protocol.profiles.common import STOP_RESEND
@@ -69,24 +72,13 @@ __all__ = [
 # to debit: the vehicle certainly did not pay. Any other error may follow a debit.
 NOT_DEBITED_CODES = frozenset({0x10, 0x11, 0x13, 0x17})
 
-# After an IO outage, a vehicle let through before or during it may already have crossed
-# the loop unseen: it holds the arm open this long more at most (unless it is seen on the
-# loop), not the whole passage timeout. A vehicle still waiting is re-read by the RSU and
-# let out on its record.
-OUTAGE_PASSAGE_GRACE_S = 8.0
-
-# A vehicle on the approach loop this long before an OBU was first read is not that OBU's
-# vehicle; a raise for the OBU waits for it to turn away, this long at most.
-WAITING_BEFORE_READ_S = 1.0
-RAISE_HOLD_S = 4.0
-
 # After a damaged frame during a transaction: wait this long for a good one, then ask the
 # RSU to resend (C2 stop type 2), at most this many times per transaction.
 RESEND_GRACE_S = 0.08
 MAX_RESENDS = 2
 
 
-class LaneMachine:
+class LaneMachine(Redetection, Arm):
     def __init__(self, settings: LaneSettings, dialect: Dialect, *, fees: FeeLookup | None = None,
                  status: StatusLookup | None = None, recent: list[Paid] | None = None) -> None:
         self.s = settings
@@ -115,22 +107,6 @@ class LaneMachine:
         self._unrecorded: dict[str, Tx] = {}
         # The interlock starts latched ("no input sampled yet"); that one is no news.
         self._fault_reported: str | None = self.barrier.fault
-
-    def may_lower(self, now: float) -> bool:
-        """Whether a lower decided earlier may still start now: every presence input is
-        fresh and clear, and nothing is on the approach (the IO worker asks this as the
-        command reaches the module)."""
-        return not self.barrier.occupied(now) and self.barrier.approach_doubt(now) is None
-
-    @property
-    def credits(self) -> int:
-        """Vehicles allowed through and not yet past the safety loop."""
-        return self.passages.outstanding
-
-    @property
-    def unpaid_on_loop(self) -> bool:
-        """A follow-car is at the arm: the arm stays up for it."""
-        return self.passages.unpaid_at_arm
 
     # -- entry point -----------------------------------------------------------------------
     def handle(self, event: Event, now: float, wall: dt.datetime) -> list[Action]:
@@ -268,7 +244,7 @@ class LaneMachine:
             self._refuse(tx, Reason.CARD_ERROR, rsctl, now, out)
             return
         cf = tx.card_file
-        plate = _plate_of(tx)
+        plate = plate_of(tx)
         if self._being_recorded(tx.obu.obu_id, cf.card_key, plate):
             self.counters["seen_while_recording"] += 1
             out.append(Send(self.d.stop(tx.obu.obu_id), rsctl))
@@ -346,19 +322,6 @@ class LaneMachine:
             return
         out.append(Send(self.d.stop(res.obu_id), rsctl))
         self._unknown(tx, f"B5 error {res.error_code:02x}", now, out)
-
-    def _refetch(self, tx: Tx, now: float, out: list[Action]) -> bool:
-        if tx.refetches >= self.s.refetch_attempts:
-            return False
-        c8 = self.d.refetch_tac(tx.obu.obu_id)
-        if c8 is None:
-            return False
-        tx.refetches += 1
-        tx.stage = Stage.REFETCHING
-        tx.deadline = now + self.s.b5_timeout
-        self.counters["tac_refetch"] += 1
-        out.append(Send(c8))
-        return True
 
     def _take_recording(self, tx_id: str) -> Tx | None:
         tx = self.tx
@@ -443,18 +406,6 @@ class LaneMachine:
             if self.credits == 0 and not self.unpaid_on_loop and self.tx is None:
                 self._display(DisplayContent(line1=IDLE.line1, line2=IDLE.line2), out)
 
-    def _io_back(self, now: float, out: list[Action]) -> None:
-        """The IO module answers again: whatever it missed is asked again. Raising is
-        always safe; lowering still only comes from the interlock on fresh inputs."""
-        if self.credits or self.unpaid_on_loop or not self.want_down:
-            self.counters["raise_reissued"] += 1
-            out.append(MoveBarrier(self.barrier.command_raise()))
-        # The light may have been lost with the module: send it again.
-        out.append(SetLight(self.light))
-        # A paid vehicle may have crossed the loop while its samples were unknown: it no
-        # longer holds the arm for the full passage timeout, only for a short grace.
-        self.passages.shorten(now - self.s.passage_timeout + OUTAGE_PASSAGE_GRACE_S)
-
     # -- outcomes ---------------------------------------------------------------------------
     def _refuse(self, tx: Tx, reason: Reason, rsctl: int | None, now: float, out: list[Action], *,
                 journal: bool = True) -> None:
@@ -469,39 +420,11 @@ class LaneMachine:
         if self.credits == 0:
             self._set_light(Light.RED, out)
 
-    def _pass_on_record(self, tx: Tx, rsctl: int | None, now: float, out: list[Action]) -> None:
-        if not self._paid_for_sure(tx) and self._recover_by_refetch(tx, rsctl, now, out):
-            return
-        out.append(Send(self.d.stop(tx.obu.obu_id), rsctl))
-        self.tx = None
-        if not self._paid_for_sure(tx):
-            self.counters["seen_again_unknown"] += 1
-            self._still_unknown(tx, "seen again; its charge is unknown", out)
-            return
-        paid = self._paid_match(tx)
-        key = paid.obu_id if paid is not None else tx.obu.obu_id
-        again, unpaid = self.passages.seen_again(key, now)
-        if unpaid is not None:
-            self._unpaid(unpaid, out)
-        # The first report after paying is kept (the driver's "was I charged twice?" is
-        # answered from the journal); an RSU re-reporting a waiting OBU every half second
-        # adds nothing after that, unless the vehicle is let out on it.
-        if again or (paid is not None and not paid.reported_again):
-            out.append(JournalEvent(str(Reason.PAID_ON_RECORD), self._record(tx, Reason.PAID_ON_RECORD)))
-        if paid is not None:
-            paid.reported_again = True
-        if again:
-            # Its payment was used (by a vehicle in front of it) or expired, and it is still
-            # before the arm: a paid vehicle is let out, never sent to the manual lane.
-            self._let_through(tx, Reason.PAID_ON_RECORD, now, out, key=key)
-        else:
-            self.counters[Reason.PAID_ON_RECORD] += 1  # its payment still waits for it
-
     def _record_b5(self, tx: Tx, res: Any, rsctl: int | None, out: list[Action]) -> None:
         """A B5 success: answer the RSU, and have the journal keep it before anything else."""
         tx.stage = Stage.RECORDING
         tx.balance_after = res.balance_after
-        tx.result = _b5_result(res)
+        tx.result = b5_result(res)
         out.append(Send(self.d.continue_(res.obu_id), rsctl))
         out.append(self._journal_result(tx))
 
@@ -511,85 +434,6 @@ class LaneMachine:
         if tx.recovering:
             return JournalResolved(tx.tx_id, seq_of(tx), result)
         return JournalCharged(tx.tx_id, seq_of(tx), result, entry=self.s.direction is Direction.ENTRY)
-
-    def outputs(self) -> list[Action]:
-        """What the display and the light should show now: sent once at start, since the
-        devices may still hold what a previous run (or another program) left on them."""
-        return [Show(self.display), SetLight(self.light)]
-
-    def _recover_by_refetch(self, tx: Tx, rsctl: int | None, now: float, out: list[Action]) -> bool:
-        """An OBU whose charge is unknown (the daemon crashed, or the link dropped, between
-        its C6 and B5) is back: where the profile has C8, ask the OBU for its last
-        purchase before deciding — once per unknown charge."""
-        unknown = [p for p in self.paid.find(tx.obu.obu_id, None)
-                   if not p.settled and not p.refetch_tried and p.seq is not None and p.obu_id == tx.obu.obu_id]
-        c8 = self.d.refetch_tac(tx.obu.obu_id) if unknown else None
-        if c8 is None:
-            return False
-        p = unknown[-1]
-        p.refetch_tried = True
-        tx.seq, tx.purchase_time, tx.recovering = p.seq, p.purchase_time, True
-        tx.stage = Stage.REFETCHING
-        tx.deadline = now + self.s.b5_timeout
-        self.tx = tx
-        self.counters["recovery_refetch"] += 1
-        out.append(Send(c8, rsctl))
-        return True
-
-    def _recovered(self, tx: Tx, res: Any, seq: int, rsctl: int | None, out: list[Action]) -> None:
-        """The B5 answering a recovery C8: the unknown charge went through only if the
-        OBU's last purchase is the one this lane's C6 asked for (its purchase time)."""
-        if res.error_code == 0 and (tx.purchase_time is None or res.trans_time == tx.purchase_time):
-            self._record_b5(tx, res, rsctl, out)
-            return
-        why = (f"C8 answered with B5 error {res.error_code:02x}" if res.error_code else
-               f"the OBU's last purchase ({res.trans_time}) is not this lane's ({tx.purchase_time})")
-        self.counters["recovery_refetch_failed"] += 1
-        out.append(Send(self.d.stop(res.obu_id), rsctl))
-        self._still_unknown(tx, why, out)
-
-    def _still_unknown(self, tx: Tx, why: str, out: list[Action]) -> None:
-        """Seen again with its charge unknown: neither charged again nor waved through."""
-        record = self._record(tx, Reason.OUTCOME_UNKNOWN)
-        record["detail"] = why
-        out.append(JournalEvent(str(Reason.OUTCOME_UNKNOWN), record))
-        self.tx = None
-        self._show(Reason.OUTCOME_UNKNOWN, tx, out)
-        if self.credits == 0:
-            self._set_light(Light.RED, out)
-
-    def _let_through(self, tx: Tx, reason: Reason, now: float, out: list[Action], *, fee: int | None = None,
-                     balance: int | None = None, key: bytes | None = None) -> None:
-        self.counters[reason] += 1
-        self.passages.paid(key or tx.obu.obu_id, now)
-        self.want_down = False
-        self._show(reason, tx, out, fee=fee, balance=balance)
-        read_at = tx.started - WAITING_BEFORE_READ_S
-        if reason is not Reason.PAID_ON_RECORD and self.passages.waiting_since(read_at):
-            # A vehicle has stood at the stop line since before this OBU was first read (an
-            # OBU is read as it enters the zone, far back): the payment is the car behind's.
-            # Raising now would let the one in front out on it; hold the raise until it
-            # turned away, for RAISE_HOLD_S at most.
-            self.counters["raise_held"] += 1
-            self._raise_held = (read_at, now + RAISE_HOLD_S)
-            return
-        self._open(out)
-
-    def _open(self, out: list[Action]) -> None:
-        self._raise_held = None
-        out.append(MoveBarrier(self.barrier.command_raise()))
-        self._set_light(Light.GREEN, out)
-
-    def _unknown(self, tx: Tx, why: str, now: float, out: list[Action]) -> None:
-        out.append(JournalUnknown(tx.tx_id, seq_of(tx), why))
-        out.append(RaiseAlarm(str(Reason.OUTCOME_UNKNOWN), f"seq {tx.seq} OBU {tx.obu.obu_id.hex()}: {why}"))
-        self.counters[Reason.OUTCOME_UNKNOWN] += 1
-        # Recognised as possibly paid: a second C6 for it inside the window could charge twice.
-        self.paid.add(replace(self._paid_record(tx, settled=False), at=now))
-        self.tx = None
-        self._show(Reason.OUTCOME_UNKNOWN, tx, out)
-        if self.credits == 0:
-            self._set_light(Light.RED, out)
 
     def _abandon(self, now: float, out: list[Action], why: str) -> None:
         tx = self.tx
@@ -606,67 +450,6 @@ class LaneMachine:
             self.counters["abandoned"] += 1
             self.tx = None
 
-    def _being_recorded(self, obu_id: bytes, card_key: str | None, plate: str | None) -> bool:
-        """Paid, and the B5 result is being journalled: its confirmation lets it through."""
-        return any(self._paid_record(tx).same_vehicle(obu_id, card_key, plate) for tx in self._recording.values())
-
-    def _paid_recently(self, obu_id: bytes, card_key: str | None, now: float, plate: str | None) -> bool:
-        """The same vehicle paid within the window (its OBU, or its card and its plate)."""
-        self.paid.expire(now, self.s.redetect_window)
-        return any(p.same_vehicle(obu_id, card_key, plate) for p in self.paid.find(obu_id, card_key))
-
-    def _card_seen_elsewhere(self, tx: Tx, card_key: str | None, plate: str | None, out: list[Action]) -> None:
-        """A card that paid in another vehicle within the window: this is a new
-        transaction (one payment lets one vehicle out), and the operator should know."""
-        others = [p for p in self.paid.find(tx.obu.obu_id, card_key) if p.card_key == card_key]
-        if not others:
-            return
-        first = others[0]
-        self.counters["card_shared"] += 1
-        out.append(RaiseAlarm("card_shared", f"card {card_key and mask_card(card_key)} paid as seq {first.seq} in OBU "
-                              f"{first.obu_id.hex()} (plate {mask_plate(first.plate or '')}); now in OBU "
-                              f"{tx.obu.obu_id.hex()} (plate {mask_plate(plate or '')}): charged as a new vehicle"))
-
-    def _paid_match(self, tx: Tx) -> Paid | None:
-        """This vehicle's settled payment: by its OBU, or by its card and plate (a card
-        moved to another OBU of the same vehicle)."""
-        key = tx.card_file.card_key if tx.card_file else None
-        plate = _plate_of(tx)
-        for p in self.paid.find(tx.obu.obu_id, key):
-            if p.settled and p.same_vehicle(tx.obu.obu_id, key, plate):
-                return p
-        return None
-
-    def _paid_for_sure(self, tx: Tx) -> bool:
-        key = tx.card_file.card_key if tx.card_file else None
-        plate = _plate_of(tx)
-        return any(p.settled and p.same_vehicle(tx.obu.obu_id, key, plate) for p in self.paid.find(tx.obu.obu_id, key))
-
-    def _paid_record(self, tx: Tx, *, settled: bool = True) -> Paid:
-        return Paid(tx.obu.obu_id, tx.card_file.card_key if tx.card_file else None, tx.started, tx.seq,
-                    settled=settled, plate=_plate_of(tx))
-
-    def _expire_passages(self, now: float, out: list[Action]) -> None:
-        if self.safety_occupied is not False:
-            return  # someone (or, for all the lane knows, someone) is passing right now
-        for key in self.passages.left_zone(now, self.s.left_zone_after):
-            # Not an alarm: two vehicles closer than the loops can count, both paid.
-            self.counters["passed_uncounted"] += 1
-            detail = f"OBU {key.hex()} not heard for {self.s.left_zone_after:g} s: it left the zone"
-            out.append(JournalEvent("passed_uncounted", {"lane_id": self.s.lane_id, "reason": "passed_uncounted",
-                                                         "detail": detail}))
-            if self.credits == 0 and not self.unpaid_on_loop and self.safety_occupied is False:
-                self.want_down = True
-                self._set_light(Light.RED, out)
-        for _ in range(self.passages.expire(now, self.s.passage_timeout)):
-            self.counters["passage_timeout"] += 1
-            out.append(RaiseAlarm("passage_timeout", f"a vehicle let through did not pass within "
-                                  f"{self.s.passage_timeout:g} s; the arm no longer waits for it"))
-            out.append(JournalEvent("passage_timeout", {"lane_id": self.s.lane_id, "reason": "passage_timeout"}))
-            if self.credits == 0:
-                self.want_down = True
-                self._set_light(Light.RED, out)
-
     def _frame_lost(self, now: float) -> None:
         tx = self.tx
         self.counters["frame_damaged"] += 1
@@ -679,12 +462,7 @@ class LaneMachine:
     # -- timers --------------------------------------------------------------------------------
     def _timers(self, now: float, out: list[Action]) -> None:
         self._expire_passages(now, out)
-        if self._raise_held is not None:
-            read_at, until = self._raise_held
-            if self.credits == 0:
-                self._raise_held = None
-            elif now >= until or not self.passages.waiting_since(read_at):
-                self._open(out)
+        self._release_held_raise(now, out)
         tx = self.tx
         if tx is not None and tx.resend_due is not None and now >= tx.resend_due:
             tx.resend_due = None
@@ -713,112 +491,6 @@ class LaneMachine:
                 return
             self._unknown(tx, "no B5 within the timeout", now, out)
 
-    # -- inputs and barrier --------------------------------------------------------------------
-    def _input(self, sample: InputSample, now: float, out: list[Action]) -> None:
-        self.barrier.update(sample)
-        if sample.signal is Signal.ENTRY_LOOP:
-            for u in self.passages.approach_loop(sample.active, now):
-                self._unpaid(u, out)
-            if self.credits and self.passages.uncommitted <= 0:
-                self._set_light(Light.RED, out)
-            return
-        if sample.signal is not Signal.SAFETY_LOOP:
-            if sample.signal is Signal.BARRIER_DOWN and sample.active and self.credits == 0:
-                self._set_light(Light.RED, out)
-            return
-        was = self.safety_occupied
-        self.safety_occupied = sample.active
-        for u in self.passages.safety_loop(sample.active, now,
-                                           barrier_down=self.barrier.position is BarrierPosition.DOWN):
-            self._unpaid(u, out)
-        if sample.active and self.credits and self.passages.uncommitted <= 0:
-            # The paid vehicle is at the arm: red for whoever is behind it.
-            self._set_light(Light.RED, out)
-        if sample.active is False and was is True and self.credits == 0 and not self.unpaid_on_loop:
-            self.want_down = True
-            # Red first: a driver who crossed the stop line on green is on the loop before
-            # the hold-off ends, and one who has not stops.
-            self._set_light(Light.RED, out)
-
-    def _unpaid(self, u: Unpaid, out: list[Action]) -> None:
-        """A vehicle passing without a payment of its own: a follow-car. One under the arm
-        is never trapped; one found out afterwards is reported all the same."""
-        self.counters[Reason.FOLLOW_CAR] += 1
-        record = {"lane_id": self.s.lane_id, "reason": str(Reason.FOLLOW_CAR), "detail": u.detail}
-        if not u.at_arm_now:
-            self.counters["follow_car_found_later"] += 1
-            out.append(RaiseAlarm(str(Reason.FOLLOW_CAR), u.detail))
-            out.append(JournalEvent(str(Reason.FOLLOW_CAR), record))
-            return
-        self.want_down = False
-        out.append(MoveBarrier(self.barrier.command_raise()))
-        o = OUTCOMES[Reason.FOLLOW_CAR]
-        self._display(DisplayContent(line1=o.line1, line2=o.line2, light=Light.RED), out)
-        self._set_light(Light.RED, out)
-        out.append(RaiseAlarm(str(Reason.FOLLOW_CAR), u.detail))
-        out.append(JournalEvent(str(Reason.FOLLOW_CAR), record))
-
-    def _barrier(self, now: float, out: list[Action]) -> None:
-        reverse = self.barrier.tick(now)
-        travel = self.barrier.travel_alarm(now)
-        if travel is not None:
-            out.append(RaiseAlarm("barrier_raise_timeout", travel.detail) if travel.active
-                       else ClearAlarm("barrier_raise_timeout", travel.detail))
-        fault = self.barrier.fault
-        # Latch and release are news; a latched fault whose reason changes is not.
-        if (fault is None) != (self._fault_reported is None):
-            if fault is not None:
-                out.append(RaiseAlarm("interlock_fault", f"{fault}; the arm is not lowered until every presence "
-                                      f"input is fresh and clear for {self.s.interlock.release_after:g} s"))
-            else:
-                out.append(ClearAlarm("interlock_fault", "presence inputs fresh and clear again"))
-            self._fault_reported = fault
-        if reverse is not None:
-            out.append(MoveBarrier(reverse))
-            return
-        if self.want_down and self.credits == 0 and self.barrier.position is not BarrierPosition.DOWN:
-            decision, cmd = self.barrier.request_lower(now)
-            if cmd is not None:
-                out.append(MoveBarrier(cmd))
-                self._set_light(Light.RED, out)
-
     # -- helpers -----------------------------------------------------------------------------
-    def _show(self, reason: Reason, tx: Tx, out: list[Action], *, fee: int | None = None,
-              balance: int | None = None) -> None:
-        o = OUTCOMES[reason]
-        veh = tx.vehicle
-        if balance is None and tx.card is not None:
-            balance = tx.card.rest_money
-        if fee is None and reason is Reason.INSUFFICIENT_BALANCE:
-            fee = tx.fee
-        self._display(DisplayContent(
-            plate=veh.plate if veh else None, vehicle_class=veh.vehicle_class if veh else None,
-            fee_fen=fee, balance_fen=balance, line1=o.line1, line2=o.line2,
-            light=Light.GREEN if o.passes else Light.RED), out)
-
-    def _display(self, content: DisplayContent, out: list[Action]) -> None:
-        if content != self.display:
-            self.display = content
-            out.append(Show(content))
-
-    def _set_light(self, light: Light, out: list[Action]) -> None:
-        if light is not self.light:
-            self.light = light
-            out.append(SetLight(light))
-
     def _record(self, tx: Tx, state: str) -> dict[str, Any]:
         return record(tx, state, self.s, self.fees, self.status)
-
-
-def _plate_of(tx: Tx) -> str | None:
-    """The vehicle's plate as the OBU reported it (B3), else as the card holds it."""
-    if tx.vehicle is not None and tx.vehicle.plate:
-        return tx.vehicle.plate
-    return tx.card_file.plate if tx.card_file is not None and tx.card_file.plate else None
-
-
-def _b5_result(res: Any) -> dict[str, Any]:
-    """What the journal keeps of a successful B5."""
-    return {"tac": res.tac, "psam_no": res.psam_no, "psam_trans_serial": res.psam_trans_serial,
-            "icc_pay_serial": res.icc_pay_serial, "trans_type": res.trans_type,
-            "balance_after": res.balance_after, "trans_time": res.trans_time}

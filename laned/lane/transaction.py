@@ -65,6 +65,13 @@ def seq_of(tx: Tx) -> int:
     return tx.seq
 
 
+def plate_of(tx: Tx) -> str | None:
+    """The vehicle's plate as the OBU reported it (B3), else as the card holds it."""
+    if tx.vehicle is not None and tx.vehicle.plate:
+        return tx.vehicle.plate
+    return tx.card_file.plate if tx.card_file is not None and tx.card_file.plate else None
+
+
 def check_obu(obu: ObuView, today: dt.date, s: LaneSettings, profile: Profile, status: StatusLookup) -> Reason | None:
     """Why an OBU (B2) is refused, or None: flags, contract dates, issuer, status list."""
     flags = profile.obu_flags(obu.obu_status or b"\x00\x00")
@@ -163,3 +170,10 @@ def record(tx: Tx, state: str, s: LaneSettings, fees: FeeLookup | None, status: 
         "status_list_version": getattr(status, "version", None),
         "reason": str(state),
     }
+
+
+def b5_result(res: Any) -> dict[str, Any]:
+    """What the journal keeps of a successful B5."""
+    return {"tac": res.tac, "psam_no": res.psam_no, "psam_trans_serial": res.psam_trans_serial,
+            "icc_pay_serial": res.icc_pay_serial, "trans_type": res.trans_type,
+            "balance_after": res.balance_after, "trans_time": res.trans_time}

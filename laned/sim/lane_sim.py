@@ -14,14 +14,8 @@ What runs, all in one event loop:
   early reads, re-reads), and a vehicle kept waiting before a closed arm pulls over to
   the manual lane.
 
-The verdict compares what each vehicle was expected to get (``SimVehicle.expected_*``:
-outcome, reason, fee, way) with what the journal says happened and with where the lane
-model says the vehicle went — a vehicle that paid but did not pass the arm
-(``paid_not_passed``: someone else drove out on its payment) and one that passed without
-its own payment or record (``passed_unpaid``) are never as expected. It counts the
-charges the emulated cards really took (a second charge of one card is a double charge),
-and takes the safety violations from the lane model, which checks the arm against where
-the vehicles really are rather than against what the sensors said.
+The verdict (:mod:`laned.sim.verdict`) compares what each vehicle was expected to get
+with what the journal says happened and with where the lane model says it went.
 
 The daemon runs with the lane's time zone (``timezone``) as its ``lane.timezone``, so the
 scenario's relative dates ("today-1") and the lane's contract checks agree whatever the
@@ -32,15 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import math
 import sqlite3
-import statistics
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +38,17 @@ from laned.app import run_lane
 from laned.config import Config, load_sim_config
 from laned.executor import LaneExecutor
 from laned.lane.status_list import StatusList, card_key, obu_key
-from laned.masking import mask_plate
 from laned.observation import Observation
 from laned.lane.signals import Light
 from laned.sim.lane_model import BarrierSpec, LaneGeometry, LaneModel
 from laned.sim.modbus_devices import EmulatedFeeDisplay, EmulatedIoModule, ModbusDeviceServer
-from laned.sim.rsu_emulator import EmulatorSettings, LogEntry, RsuEmulator, RsuState
-from laned.sim.rsu_scenario import Fault, ObuScenario
-from laned.sim.traffic import (DEFAULT_TIMEZONE, PAID_OUTCOMES, Kind, RsuSettings, ScenarioError,
-                                SimVehicle, check_vehicles, status_entries)
+from laned.sim.rsu_emulator import EmulatorSettings, RsuEmulator, RsuState
+from laned.sim.rsu_scenario import ObuScenario
+from laned.sim.scenario import RsuSettings, ScenarioError, check_vehicles
+from laned.sim.traffic import status_entries
+from laned.sim.vehicle import DEFAULT_TIMEZONE, Kind, SimVehicle
+# SimSummary and VehicleRun are imported from here too (the CLI, the live view, the tests).
+from laned.sim.verdict import SimSummary as SimSummary, VehicleRun as VehicleRun, attribute_follow_cars, summarise
 
 log = logging.getLogger("laned.sim")
 
@@ -75,10 +67,6 @@ SAFETY_LOOP_M = (-1.0, 1.0)
 # (1.5 m before the arm) and ends 1 m before the safety loop, less than any vehicle is long
 # (docs/lane_sensors.md). Vehicles closer than its 1.5 m are one vehicle to it.
 APPROACH_LOOP_M = (-3.5, -2.0)
-# A follow-car record the lane makes belongs to a vehicle without a payment of its own that
-# was at the arm at most this long before it (found out later: when the car whose payment
-# it used is reported again at the closed arm) or just after it.
-FOLLOW_RECORD_WINDOW_S = (-2.0, 90.0)
 GAP_M = 3.0  # a driver queueing behind another
 FOLLOW_GAP_M = 3.0  # a tailgater sticking to the car the barrier opened for
 # A driver moves off this long after the way ahead clears (a tailgater: at once, nearly).
@@ -118,119 +106,6 @@ def previous_run(state_dir: str | Path) -> Path | None:
 
 class SimError(RuntimeError):
     """The simulation could not run (not: the lane got something wrong — that is the verdict)."""
-
-
-@dataclass
-class VehicleRun:
-    """One vehicle's way through the simulated lane."""
-
-    index: int
-    vehicle: SimVehicle
-    spawn_at: float  # seconds after the traffic started
-    model_id: str | None = None
-    announced: bool = False  # its OBU is in the RSU's zone
-    stopped_since: float | None = None
-    end: str = ""  # "passed" | "diverted" | "" while in the lane
-    outcome: str = "none"  # charged | entry_written | paid_on_record | refused | unknown | follow_car | none
-    reason: str | None = None
-    fee: int | None = None
-    seen_again: bool = False  # the RSU reported it again after it paid and the lane let it on
-    at_arm_at: float | None = None  # when it first was on the safety loop (monotonic)
-    follow_recorded: bool = False  # drove out without its own payment, and the lane recorded a follow-car for it
-    final: bool = False  # the run is over and was not interrupted: still in the lane counts as not passed
-
-    @property
-    def expected(self) -> str:
-        return self.vehicle.expected
-
-    @property
-    def paid_not_passed(self) -> bool:
-        """Paid (or let on by its record) but did not drive out: diverted, or still
-        waiting at the end — someone else used its payment."""
-        return self.outcome in PAID_OUTCOMES and (self.end == "diverted" or (self.final and not self.end))
-
-    @property
-    def passed_unpaid(self) -> bool:
-        """Drove out without its own payment (or record) and without a follow-car record."""
-        return self.end == "passed" and self.outcome not in PAID_OUTCOMES and not self.follow_recorded
-
-    @property
-    def unrecorded_follow_car(self) -> bool:
-        """A tailgater (with or without an OBU: it drove out behind another vehicle) that
-        drove out without its own payment and without a follow-car record."""
-        return self.passed_unpaid and (self.vehicle.kind is Kind.NO_OBU or self.vehicle.is_tailgater)
-
-    def problems(self) -> list[str]:
-        """Why this vehicle is not as expected (empty: it is)."""
-        v, out = self.vehicle, []
-        if self.outcome != v.expected_outcome:
-            out.append(f"outcome {self.outcome}, expected {v.expected_outcome}")
-        elif v.expected_reason is not None and self.reason != v.expected_reason:
-            out.append(f"reason {self.reason}, expected {v.expected_reason}")
-        if v.expect_fee is not None and self.fee != v.expect_fee:
-            out.append(f"fee {self.fee}, expected {v.expect_fee}")
-        if self.paid_not_passed:
-            out.append("paid_not_passed")
-        if self.passed_unpaid:
-            out.append("passed_unpaid")
-        way = v.expected_way
-        if way is not None and self.end and self.end != way and not (self.paid_not_passed or self.passed_unpaid):
-            out.append(f"way {self.end}, expected {way}")
-        return out
-
-    @property
-    def as_expected(self) -> bool:
-        return not self.problems()
-
-    def as_json(self, *, show_plates: bool) -> dict[str, Any]:
-        v = self.vehicle
-        return {"vehicle": self.index + 1, "plate": v.plate if show_plates else mask_plate(v.plate),
-                "kind": str(v.kind), "outcome": self.outcome, "reason": self.reason, "fee": self.fee,
-                "expected": self.expected, "expected_outcome": v.expected_outcome, "expected_fee": v.expect_fee,
-                "expected_way": v.expected_way, "as_expected": self.as_expected, "unexpected": self.problems(),
-                "way": self.end or "in_lane"}
-
-
-@dataclass
-class SimSummary:
-    vehicles: int
-    charged: int
-    entry_written: int
-    refused: dict[str, int]
-    unknown: int
-    safety_violations: int
-    double_charges: int
-    turnaround_p50_ms: float | None
-    turnaround_p99_ms: float | None
-    outcomes: list[dict[str, Any]]
-    unexpected: int
-    follow_cars: int
-    passed: int
-    diverted: int
-    duration_s: float
-    paid_not_passed: int = 0  # paid, but another vehicle drove out on the payment (or none did)
-    passed_unpaid: int = 0  # drove out without its own payment or record
-    unrecorded_follow_cars: int = 0  # tailgaters among those: the lane recorded no follow-car for them
-    follow_car_records: int = 0  # follow-cars the lane recorded (one per vehicle without a payment of its own)
-    timezone: str = DEFAULT_TIMEZONE
-    violations: list[str] = field(default_factory=list)
-    state_dir: str | None = None  # where the journal and the daemon log are (None: removed)
-    interrupted: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.safety_violations == 0 and self.double_charges == 0
-
-    def as_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1]
 
 
 class LaneSim:
@@ -275,7 +150,7 @@ class LaneSim:
         self.interrupted = False
         self._by_model_id: dict[str, VehicleRun] = {}
         self._by_obu: dict[str, VehicleRun] = {}
-        self._journal_rows: list[dict[str, Any]] = []
+        self.journal_rows: list[dict[str, Any]] = []
         self._departed_seen = 0
         self.events: list[tuple[float, int, str]] = []  # (seconds, vehicle number, what)
         self.follow_records: list[float] = []  # when the lane recorded a follow-car (monotonic)
@@ -324,7 +199,7 @@ class LaneSim:
             finally:
                 lane_stop.set()
                 self.executor = await asyncio.wait_for(lane, 15)
-        return self._verdict()
+        return summarise(self)
 
     def _write_status_list(self) -> Path:
         cards, obus = status_entries([r.vehicle for r in self.runs])
@@ -538,24 +413,7 @@ class LaneSim:
             self._attribute_follow_cars()
 
     def _attribute_follow_cars(self) -> None:
-        """Match the lane's follow-car records with the vehicles that drove out without a
-        payment of their own. The lane cannot name the vehicle (no plate camera): a record is
-        judged by whether such a vehicle was at the arm about then — at most
-        FOLLOW_RECORD_WINDOW_S before it (a tailgater found out once the car whose payment
-        it used is reported again) or just after. Each record covers one vehicle."""
-        lo, hi = FOLLOW_RECORD_WINDOW_S
-        unpaid = sorted((r for r in self.runs if r.at_arm_at is not None and r.outcome not in PAID_OUTCOMES),
-                        key=lambda r: r.at_arm_at or 0.0)
-        for r in unpaid:
-            r.follow_recorded = False
-        for at in self.follow_records:
-            for r in unpaid:
-                if not r.follow_recorded and r.at_arm_at is not None and lo <= at - r.at_arm_at <= hi:
-                    r.follow_recorded = True
-                    break
-        for r in unpaid:
-            if r.follow_recorded and r.outcome == "none":
-                r.outcome, r.reason = "follow_car", "follow_car"
+        attribute_follow_cars(self.runs, self.follow_records)
 
     def _read_journal(self) -> None:
         assert self.config is not None
@@ -572,7 +430,7 @@ class LaneSim:
             return
         finally:
             db.close()
-        self._journal_rows = rows
+        self.journal_rows = rows
         before = {run.index: (run.outcome, run.seen_again) for run in self.runs}
         for run in self.runs:
             run.outcome, run.reason, run.fee, run.seen_again = "none", None, None, False
@@ -601,42 +459,6 @@ class LaneSim:
                 again = ", reported again and let on without a second charge" if run.seen_again else ""
                 self.trace(now, run, f"lane: {run.outcome} ({run.reason}){fee}{again}")
 
-    def _verdict(self) -> SimSummary:
-        model, emu = self.model, self.emulator
-        assert model is not None and emu is not None
-        per_card = Counter(p.obu_id for p in emu.charges)
-        journal_charged = Counter(r["obu_id"] for r in self._journal_rows if r["state"] == "charged")
-        double = sum(n - 1 for n in per_card.values() if n > 1) + sum(n - 1 for n in journal_charged.values() if n > 1)
-        turn = [t * 1000.0 for t in _answer_times(emu.log)]
-        refused = Counter(r.reason for r in self.runs if r.outcome == "refused" and r.reason)
-        for r in self.runs:
-            r.final = not self.interrupted
-        return SimSummary(
-            vehicles=len(self.runs),
-            charged=sum(1 for r in self.runs if r.outcome == "charged"),
-            entry_written=sum(1 for r in self.runs if r.outcome == "entry_written"),
-            refused=dict(sorted(refused.items())),
-            unknown=sum(1 for r in self.runs if r.outcome == "unknown"),
-            safety_violations=len(model.violations),
-            double_charges=double,
-            turnaround_p50_ms=_round(percentile(turn, 50)),
-            turnaround_p99_ms=_round(percentile(turn, 99)),
-            outcomes=[r.as_json(show_plates=self.show_plates) for r in self.runs],
-            unexpected=sum(1 for r in self.runs if not r.as_expected),
-            follow_cars=sum(1 for r in self.runs if r.outcome == "follow_car"),
-            passed=sum(1 for r in self.runs if r.end == "passed"),
-            diverted=sum(1 for r in self.runs if r.end == "diverted"),
-            paid_not_passed=sum(1 for r in self.runs if r.paid_not_passed),
-            passed_unpaid=sum(1 for r in self.runs if r.passed_unpaid),
-            unrecorded_follow_cars=sum(1 for r in self.runs if r.unrecorded_follow_car),
-            follow_car_records=len(self.follow_records),
-            timezone=self.timezone,
-            duration_s=round(time.monotonic() - self.started, 1) if self.started else 0.0,
-            violations=[f"{v.kind} ({v.vehicle}): {v.detail}" for v in model.violations],
-            state_dir=str(self.state_dir),
-            interrupted=self.interrupted,
-        )
-
 
 def _last_seq(journal: Path) -> int:
     """The highest transaction seq in a previous run's journal (0: none, or unreadable)."""
@@ -649,21 +471,3 @@ def _last_seq(journal: Path) -> int:
     except sqlite3.Error:
         return 0
     return int(row[0] or 0) if row else 0
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
-
-
-def _answer_times(log: list[LogEntry]) -> list[float]:
-    """The daemon's answer times (s) to intact RSU frames. An answer to a frame the
-    emulator damaged on purpose is the lane's resend request (C2 stop type 2), which by
-    design waits ~0.1 s for a good frame first: it says nothing of the daemon's speed."""
-    out: list[float] = []
-    damaged = False
-    for e in log:
-        if e.direction == "tx":
-            damaged = Fault.CORRUPT.value in e.note.split(",")
-        elif e.turnaround is not None and not damaged:
-            out.append(e.turnaround)
-    return out

@@ -14,7 +14,7 @@ profile's ``obu_status_bits``, so the emulator and the lane read the same data.
 Scenarios load from JSON (a list of objects with the field names below; dates ISO,
 byte strings hex, error codes as hex strings such as ``"17"`` or as integers, flags
 and faults by name); :func:`ObuScenario.from_sim_vehicle` builds one from the simulated
-lane's :class:`~laned.sim.traffic.SimVehicle`; :func:`load_obu_scenarios` names the OBU
+lane's :class:`~laned.sim.vehicle.SimVehicle`; :func:`load_obu_scenarios` names the OBU
 index, the key and the problem when a file is wrong.
 """
 
@@ -185,7 +185,7 @@ class ObuScenario:
 
     @classmethod
     def from_sim_vehicle(cls, v: Any, *, arrive_at: float | None = None, **overrides: Any) -> ObuScenario:
-        """The OBU and card of a :class:`laned.sim.traffic.SimVehicle`.
+        """The OBU and card of a :class:`laned.sim.vehicle.SimVehicle`.
 
         ``arrive_at`` defaults to the vehicle's ``arrive_after`` (a scenario's arrivals are
         cumulative: see :func:`scenarios_from_sim`). Kind ``seen_again`` sets ``redetect``;
