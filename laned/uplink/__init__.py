@@ -1,0 +1,1 @@
+"""The centre link over MQTT."""

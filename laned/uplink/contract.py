@@ -1,0 +1,299 @@
+"""The uplink contract: the AsyncAPI 3.0 document of every topic and payload, as code.
+
+``docs/asyncapi.yaml`` is the contract between laned and the toll centre. A copy ships
+in the package beside this module (``laned/uplink/asyncapi.yaml``; the tests hold the two
+identical) because laned checks what the centre sends against it at run time. This module
+reads it and offers what the uplink needs from it:
+
+* :func:`validate` — a payload (a JSON object as a ``dict``) against a message's JSON
+  Schema; :class:`ContractError` names the message, the JSON path and what was wrong;
+* :func:`topic` — the topic of a channel (or of a message) for a lane, from the channel's
+  address, the lane id checked against the contract's pattern;
+* :func:`route` — which channel and lane an incoming topic belongs to;
+* :func:`delivery` — QoS, retain and MQTT 5 message expiry of a message, from the
+  document's operation bindings, so that no number is written twice.
+
+Sans-IO apart from reading the document once: :func:`contract` reads it on first use
+(~10–100 ms) and keeps it, so the daemon calls it at start, before its event loop serves
+devices. Validating a payload costs 0.1–1 ms (jsonschema): the uplink validates what it
+*receives* (commands, acks, answers, lists, a few a second at most); what laned *sends* is
+built by :mod:`laned.uplink.messages`, which the tests hold to the contract, so sending
+does not pay for a check.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+from jsonschema.protocols import Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+CONTRACT_FILE = Path(__file__).with_name("asyncapi.yaml")
+ASYNCAPI_VERSION = "3.0.0"
+# Base URI the document is registered under, so "#/components/schemas/..." in it resolves.
+_BASE_URI = "urn:laned:uplink:asyncapi"
+_PARAMETER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# libyaml's safe loader reads the document ~10× faster than the pure-Python one.
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MAX_REPORTED = 5  # errors listed in one ContractError; the rest are counted
+
+
+class ContractError(ValueError):
+    """A payload, topic or lane id that does not conform to the contract.
+
+    ``message`` is the contract message (or channel) name, ``path`` the JSON path of the
+    first offending member (``$.args.seq``; ``$`` for the whole payload), ``reason`` what
+    was wrong with it; ``problems`` lists every (path, reason) found, first one first.
+    """
+
+    def __init__(self, message: str, problems: Iterable[tuple[str, str]], *, more: int = 0) -> None:
+        self.problems = tuple(problems) or (("$", "does not conform"),)
+        self.message = message
+        self.path, self.reason = self.problems[0]
+        listed = "; ".join(f"{path}: {reason}" for path, reason in self.problems)
+        extra = f" (and {more} more)" if more else ""
+        super().__init__(f"{message}: {listed}{extra}")
+
+
+class Direction(enum.StrEnum):
+    """From laned's point of view, as the AsyncAPI operations say it."""
+
+    SEND = "send"  # laned publishes, the centre subscribes
+    RECEIVE = "receive"  # the centre publishes, laned subscribes
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How a message travels: the operation's MQTT binding."""
+
+    channel: str
+    address: str  # with its {lane_id} parameter
+    direction: Direction
+    qos: int
+    retain: bool
+    # Seconds; None: no expiry, or one the sender sets per message (the binding is a schema).
+    expiry_s: int | None
+
+
+def _json_path(parts: Iterable[str | int]) -> str:
+    out = "$"
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _problem(error: ValidationError) -> tuple[str, str]:
+    """(path, reason) for one validation error, naming the member itself where it can."""
+    parts = list(error.absolute_path)
+    instance: Any = error.instance
+    rule: Any = error.validator_value  # the keyword's value in the schema
+    schema: Any = error.schema
+    if error.validator == "required" and isinstance(instance, dict):
+        missing = [name for name in rule if name not in instance]
+        if missing:
+            return _json_path([*parts, missing[0]]), "required member is missing"
+    if error.validator == "additionalProperties" and isinstance(instance, dict) and isinstance(schema, dict):
+        allowed = set(schema.get("properties", {}))
+        extra = sorted(name for name in instance if name not in allowed)
+        if extra:
+            return _json_path([*parts, extra[0]]), "member not in the contract (unexpected)"
+    if error.validator == "not" and isinstance(rule, dict) and isinstance(instance, dict):
+        present = [name for name in rule.get("required", ()) if name in instance]
+        if present:
+            return _json_path([*parts, present[0]]), "member not allowed here"
+    reasons = {
+        "const": lambda: f"{_short(instance)} where {_short(rule)} is required",
+        "enum": lambda: f"{_short(instance)} is not one of {', '.join(map(str, rule))}",
+        "pattern": lambda: f"{_short(instance)} does not match {rule}",
+        "type": lambda: f"{_short(instance)} is not of type {rule}",
+    }
+    reason = reasons.get(str(error.validator))
+    return _json_path(parts), reason() if reason else error.message
+
+
+def _sort_key(error: ValidationError) -> tuple[int, str]:
+    return (len(error.absolute_path), _json_path(error.absolute_path))
+
+
+class Contract:
+    """The parsed AsyncAPI document and the validators built from it."""
+
+    def __init__(self, document: Mapping[str, Any], *, source: str = "") -> None:
+        self.source = source
+        if document.get("asyncapi") != ASYNCAPI_VERSION:
+            raise ContractError(source or "contract", [("$.asyncapi", f"expected {ASYNCAPI_VERSION}, found "
+                                                                       f"{document.get('asyncapi')!r}")])
+        self.document = document
+        self._registry: Registry[Any] = Registry().with_resource(
+            _BASE_URI, Resource.from_contents(dict(document), default_specification=DRAFT202012))
+        self.messages: Mapping[str, Mapping[str, Any]] = document["components"]["messages"]
+        self.channels: Mapping[str, Mapping[str, Any]] = document["channels"]
+        self._channel_of_message: dict[str, str] = {}
+        for channel, spec in self.channels.items():
+            for ref in spec.get("messages", {}).values():
+                self._channel_of_message[self._ref_name(ref, "#/components/messages/")] = channel
+        self._operation_of_channel: dict[str, Mapping[str, Any]] = {}
+        for operation in document.get("operations", {}).values():
+            channel = self._ref_name(operation["channel"], "#/channels/")
+            self._operation_of_channel[channel] = operation
+        self._validators: dict[str, Validator] = {}
+        self._routes = [(channel, self._address_regex(spec["address"])) for channel, spec in self.channels.items()]
+
+    @classmethod
+    def load(cls, path: Path = CONTRACT_FILE) -> Contract:
+        with path.open(encoding="utf-8") as f:
+            document = yaml.load(f, Loader=_SafeLoader)  # a safe loader (libyaml's when built)
+        if not isinstance(document, dict):
+            raise ContractError(str(path), [("$", "the document is not a YAML mapping")])
+        return cls(document, source=str(path))
+
+    @staticmethod
+    def _ref_name(ref: Mapping[str, Any], prefix: str) -> str:
+        target = str(ref["$ref"])
+        if not target.startswith(prefix):
+            raise ContractError("contract", [("$ref", f"{target!r} does not start with {prefix!r}")])
+        return target[len(prefix):]
+
+    def _address_regex(self, address: str) -> re.Pattern[str]:
+        parts = _PARAMETER.split(address)
+        regex = ""
+        for i, part in enumerate(parts):
+            regex += re.escape(part) if i % 2 == 0 else f"(?P<{part}>[^/+#]+)"
+        return re.compile(regex + r"\Z")
+
+    # -- payloads ----------------------------------------------------------------------------
+    def payload_schema(self, message: str) -> Mapping[str, Any]:
+        """The message's payload schema as written (usually a $ref into components.schemas)."""
+        try:
+            payload: Mapping[str, Any] = self.messages[message]["payload"]
+        except KeyError:
+            raise ContractError(message, [("$", f"no message {message!r} in the contract (known: "
+                                                f"{', '.join(sorted(self.messages))})")]) from None
+        return payload
+
+    def validator(self, message: str) -> Validator:
+        """The message's compiled validator (built on first use, then kept)."""
+        found = self._validators.get(message)
+        if found is None:
+            self.payload_schema(message)  # a known message, or ContractError
+            # Referenced through the document, so that its own $refs resolve there.
+            schema = {"$ref": f"{_BASE_URI}#/components/messages/{message}/payload"}
+            found = self._validators[message] = Draft202012Validator(schema, registry=self._registry)
+        return found
+
+    def problems(self, message: str, payload: Any) -> list[tuple[str, str]]:
+        """Every (JSON path, reason) the payload breaks, outermost first; [] if it conforms."""
+        errors = sorted(self.validator(message).iter_errors(payload), key=_sort_key)
+        return list(dict.fromkeys(_problem(e) for e in errors))
+
+    def validate(self, message: str, payload: Any) -> None:
+        """Raise :class:`ContractError` unless ``payload`` conforms to the message's schema."""
+        found = self.problems(message, payload)
+        if found:
+            raise ContractError(message, found[:MAX_REPORTED], more=max(0, len(found) - MAX_REPORTED))
+
+    # -- topics ------------------------------------------------------------------------------
+    def channel_of(self, name: str) -> str:
+        """The channel key for a channel key or a message name."""
+        if name in self.channels:
+            return name
+        if name in self._channel_of_message:
+            return self._channel_of_message[name]
+        raise ContractError(name, [("$", f"no channel or message {name!r} in the contract (channels: "
+                                         f"{', '.join(self.channels)})")])
+
+    @functools.cached_property
+    def lane_id_pattern(self) -> re.Pattern[str]:
+        spec = self.document["components"]["parameters"]["lane_id"]
+        return re.compile(str(spec["x-pattern"]))
+
+    def check_lane_id(self, lane_id: str) -> str:
+        if not isinstance(lane_id, str) or not self.lane_id_pattern.fullmatch(lane_id):
+            raise ContractError("lane_id", [("lane_id", f"{_short(lane_id)} does not match "
+                                                        f"{self.lane_id_pattern.pattern}")])
+        return lane_id
+
+    def topic(self, name: str, lane_id: str) -> str:
+        """The topic of channel (or message) ``name`` for ``lane_id``: ``etc/v1/L1/tx/ack``."""
+        address = str(self.channels[self.channel_of(name)]["address"])
+        self.check_lane_id(lane_id)
+        return _PARAMETER.sub(lambda m: lane_id if m.group(1) == "lane_id" else m.group(0), address)
+
+    def route(self, topic: str) -> tuple[str, str] | None:
+        """(channel, lane_id) of a concrete topic; None when it is none of the contract's."""
+        for channel, regex in self._routes:
+            found = regex.match(topic)
+            if found and self.lane_id_pattern.fullmatch(found.group("lane_id")):
+                return channel, found.group("lane_id")
+        return None
+
+    def message_of(self, channel: str) -> str:
+        """The one message a channel carries."""
+        names = [m for m, c in self._channel_of_message.items() if c == self.channel_of(channel)]
+        if len(names) != 1:
+            raise ContractError(channel, [("messages", f"expected one message, found {names}")])
+        return names[0]
+
+    # -- delivery ------------------------------------------------------------------------------
+    def delivery(self, name: str) -> Delivery:
+        """QoS, retain, expiry and direction of channel (or message) ``name``."""
+        channel = self.channel_of(name)
+        operation = self._operation_of_channel.get(channel)
+        if operation is None:
+            raise ContractError(channel, [("operations", "no operation uses this channel")])
+        binding = operation.get("bindings", {}).get("mqtt", {})
+        expiry = binding.get("messageExpiryInterval")
+        return Delivery(channel=channel, address=str(self.channels[channel]["address"]),
+                        direction=Direction(operation["action"]), qos=int(binding.get("qos", 0)),
+                        retain=bool(binding.get("retain", False)),
+                        expiry_s=expiry if isinstance(expiry, int) and not isinstance(expiry, bool) else None)
+
+    def subscriptions(self, lane_id: str) -> list[tuple[str, int]]:
+        """(topic, QoS) of every channel laned receives on, each named exactly (no wildcard)."""
+        out = []
+        for channel in self.channels:
+            d = self.delivery(channel)
+            if d.direction is Direction.RECEIVE:
+                out.append((self.topic(channel, lane_id), d.qos))
+        return out
+
+
+@functools.cache
+def contract() -> Contract:
+    """The packaged contract, read once."""
+    return Contract.load()
+
+
+def validate(message_name: str, payload: Any) -> None:
+    """Raise :class:`ContractError` unless ``payload`` conforms to ``message_name``'s schema."""
+    contract().validate(message_name, payload)
+
+
+def topic(name: str, lane_id: str) -> str:
+    """The topic of a channel or message for a lane, e.g. ``topic("txAck", "L1")``."""
+    return contract().topic(name, lane_id)
+
+
+def route(topic_name: str) -> tuple[str, str] | None:
+    """(channel, lane_id) of an incoming topic; None for a topic not in the contract."""
+    return contract().route(topic_name)
+
+
+def delivery(name: str) -> Delivery:
+    """QoS, retain and MQTT 5 message expiry of a channel or message."""
+    return contract().delivery(name)
