@@ -1,0 +1,201 @@
+"""The codec the messages share: :class:`UplinkMessage`, the base of every message class
+(to and from the contract's JSON), the field metadata (:data:`LANE_TIME`, :data:`BASE64`,
+:data:`NOT_JSON`) and :func:`canonical_json`, the form a signature covers.
+
+The helpers with a leading underscore are the package's own: the message modules use them,
+nothing outside :mod:`laned.uplink.messages` should.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime as dt
+import enum
+import json
+import math
+import types
+import typing
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Self
+
+from laned.uplink.contract import ContractError, validate
+
+# -- the codec --------------------------------------------------------------------------------------
+# Field metadata: LANE_TIME marks a naive lane time; BASE64 bytes travel as base64, not hex;
+# NOT_JSON fields are kept on the value but never sent.
+
+LANE_TIME: Mapping[str, Any] = types.MappingProxyType({"lane_time": True})
+BASE64: Mapping[str, Any] = types.MappingProxyType({"base64": True})
+NOT_JSON: Mapping[str, Any] = types.MappingProxyType({"json": False})
+
+
+class _Invalid(Exception):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(reason)
+        self.path, self.reason = path, reason
+
+
+def _encode(value: Any, meta: Mapping[str, Any], path: str) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Invalid(path, f"{value!r} is not a finite number")
+        return value
+    if isinstance(value, (str, int)):
+        return value
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii") if meta.get("base64") else value.hex()
+    if isinstance(value, dt.datetime):
+        naive = value.tzinfo is None or value.utcoffset() is None
+        if naive != bool(meta.get("lane_time")):
+            raise _Invalid(path, "a lane time must be naive (no offset)" if meta.get("lane_time")
+                           else "an absolute time needs a time zone (an aware datetime)")
+        return _iso(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, tuple):
+        return [_encode(v, meta, f"{path}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _encode_fields(value, path)
+    raise _Invalid(path, f"cannot encode {type(value).__name__}")
+
+
+def _iso(value: dt.datetime) -> str:
+    """RFC 3339 with as many fraction digits as the value needs: none, 3 or 6."""
+    spec = ("seconds" if value.microsecond == 0 else "milliseconds" if value.microsecond % 1000 == 0
+            else "microseconds")
+    return value.isoformat(timespec=spec)
+
+
+def _encode_fields(value: Any, path: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(value):
+        item = getattr(value, f.name)
+        if item is None or f.metadata.get("json") is False:
+            continue
+        out[f.name] = _encode(item, f.metadata, f"{path}.{f.name}")
+    return out
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    found = _HINTS.get(cls)
+    if found is None:
+        found = _HINTS[cls] = typing.get_type_hints(cls)
+    return found
+
+
+def _decode(tp: Any, value: Any, meta: Mapping[str, Any], path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is types.UnionType or origin is typing.Union:
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(options) != 1:
+            raise TypeError(f"{path}: a union of {options} needs its own decoder")
+        return _decode(options[0], value, meta, path)
+    if origin is tuple:
+        (item,) = (a for a in typing.get_args(tp) if a is not Ellipsis)
+        return tuple(_decode(item, v, meta, f"{path}[{i}]") for i, v in enumerate(value))
+    try:
+        if isinstance(tp, type) and issubclass(tp, enum.Enum):
+            return tp(value)
+        if tp is float:
+            return float(value)
+        if tp is int:  # JSON Schema counts 3.0 as an integer: keep it one here too
+            return int(value)
+        if tp in (str, bool):
+            return value
+        if tp is bytes:
+            return base64.b64decode(value, validate=True) if meta.get("base64") else bytes.fromhex(value)
+        if tp is dt.datetime:
+            return dt.datetime.fromisoformat(value)
+        if tp is dt.date:
+            return dt.date.fromisoformat(value)
+    except (ValueError, binascii.Error) as err:
+        raise _Invalid(path, f"{value!r}: {err}") from None
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _decode_fields(tp, value, path)
+    raise TypeError(f"{path}: no decoder for {tp!r}")
+
+
+def _decode_fields(cls: type, data: Mapping[str, Any], path: str) -> Any:
+    hints = _hints(cls)
+    custom: Mapping[str, Callable[[Any, Mapping[str, Any], str], Any]] = getattr(cls, "_DECODERS", {})
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data or f.metadata.get("json") is False:
+            continue
+        where = f"{path}.{f.name}"
+        decoder = custom.get(f.name)
+        kwargs[f.name] = (decoder(data[f.name], data, where) if decoder
+                          else _decode(hints[f.name], data[f.name], f.metadata, where))
+    return cls(**kwargs)
+
+
+def canonical_json(payload: Mapping[str, Any]) -> bytes:
+    """RFC 8785 (JCS) form of a payload without floats: sorted keys, no white space, UTF-8."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+class UplinkMessage:
+    """Base of the message classes: the conversions to and from the contract's JSON."""
+
+    MESSAGE: ClassVar[str]  # the contract's message name (components.messages)
+
+    def to_dict(self) -> dict[str, Any]:
+        try:
+            return _encode_fields(self, "$")
+        except _Invalid as err:
+            raise ContractError(self.MESSAGE, [(err.path, err.reason)]) from None
+
+    def to_json(self) -> str:
+        """Compact UTF-8 JSON text, as published."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Self:
+        """Check ``data`` against the contract, then build the value (ContractError if either fails)."""
+        validate(cls.MESSAGE, data)
+        try:
+            made: Self = _decode_fields(cls, data, "$")
+            made._check()
+        except _Invalid as err:
+            raise ContractError(cls.MESSAGE, [(err.path, err.reason)]) from None
+        return made
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | bytearray) -> Self:
+        """Parse a received payload (UTF-8 JSON text) and build the value; see :meth:`from_dict`."""
+        try:
+            data = json.loads(raw, parse_constant=_reject_constant)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ContractError(cls.MESSAGE, [("$", f"not JSON: {err}")]) from None
+        return cls.from_dict(data)
+
+    def _check(self) -> None:
+        """Rules that span members (JSON Schema cannot say them); raise _Invalid."""
+
+
+# -- checks and signatures the message modules share -----------------------------------------------
+
+def _check_uuid(value: str, path: str) -> None:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        raise _Invalid(path, f"{value!r} is not a UUID") from None
+
+
+def _signed_bytes(msg: UplinkMessage, raw: Mapping[str, Any] | None) -> bytes:
+    payload = dict(raw) if raw is not None else msg.to_dict()
+    payload.pop("signature", None)
+    return canonical_json(payload)
