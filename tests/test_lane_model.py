@@ -374,3 +374,12 @@ def test_a_queue_closed_up_to_half_a_metre_opens_up_as_it_moves_off() -> None:
     # Each driver moved off 1 s after the way cleared: 2 m/s × 1 s more between them.
     gap = model.vehicle(first).rear - model.vehicle(second).front
     assert gap == pytest.approx(2.5, abs=0.05)
+
+
+def test_a_driver_keeps_a_time_headway_while_moving_and_closes_up_when_the_queue_stands() -> None:
+    model = LaneModel(barrier=BarrierSpec(start_raised=True))
+    first = model.add_vehicle(0.0, speed=10.0)
+    second = model.add_vehicle(0.0, speed=10.0, follow_gap=0.5, headway=1.0)
+    model.advance(2.0)
+    gap = model.vehicle(first).rear - model.vehicle(second).front
+    assert gap == pytest.approx(0.5 + 10.0, abs=0.2)

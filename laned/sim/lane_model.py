@@ -183,6 +183,7 @@ class _Vehicle:
     front: float
     obeys_light: bool = True
     start_delay: float = 0.0  # s a stopped driver takes to move off once the way is clear
+    headway: float = 0.0  # s kept to the vehicle in front while moving, on top of follow_gap
     go_at: float | None = None
     moving: bool = True
     hit_by_arm: bool = False
@@ -328,6 +329,7 @@ class LaneModel:
         vehicle_id: str | None = None,
         obeys_light: bool = True,
         start_delay: float = 0.0,
+        headway: float = 0.0,
     ) -> str:
         """A vehicle appears at ``spawn_x`` (or right behind the last one) and drives in.
 
@@ -349,7 +351,7 @@ class LaneModel:
             front = min(front, self._vehicles[-1].rear - follow_gap)
         self._vehicles.append(
             _Vehicle(vehicle_id, length, speed, follow_gap, clearance, front, obeys_light=obeys_light,
-                     start_delay=start_delay)
+                     start_delay=start_delay, headway=headway)
         )
         self._emit_changes()
         return vehicle_id
@@ -448,7 +450,10 @@ class LaneModel:
         for v in self._vehicles:
             limit = v.front + v.speed * dt
             if leader is not None:
-                limit = min(limit, leader.rear - v.follow_gap)
+                # Standing, a queue closes up to follow_gap; moving, a driver keeps its
+                # time headway on top (a tailgater: next to none).
+                gap = v.follow_gap + (v.headway * v.speed if leader.moving else 0.0)
+                limit = min(limit, leader.rear - gap)
             stop = not arm_open or (v.obeys_light and self._light is Light.RED)
             if stop and v.front <= g.stop_x + _EPS:
                 limit = min(limit, g.stop_x)

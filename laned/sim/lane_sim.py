@@ -72,6 +72,8 @@ FOLLOW_GAP_M = 3.0  # a tailgater sticking to the car the barrier opened for
 # A driver moves off this long after the way ahead clears (a tailgater: at once, nearly).
 START_S = 1.0
 TAILGATER_START_S = 0.2
+# … and keeps this time headway to the vehicle in front while moving (a tailgater: its gap).
+HEADWAY_S = 1.0
 SETTLE_S = 0.6  # after the last vehicle: let the journal and the display catch up
 BARRIER_TRAVEL_S = 0.8  # an ETC lane's fast barrier
 # The end-of-run deadline (a lane that deadlocks must end the run with a verdict, not
@@ -282,6 +284,7 @@ class LaneSim:
             r.model_id = self.model.add_vehicle(now, length=v.length, speed=speed, follow_gap=gap,
                                                 obeys_light=not v.is_tailgater,
                                                 start_delay=TAILGATER_START_S if v.is_tailgater else START_S,
+                                                headway=0.0 if v.is_tailgater else HEADWAY_S,
                                                 vehicle_id=f"v{r.index + 1}")
             self._by_model_id[r.model_id] = r
             self._by_obu[v.obu_id] = r
