@@ -46,10 +46,13 @@ async def test_what_the_schema_expresses_is_judged_end_to_end(tmp_path):
         # … and one whose entry record names its own network (3201-0102, not in the fee
         # table) pays the maximum fee: expect_fee says that is wrong.
         car(8, card_number="32010000000000000008", expect_fee=3500),
-        # No OBU at all: no transaction, waits before the closed arm, takes the manual lane
-        # (well behind the car ahead: right behind it, it would be a follow-car).
-        car(9, kind="no_obu", expect="none", arrive_after=5.0),
-        car(10, entry_time="now-3h", expect_fee=3500, arrive_after=6.0),  # read while car 9 waits: the raise waits
+        # No OBU at all: no transaction, waits before the closed arm, takes the manual lane.
+        # It arrives once the queue of refused cars ahead has drained: reaching the stop
+        # line only after car 10 was read, it would drive out on car 10's payment (a
+        # follow-car, recorded; car 10 is let out after it — test_a_tailgater_on_…).
+        car(9, kind="no_obu", expect="none", arrive_after=22.0),
+        # Read while car 9 waits at the stop line: the raise waits until car 9 pulled over.
+        car(10, entry_time="now-3h", expect_fee=3500, arrive_after=5.5),
     ])
     summary = await LaneSim(vehicles, tmp_path).run()
     by_number = {o["vehicle"]: o for o in summary.outcomes}

@@ -86,7 +86,7 @@ class _InputRead:
     signals: tuple[Signal, ...]
 
     @property
-    def covers_safety_loop(self) -> bool:
+    def polled_fast(self) -> bool:
         # The approach loop counts vehicles and holds lowering back: it is read as fast as
         # the safety loop, or two vehicles a short gap apart would read as one.
         return Signal.SAFETY_LOOP in self.signals or Signal.ENTRY_LOOP in self.signals
@@ -179,8 +179,8 @@ class ModbusLaneIO(SampledLaneIO):
 
 
     async def _poll_forever(self) -> None:
-        fast = [(i, r) for i, r in enumerate(self._reads) if r.covers_safety_loop]
-        slow = [(i, r) for i, r in enumerate(self._reads) if not r.covers_safety_loop]
+        fast = [(i, r) for i, r in enumerate(self._reads) if r.polled_fast]
+        slow = [(i, r) for i, r in enumerate(self._reads) if not r.polled_fast]
         poll = self._profile.poll
         schedule = [(fast, 1.0 / poll.safety_loop_hz), (slow, 1.0 / poll.other_inputs_hz)]
         due = [time.monotonic()] * len(schedule)
