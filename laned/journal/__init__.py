@@ -42,10 +42,13 @@ on a :class:`JournalWriter` thread and gets the confirmations back on the loop.
 The modules:
 
 * ``records`` — kind and state codes, :class:`Observed`, :class:`TransactionIntent`,
-  :class:`B5Result`, :class:`JournalEntry`, :class:`Recovery`;
+  :class:`B5Result`, :class:`JournalEntry`, :class:`Recovery`, the reconciliation codes,
+  :class:`ReconcileRecord`, :class:`Backlog`;
 * ``schema`` — the SQLite schema, migrations, row conversion;
 * ``connection`` — the SQLite file: lock, WAL + FULL, transactions, savepoints, :meth:`Journal.batch`;
 * ``store`` — :class:`Journal`: opening, migration, recovery, guarded transitions, reads;
+* ``outbox`` — :class:`JournalOutbox`, mixed into :class:`Journal`: the outbox to the centre
+  (acked only by the centre's ``tx/ack``), reconciliation results, the command ledger;
 * ``machine_port`` — :class:`MachineJournal`, the lane executor's port;
 * ``writer`` — :class:`JournalWriter`, the thread every commit runs on;
 * ``writer_health`` — :class:`WriterHealth`, what the writer tells the health checks;
@@ -57,7 +60,8 @@ from laned.journal.errors import (
 )
 from laned.journal.machine_port import MachineJournal
 from laned.journal.records import (
-    CHARGE_KINDS, U32_MAX, B5Result, JournalEntry, Observed, Recovery, TransactionIntent, TxKind, TxState,
+    CHARGE_KINDS, U32_MAX, B5Result, Backlog, JournalEntry, Observed, ReconcileOutcome, ReconcileRecord,
+    ReconcileStatus, Recovery, SettledBy, TransactionIntent, TxKind, TxState,
 )
 from laned.journal.schema import MIGRATIONS, SCHEMA_VERSION
 from laned.journal.store import BATCH, Journal
@@ -66,7 +70,8 @@ from laned.journal.writer_health import WriterHealth
 
 __all__ = [
     "BATCH", "CHARGE_KINDS", "MIGRATIONS", "SCHEMA_VERSION", "U32_MAX",
-    "B5Result", "Journal", "JournalEntry", "JournalError", "JournalStorageError", "JournalTransitionError",
-    "JournalWriter", "JournalWriterClosed", "JournalWriterDead", "MachineJournal", "Observed", "Recovery",
-    "TransactionIntent", "TxKind", "TxState", "WriterHealth",
+    "B5Result", "Backlog", "Journal", "JournalEntry", "JournalError", "JournalStorageError", "JournalTransitionError",
+    "JournalWriter", "JournalWriterClosed", "JournalWriterDead", "MachineJournal", "Observed", "ReconcileOutcome",
+    "ReconcileRecord", "ReconcileStatus", "Recovery", "SettledBy", "TransactionIntent", "TxKind", "TxState",
+    "WriterHealth",
 ]

@@ -41,6 +41,25 @@ class TxState(enum.StrEnum):
     EVENT = "event"  # a lane event, not a charge
 
 
+class ReconcileOutcome(enum.StrEnum):
+    """What the card's issuer says happened to an unknown outcome (topic ``reconcile``)."""
+
+    CHARGED = "charged"
+    NOT_CHARGED = "not_charged"
+
+
+class SettledBy(enum.StrEnum):
+    CENTRE = "centre"  # the centre's answer on topic reconcile
+    LANE = "lane"  # the TAC re-fetched from the RSU (C8)
+
+
+class ReconcileStatus(enum.StrEnum):
+    APPLIED = "applied"
+    ALREADY_SETTLED = "already_settled"
+    CONFLICT = "conflict"  # the answer contradicts the journal; not applied
+    UNKNOWN_SEQ = "unknown_seq"  # no such row, or its tx_uuid differs
+
+
 DONE = {TxKind.EXIT_CHARGE: TxState.CHARGED, TxKind.ENTRY_WRITE: TxState.ENTRY_WRITTEN}
 # States in which the vehicle has, or may have, paid: the re-detection window covers them.
 MAY_HAVE_PAID = (TxState.INTENT, TxState.CHARGED, TxState.ENTRY_WRITTEN, TxState.UNKNOWN)
@@ -155,6 +174,8 @@ class JournalEntry(Observed):
     reason: str | None = None  # outcome code (laned.lane.outcomes.Reason values)
     message: str | None = None  # what the fee display showed
     detail: str | None = None  # why it is unknown, what reconciled it, …
+    # When the centre's tx/ack named this version of the row; None while it is in the outbox.
+    acked_unix: float | None = None
 
     _REPR_FIRST = ("seq", "lane_id", "kind", "state")
 
@@ -165,6 +186,48 @@ class Recovery:
 
     completed: tuple[int, ...] = ()  # intents/unknowns whose B5 result was journalled
     unknown: tuple[int, ...] = ()  # intents with no result: now unknown, to reconcile (C8)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconcileRecord:
+    """How an unknown outcome was settled: one row of the lane's ``reconcile/result`` stream.
+
+    ``tx_seq`` and ``tx_uuid`` name the transaction (as the centre's answer named them, for
+    ``unknown_seq``); ``tx_seq`` is the message's ``seq`` on the wire, which the centre keys
+    and acks results by. ``seq`` is the journal's own numbering of results (1, 2, … per
+    lane, never reused): their order, and which of two results of one transaction the
+    centre acked. ``outcome`` is what the journal holds now (the centre's outcome when
+    nothing matched). ``settled_by`` is the centre for an answer applied or naming no row,
+    the lane for a C8 settlement and for a conflict (the lane's record stands, as in the
+    contract's example), whoever settled it first for ``already_settled``.
+    """
+
+    lane_id: str
+    seq: int
+    tx_seq: int
+    tx_uuid: str
+    outcome: ReconcileOutcome
+    settled_by: SettledBy
+    result: ReconcileStatus
+    at_iso: str
+    at_unix: float
+    answer_id: str | None = None  # the centre's answer; None when the lane settled it (C8)
+    tac: bytes | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What waits for the centre's ack: final transactions and reconciliation results.
+
+    ``count``/``oldest_*`` are the transaction stream (``tx``); ``reconcile_count`` the
+    ``reconcile/result`` stream, counted apart (it is small and never blocks the other).
+    """
+
+    count: int
+    oldest_seq: int | None
+    oldest_unix: float | None  # created_unix of the oldest waiting row: how far behind the centre is
+    reconcile_count: int = 0
 
 
 OBSERVED_FIELDS = tuple(f.name for f in dataclasses.fields(Observed))

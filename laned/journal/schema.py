@@ -7,9 +7,11 @@ import enum
 from typing import Any
 
 from laned.journal.errors import JournalError
-from laned.journal.records import B5_FIELDS, U32_MAX, B5Result, JournalEntry, TxState
+from laned.journal.records import (
+    B5_FIELDS, U32_MAX, B5Result, JournalEntry, ReconcileOutcome, ReconcileStatus, SettledBy, TxState,
+)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _BYTES = frozenset({"obu_id", "issuer", "obu_serial", "obu_status", "tac", "psam_no"})
 _DATES = frozenset({"contract_start", "contract_expiry"})
@@ -85,8 +87,59 @@ CREATE TABLE b5_results (
 );
 """
 
+# Version 2 (issue 10): the outbox to the centre, the reconciliation results, the command ledger.
+# The outbox is the transactions table itself: a final row (state != 'intent') whose
+# acked_unix is NULL waits for the centre's tx/ack. Rows of a v1 file all start unacked, so
+# after the upgrade everything goes up once more (the centre de-duplicates on (lane_id, seq)).
+# The partial index holds only what waits, so a scan or a count of the backlog reads the
+# backlog, not the whole history; queries must spell its condition literally (state !=
+# 'intent', not a parameter) for SQLite to use it.
+_SCHEMA_V2 = f"""
+ALTER TABLE transactions ADD COLUMN acked_unix REAL;
+CREATE INDEX transactions_outbox ON transactions (lane_id, seq)
+    WHERE acked_unix IS NULL AND state != 'intent';
+-- Reconciliation results (topic reconcile/result). On the wire a result's seq is its
+-- transaction's (the centre keys and acks them by it); the journal numbers them too (seq
+-- here, per lane, never reused: lane_counter.last_reconcile_seq) to keep their order and
+-- to tell two results of one transaction apart.
+ALTER TABLE lane_counter ADD COLUMN last_reconcile_seq INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE reconcile_results (
+    lane_id TEXT NOT NULL,
+    seq INTEGER NOT NULL CHECK (seq > 0),
+    tx_seq INTEGER NOT NULL,
+    tx_uuid TEXT NOT NULL,
+    outcome TEXT NOT NULL CHECK (outcome IN ({", ".join(repr(s.value) for s in ReconcileOutcome)})),
+    settled_by TEXT NOT NULL CHECK (settled_by IN ({", ".join(repr(s.value) for s in SettledBy)})),
+    result TEXT NOT NULL CHECK (result IN ({", ".join(repr(s.value) for s in ReconcileStatus)})),
+    at_iso TEXT NOT NULL, at_unix REAL NOT NULL,
+    answer_id TEXT UNIQUE,
+    tac TEXT,
+    detail TEXT,
+    acked_unix REAL,
+    -- A newer result for the same transaction replaces this one at the centre (it keys
+    -- results by the transaction's seq): it no longer needs to go up.
+    superseded_by INTEGER,
+    PRIMARY KEY (lane_id, seq)
+);
+CREATE INDEX reconcile_results_tx ON reconcile_results (lane_id, tx_seq);
+CREATE INDEX reconcile_results_outbox ON reconcile_results (lane_id, seq)
+    WHERE acked_unix IS NULL AND superseded_by IS NULL;
+-- The executed-command ledger (laned.uplink.commands.CommandLedger): written in the same
+-- SQLite transaction as the action's own journal record, so a crash leaves both or neither.
+CREATE TABLE commands (
+    lane_id TEXT NOT NULL,
+    command_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    command TEXT NOT NULL,
+    result_json TEXT NOT NULL,
+    executed_iso TEXT NOT NULL, executed_unix REAL NOT NULL,
+    PRIMARY KEY (lane_id, command_id)
+);
+CREATE INDEX commands_seq ON commands (lane_id, seq);
+"""
+
 # MIGRATIONS[n] takes a database at user_version n to n + 1. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -29,11 +29,11 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from laned.journal.connection import JournalConnection
 from laned.journal.errors import JournalError, JournalTransitionError
+from laned.journal.outbox import JournalOutbox
 from laned.journal.records import (
     B5_FIELDS, CHARGE_KINDS, DONE, EVENT_KIND, MAY_HAVE_PAID, OBSERVED_FIELDS, B5Result, JournalEntry, Observed,
-    Recovery, TransactionIntent, TxKind, TxState,
+    ReconcileOutcome, Recovery, TransactionIntent, TxKind, TxState,
 )
 from laned.journal.schema import (
     MIGRATIONS, SCHEMA_VERSION, check_money, entry_from_row, from_db, stamp, to_db,
@@ -44,10 +44,11 @@ log = logging.getLogger("laned.journal")
 BATCH = 500  # rows per query when iterating
 
 
-class Journal(JournalConnection):
+class Journal(JournalOutbox):
     """The transaction journal of one lane. Open with :meth:`open`; use as a context manager.
 
-    The file, the lock, transactions and :meth:`batch` come from :class:`JournalConnection`.
+    The file, the lock, transactions and :meth:`batch` come from :class:`JournalConnection`;
+    the outbox, reconciliation results and command ledger from :class:`JournalOutbox`.
     """
 
     def __init__(self, con: sqlite3.Connection, path: Path, lane_id: str, lock_fd: int) -> None:
@@ -128,7 +129,9 @@ class Journal(JournalConnection):
         return seq
 
     def _update(self, con: sqlite3.Connection, seq: int, values: Mapping[str, Any]) -> None:
-        sets = ", ".join(f"{k} = ?" for k in values)
+        # A row that changes goes up to the centre again (same seq and uuid, the new state):
+        # the one place an ack is undone (laned.journal.outbox).
+        sets = ", ".join([*(f"{k} = ?" for k in values), "acked_unix = NULL"])
         con.execute(f"UPDATE transactions SET {sets} WHERE lane_id = ? AND seq = ?",
                     (*values.values(), self.lane_id, seq))
 
@@ -209,10 +212,10 @@ class Journal(JournalConnection):
                         message: str | None = None) -> JournalEntry:
         """A re-fetched TAC (C8) proves the unknown transaction was charged: reconciled."""
         return self._complete(seq, b5, now, TxState.UNKNOWN, message=message,
-                              detail=f"reconciled with TAC {b5.tac.hex()}")
+                              detail=f"reconciled with TAC {b5.tac.hex()}", lane_settles=True)
 
     def _complete(self, seq: int, b5: B5Result, now: dt.datetime, from_state: TxState, *,
-                  message: str | None, detail: str | None) -> JournalEntry:
+                  message: str | None, detail: str | None, lane_settles: bool = False) -> JournalEntry:
         if not isinstance(b5.tac, bytes) or len(b5.tac) != 4:
             raise JournalError(f"seq {seq}: the TAC is {b5.tac!r}, expected 4 bytes")
         check_money("balance_after", b5.balance_after)
@@ -228,6 +231,8 @@ class Journal(JournalConnection):
                                              f"it from {from_state}{hint}")
             self._store_b5(con, seq, b5, now)
             self._apply_b5(con, entry, b5, now, message=message, detail=detail)
+            if lane_settles:
+                self._record_lane_settlement(con, entry, ReconcileOutcome.CHARGED, b5.tac, now)
             return self._row(con, seq)
 
     def _same_tac(self, entry: JournalEntry, b5: B5Result) -> None:
@@ -305,10 +310,14 @@ class Journal(JournalConnection):
             if held is not None:
                 raise JournalTransitionError(f"journal {self.path}: seq {seq} has a B5 result with TAC {held[0]}: "
                                              "it was charged, resolve it with resolve_unknown")
-            iso, unix = stamp(now)
-            self._update(con, seq, {"state": TxState.REFUSED.value, "reconciled": 1, "reason": "charge_failed",
-                                    "detail": reason, "updated_iso": iso, "updated_unix": unix})
+            self._not_charged(con, seq, reason, now)
+            self._record_lane_settlement(con, entry, ReconcileOutcome.NOT_CHARGED, None, now)
             return self._row(con, seq)
+
+    def _not_charged(self, con: sqlite3.Connection, seq: int, reason: str, now: dt.datetime) -> None:
+        iso, unix = stamp(now)
+        self._update(con, seq, {"state": TxState.REFUSED.value, "reconciled": 1, "reason": "charge_failed",
+                                "detail": reason, "updated_iso": iso, "updated_unix": unix})
 
     def record_refusal(self, facts: Observed, reason: str, now: dt.datetime, *, message: str | None = None,
                        tx_id: str | None = None) -> JournalEntry:
@@ -352,6 +361,7 @@ class Journal(JournalConnection):
                     b5 = B5Result(**{n: from_db(n, v) for n, v in zip(B5_FIELDS, held)})
                     detail = f"completed at start-up from the journalled B5 (TAC {b5.tac.hex()})"
                     self._apply_b5(con, entry, b5, now, message=None, detail=detail)
+                    self._record_lane_settlement(con, entry, ReconcileOutcome.CHARGED, b5.tac, now)
                     completed.append(entry.seq)
                 elif entry.state is TxState.INTENT:
                     self._mark_unknown(con, entry.seq, "laned stopped between C6 and B5 (found at start-up)",

@@ -9,7 +9,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from laned.journal.records import B5Result, JournalEntry, TxState
+from laned.journal.records import B5Result, JournalEntry, ReconcileRecord, TxState
+from laned.journal.records import ReconcileOutcome as ReconcileOutcome
+from laned.journal.records import ReconcileStatus as ReconcileStatus
+from laned.journal.records import SettledBy as SettledBy
 from laned.masking import mask_card, mask_plate
 from laned.uplink.contract import ContractError
 from laned.uplink.messages.codec import LANE_TIME, UplinkMessage, _check_uuid, _Invalid
@@ -22,21 +25,8 @@ class AckStream(enum.StrEnum):
     RECONCILE = "reconcile"  # reconciliation results (topic reconcile/result)
 
 
-class ReconcileOutcome(enum.StrEnum):
-    CHARGED = "charged"
-    NOT_CHARGED = "not_charged"
-
-
-class SettledBy(enum.StrEnum):
-    CENTRE = "centre"  # the centre's answer on topic reconcile
-    LANE = "lane"  # the TAC re-fetched from the RSU (C8)
-
-
-class ReconcileStatus(enum.StrEnum):
-    APPLIED = "applied"
-    ALREADY_SETTLED = "already_settled"
-    CONFLICT = "conflict"  # the answer contradicts the journal; not applied
-    UNKNOWN_SEQ = "unknown_seq"  # no such row, or its tx_uuid differs
+# ReconcileOutcome, SettledBy and ReconcileStatus are the journal's codes (it stores them);
+# re-exported here, where the messages carrying them live.
 
 
 # -- messages --------------------------------------------------------------------------------------
@@ -197,3 +187,20 @@ class ReconcileResult(UplinkMessage):
     answer_id: str | None = None
     tac: bytes | None = None
     detail: str | None = None
+
+    @classmethod
+    def from_record(cls, record: ReconcileRecord) -> ReconcileResult:
+        """The message for one result of the journal's ``reconcile/result`` stream.
+
+        On the wire ``seq`` is the *transaction's* seq (``record.tx_seq``): the centre keeps
+        one result per transaction and acks them by it (``tx/ack``, ``stream: reconcile``).
+        The journal's own numbering of results (``record.seq``) stays on the lane.
+        """
+        return cls(lane_id=record.lane_id, seq=record.tx_seq, tx_uuid=record.tx_uuid, outcome=record.outcome,
+                   settled_by=record.settled_by, result=record.result, at=_absolute(record.at_iso, record.at_unix),
+                   answer_id=record.answer_id, tac=record.tac, detail=record.detail)
+
+    def _check(self) -> None:
+        _check_uuid(self.tx_uuid, "$.tx_uuid")
+        if self.answer_id is not None:
+            _check_uuid(self.answer_id, "$.answer_id")
