@@ -6,6 +6,7 @@ import enum
 
 import typer
 
+from laned.cli import centre_cmd
 from laned.protocol.profiles import PROFILES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -16,6 +17,9 @@ class SenderChoice(enum.StrEnum):
     auto = "auto"
     rsu = "rsu"
     pc = "pc"
+
+
+app.add_typer(centre_cmd.app, name="centre")
 
 
 @app.callback()
