@@ -2,8 +2,9 @@
 
 ``run_lane`` builds every part from a validated :class:`~laned.config.Config` and runs
 every long-running task — the lane executor, each driver's supervisor, the udev hotplug
-follower, health and the systemd watchdog — in **one** ``asyncio.TaskGroup``, each task
-named. Device faults are lane events (degraded modes), never exceptions; anything else
+follower, health, the systemd watchdog and, with ``[uplink]``, the centre link — in **one**
+``asyncio.TaskGroup``, each task named. The centre link being down is a handled fault
+(an alarm; the journal is the outbox), never a reason to stop the lane. Device faults are lane events (degraded modes), never exceptions; anything else
 that ends a task ends ``run_lane`` with :class:`LaneTaskFailed` naming the task, so
 ``laned run`` exits non-zero, systemd restarts it and the journal's crash recovery runs.
 SIGTERM/SIGINT stop it cleanly.
@@ -12,13 +13,14 @@ SIGTERM/SIGINT stop it cleanly.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
 import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from laned.config import Config
@@ -39,6 +41,7 @@ from laned.lane.status_list import StatusList
 from laned.protocol import get_profile
 
 log = logging.getLogger("laned")
+T = TypeVar("T")
 
 # The watchdog is fed only while the lane's own task has handled an event this recently:
 # the ticker posts one every 50 ms, so a lane task stuck for this long is wedged.
@@ -61,6 +64,30 @@ class LaneTaskFailed(Exception):
 
 class _Stopping(Exception):
     """Raised inside the task group to end it when a stop was asked for."""
+
+
+class NotifyingJournal:
+    """The journal writer as the executor submits to it, telling ``notify`` (on the event
+    loop) after each operation: a row that just became final goes to the centre at once
+    instead of at the uplink's next scan."""
+
+    def __init__(self, writer: Any, notify: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
+        self._writer = writer
+        self._notify = notify
+        self._loop = loop
+
+    def submit(self, op: Callable[[Any], T], *, group: bool = False) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = self._writer.submit(op, group=group)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future: concurrent.futures.Future[Any]) -> None:  # on the writer thread
+        if self._loop.is_closed():
+            return  # the daemon is gone; the next start scans the outbox anyway
+        try:
+            self._loop.call_soon_threadsafe(self._notify)
+        except RuntimeError:  # the loop closed between the check and the call
+            pass
 
 
 def lane_clock(timezone: str | dt.tzinfo, *,
@@ -305,7 +332,10 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
         for bus in buses.all():
             await bus.start()
             stack.push_async_callback(bus.close)
-        registry = AlarmRegistry()
+        # centre_link_down waits uplink.link_down_alarm_s: a short outage is normal on a WAN.
+        # (No keyword at all without [uplink]: tests pass their own debounces through it.)
+        registry = (AlarmRegistry() if cfg.uplink is None else
+                    AlarmRegistry(debounce_s={"centre_link_down": cfg.uplink.link_down_alarm_s}))
         monitor = HealthMonitor(
             registry=registry, settings=cfg.health.settings(cfg.barrier, cfg.rsu), post=lambda ev: executor.post(ev),
             rsu=rsu, io=io, display=display, writer=writer, journal_path=cfg.journal.path, fees=fees,
@@ -313,7 +343,19 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
             status_list_loaded_at=status_loaded_at, fee_table_required=settings.direction.value == "exit",
             status_list_required=cfg.status_list is not None, rsu_ready=lambda: machine.rsu_initialised,
             wall=lambda: clock().astimezone(zone), observe=observe)
-        executor = LaneExecutor(machine, rsu, io, display, writer, wall=clock, observe=observe,
+        uplink = None
+        journal_port: Any = writer
+        if cfg.uplink is not None:
+            from laned.uplink.service import LaneView, RecordingChecker, UplinkService
+
+            # The health snapshot to the centre carries the checks' latest results.
+            monitor.checker = RecordingChecker(monitor.settings)
+            uplink = UplinkService.from_config(
+                cfg.uplink, settings.lane_id, writer=writer, monitor=monitor,
+                lane=LaneView(etc_open=lambda: not machine.modes.closed, closed_by=lambda: machine.modes.closed_by),
+                wall=lambda: clock().astimezone(zone))
+            journal_port = NotifyingJournal(writer, uplink.notify, loop)
+        executor = LaneExecutor(machine, rsu, io, display, journal_port, wall=clock, observe=observe,
                                 on_alarm=monitor.lane_alarm)
         executor.health = monitor
         if fees is None:
@@ -368,6 +410,10 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
                 task("journal-writer", watch_writer(writer))
                 task("health", monitor.run(after=lambda: notifier.status(status_line())))
                 task("sd-watchdog", watchdog.run())
+                if uplink is not None:
+                    # Link failures are handled inside (alarm, back-off); anything else it
+                    # raises is a bug and ends the daemon like any task's.
+                    task("uplink", uplink.run())
                 # READY once the lane is in service or in a degraded mode it has announced.
                 notifier.ready(status_line())
                 if started is not None:

@@ -48,6 +48,7 @@ from laned.lane.modes import DisplayPolicy
 from laned.lane.signals import Signal
 from laned.health.checks import HealthSettings
 from laned.protocol.profiles import PROFILES, get_profile
+from laned.uplink.tls import TlsConfigError, certificate_identity, check_private_key_file
 
 DEFAULT_PATH = Path("/etc/laned/laned.toml")
 SIM_CONFIG = Path(__file__).parent / "data" / "sim.toml"  # package data
@@ -100,6 +101,22 @@ def _secret(value: Path) -> Path:
     if mode & stat.S_IRWXO:
         raise ValueError(f"{value} is accessible by others (mode {stat.S_IMODE(mode):04o}); chmod 600 it")
     return value
+
+
+def _readable_file(value: Path) -> Path:
+    if not value.is_file():
+        raise ValueError(f"{value} does not exist or is not a file")
+    if not os.access(value, os.R_OK):
+        raise ValueError(f"{value} cannot be read by the user laned runs as")
+    return value
+
+
+def _private_key(value: Path) -> Path:
+    """The uplink's private key: mode 0600/0400, owned by laned's user (laned.uplink.tls)."""
+    try:
+        return check_private_key_file(value)
+    except TlsConfigError as err:
+        raise ValueError(str(err)) from None
 
 
 def _lane_id(value: str) -> str:
@@ -413,6 +430,41 @@ class HealthSection(_Model):
                               rsu_heartbeat_limit_s=min(65.0, rsu.silence_timeout_s))
 
 
+class UplinkSection(_Model):
+    """The centre link (MQTT 5 over TLS, docs/uplink.md). Absent: the lane works alone and
+    its journal keeps every row until a link is configured."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(8883, ge=1, le=65535)
+    # The CA that issued the broker's certificate (the system CAs are not trusted).
+    ca: Annotated[Path, AfterValidator(_config_path), AfterValidator(_readable_file)]
+    cert: ConfigPath  # the lane's client certificate; its subject CN must be lane.lane_id
+    key: Annotated[Path, AfterValidator(_config_path), AfterValidator(_private_key)]
+    keepalive_s: int = Field(30, ge=5, le=600)  # the contract's server binding says 30
+    # Transactions published and not yet acknowledged by the centre (tx/ack) at once.
+    window: int = Field(256, ge=1, le=10_000)
+    # A row in flight this long without a tx/ack is published again (the centre de-duplicates).
+    ack_timeout_s: float = Field(30.0, gt=0, le=3600)
+    reconnect_min_s: float = Field(1.0, gt=0, le=600)  # back-off after a failed connection, doubling …
+    reconnect_max_s: float = Field(60.0, gt=0, le=3600)  # … up to this, each with ±20 % jitter
+    # centre_link_down is raised once the link has been down this long (short outages are normal).
+    link_down_alarm_s: float = Field(120.0, ge=0, le=86_400)
+    # Unacknowledged rows the journal is sized for: 7 days x 20,000 transactions. The
+    # uplink_backlog_50/80/95 alarms are raised at those percentages of it.
+    backlog_capacity: int = Field(140_000, ge=100, le=100_000_000)
+    health_interval_s: float = Field(60.0, ge=1, le=3600)  # a health snapshot at least this often
+    # How long the broker keeps the lane's session (subscriptions, queued QoS 1 messages)
+    # while it is away; the contract's server binding says one day.
+    session_expiry_s: int = Field(86_400, ge=0, le=0xFFFF_FFFF)
+
+    @model_validator(mode="after")
+    def _backoff(self) -> UplinkSection:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise _key_error("reconnect_max_s", f"{self.reconnect_max_s:g} s is below reconnect_min_s = "
+                             f"{self.reconnect_min_s:g} s")
+        return self
+
+
 class Config(_Model):
     lane: LaneSection
     rsu: RsuSection
@@ -424,7 +476,7 @@ class Config(_Model):
     hotplug: HotplugSection = HotplugSection()
     log: LogSection = LogSection()
     health: HealthSection = HealthSection()
-    # No [tls] yet: it comes back with the MQTT uplink that uses it (its key_file a SecretPath).
+    uplink: UplinkSection | None = None  # no [uplink]: no centre link, the lane works alone
 
     @model_validator(mode="before")
     @classmethod
@@ -438,6 +490,24 @@ class Config(_Model):
                 raise _key_error("log_level", "given twice: keep [log] level and drop log_level")
             data["log"] = {**log, "level": level}
         return data
+
+    @model_validator(mode="after")
+    def _uplink_identity(self) -> Config:
+        """The lane's client certificate must be made out to this lane: the broker's ACL
+        confines a client to the topics of its certificate's CN, so a certificate of
+        another lane would connect and have everything it publishes dropped."""
+        up = self.uplink
+        if up is None:
+            return self
+        try:
+            name = certificate_identity(up.cert)
+        except TlsConfigError as err:
+            raise _key_error("uplink.cert", str(err)) from None
+        if name != self.lane.lane_id:
+            raise _key_error("uplink.cert", f"the certificate {up.cert} is made out to {name!r}, not to this lane "
+                             f"{self.lane.lane_id!r} (lane.lane_id): the broker would drop everything the lane "
+                             f"publishes; install the lane's own certificate")
+        return self
 
     @model_validator(mode="after")
     def _reaction_limit(self) -> Config:

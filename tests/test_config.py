@@ -238,3 +238,92 @@ def test_a_config_is_immutable_once_loaded():
     with pytest.raises(ValidationError, match="frozen"):
         cfg.lane.direction = "entry"  # type: ignore[misc]
     assert isinstance(cfg.devices.io.profile, IoModuleProfile)
+
+
+# -- [uplink]: the centre link ------------------------------------------------------------------------
+
+def _lane_certificate(folder: Path, common_name: str) -> tuple[Path, Path]:
+    """A self-signed certificate made out to ``common_name`` and its key (mode 0600)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / f"{common_name}.pem", folder / f"{common_name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def _uplink(tmp_path: Path, common_name: str = "G0001-0201-03", extra: str = "") -> str:
+    cert, key = _lane_certificate(tmp_path, common_name)
+    (tmp_path / "ca.pem").write_bytes(cert.read_bytes())  # any certificate will do for loading
+    return (f'\n[uplink]\nhost = "mqtt.toll-centre.example"\nca = "ca.pem"\ncert = "{cert.name}"\n'
+            f'key = "{key.name}"\n{extra}')
+
+
+def test_without_an_uplink_section_the_lane_has_no_centre_link():
+    assert load_config(EXAMPLE).uplink is None
+
+
+def test_the_documented_uplink_section_loads_with_the_lanes_certificate(tmp_path):
+    text = EXAMPLE.read_text()
+    block = text[text.index("# [uplink]"):]
+    uncommented = "\n".join(line.removeprefix("# ") for line in block.splitlines())
+    cert, key = _lane_certificate(tmp_path, "G0001-0201-03")
+    uncommented = (uncommented.replace("/etc/laned/tls/lane.pem", str(cert))
+                   .replace("/etc/laned/tls/lane.key", str(key)).replace("/etc/laned/tls/centre-ca.pem", str(cert)))
+    cfg = load_config(write(tmp_path, text[:text.index("# [uplink]")] + uncommented))
+    up = cfg.uplink
+    assert up is not None and (up.host, up.port, up.cert, up.key) == ("mqtt.toll-centre.example", 8883, cert, key)
+    assert (up.window, up.ack_timeout_s, up.backlog_capacity, up.session_expiry_s) == (256, 30, 140_000, 86_400)
+
+
+def test_uplink_defaults_and_relative_paths(tmp_path):
+    cfg = load_config(write(tmp_path, example() + _uplink(tmp_path)))
+    up = cfg.uplink
+    assert up is not None and up.ca == tmp_path / "ca.pem" and up.key == tmp_path / "G0001-0201-03.key"
+    assert (up.port, up.keepalive_s, up.reconnect_min_s, up.reconnect_max_s) == (8883, 30, 1.0, 60.0)
+    assert (up.link_down_alarm_s, up.health_interval_s) == (120.0, 60.0)
+
+
+def test_an_uplink_key_others_can_read_is_refused_at_start(tmp_path):
+    text = example() + _uplink(tmp_path)
+    os.chmod(tmp_path / "G0001-0201-03.key", 0o644)
+    msg = error_of(tmp_path, text)
+    assert "uplink.key" in msg and "accessible by group and others (mode 0644)" in msg and "chmod 600" in msg
+
+
+def test_a_missing_ca_file_is_named(tmp_path):
+    msg = error_of(tmp_path, example() + _uplink(tmp_path).replace('ca = "ca.pem"', 'ca = "nothing.pem"'))
+    assert "uplink.ca" in msg and "nothing.pem does not exist" in msg
+
+
+def test_a_missing_uplink_key_is_named(tmp_path):
+    msg = error_of(tmp_path, example() + _uplink(tmp_path).replace("G0001-0201-03.key", "nowhere.key"))
+    assert "uplink.key" in msg and "nowhere.key does not exist" in msg
+
+
+def test_a_certificate_made_out_to_another_lane_is_refused(tmp_path):
+    msg = error_of(tmp_path, example() + _uplink(tmp_path, "G0001-0201-04"))
+    assert "uplink.cert" in msg and "'G0001-0201-04', not to this lane 'G0001-0201-03'" in msg
+
+
+@pytest.mark.parametrize(("extra", "fragment"), [
+    ("reconnect_min_s = 10\nreconnect_max_s = 5\n", "uplink.reconnect_max_s = 5: 5 s is below reconnect_min_s"),
+    ("window = 0\n", "uplink.window = 0"),
+    ("ack_timeout_s = 0\n", "uplink.ack_timeout_s = 0"),
+    ("port = 70000\n", "uplink.port = 70000"),
+    ("backlog = 5\n", "uplink.backlog is not a known setting"),
+])
+def test_a_bad_uplink_value_is_named(tmp_path, extra, fragment):
+    assert fragment in error_of(tmp_path, example() + _uplink(tmp_path, extra=extra))

@@ -314,6 +314,46 @@ _SPECS: tuple[AlarmSpec, ...] = (
         "Check the uplink (broker reachable, certificates valid) and the centre's list "
         "publication; the detail has the list's version and age.",
         raise_after_s=0.0, clear_after_s=0.0),
+    # -- centre link (laned/uplink) ----------------------------------------------------------------
+    AlarmSpec(
+        "centre_link_down", _C, _MAJ,
+        "与收费中心的连接中断，交易照常进行并保存在本地，恢复后自动补传，请检查网络和证书",
+        "Centre link down: laned cannot reach the centre's MQTT broker (the detail has the last error). "
+        "The lane keeps charging; every transaction stays in the journal and is sent when the link is back. "
+        "Check the network to the centre, the broker address and the lane's certificate.",
+        "Check the lane PC's network (cable, switch, `ip addr`, `ping` the broker host in [uplink] host), "
+        "then the detail: 'certificate … expired' or 'not valid before' means a renewed certificate or "
+        "the clock (see clock_jump); 'refused'/'not authorised' means the broker does not accept the "
+        "lane's certificate. laned reconnects by itself with back-off; the alarm clears on reconnect and "
+        "the backlog then drains (`laned status`, uplink_backlog_* alarms).",
+        raise_after_s=120.0, clear_after_s=0.0),
+    AlarmSpec(
+        "uplink_backlog_50", _C, _WARN,
+        "未上传中心的交易已达本地容量的50%，请检查与中心的连接",
+        "Half of the outbox capacity (uplink.backlog_capacity) is taken by transactions the centre has "
+        "not acknowledged. Nothing is lost; check why they do not reach the centre.",
+        "The detail has the count and the oldest unacknowledged seq and time. Usually centre_link_down "
+        "is raised too: fix the link. With the link up, the centre is not acknowledging (tx/ack): tell "
+        "the centre the lane id and the oldest seq.",
+        raise_after_s=0.0, clear_after_s=0.0),
+    AlarmSpec(
+        "uplink_backlog_80", _C, _MIN,
+        "未上传中心的交易已达本地容量的80%，请尽快恢复与中心的连接",
+        "80 % of the outbox capacity is taken by transactions the centre has not acknowledged. Nothing "
+        "is lost, but the journal grows on the disk; restore the centre link soon.",
+        "As for uplink_backlog_50, with more urgency: check the free disk space too (disk_low). The "
+        "journal never drops a row: a full disk closes ETC.",
+        raise_after_s=0.0, clear_after_s=0.0),
+    AlarmSpec(
+        "uplink_backlog_95", _C, _MAJ,
+        "未上传中心的交易已达本地容量的95%，请立即恢复与中心的连接并检查磁盘空间",
+        "95 % of the outbox capacity is taken by transactions the centre has not acknowledged: the lane "
+        "has been cut off from the centre for about a week of traffic. Nothing is lost yet; restore the "
+        "link now and check the disk.",
+        "Restore the centre link now (centre_link_down). Check free disk space under the journal "
+        "(`df -h /var/lib/laned`): a full disk stops the journal and closes ETC. Report the lane id and "
+        "the oldest unacknowledged seq to the centre.",
+        raise_after_s=0.0, clear_after_s=0.0),
     # -- the lane ---------------------------------------------------------------------------------
     AlarmSpec(
         "etc_closed", _C, _CRIT,

@@ -1,0 +1,538 @@
+"""The uplink task: the journal's outbox to the centre, and what the centre sends back.
+
+:class:`UplinkService` runs as the daemon's ``uplink`` task (``laned.app``). It keeps a
+:class:`~laned.uplink.link.CentreLink` session up (reconnecting with back-off) and, while
+connected:
+
+* publishes the journal's final rows (topic ``tx``) through an
+  :class:`~laned.uplink.outbox.OutboxWindow`: at most ``window`` rows in flight, new rows
+  first, then the backlog in seq order from the oldest unacknowledged row; rows whose ack
+  is overdue (``ack_timeout_s``) go up again. A row is marked delivered **only** when the
+  centre's ``tx/ack`` names it — a PUBACK only says the broker has it;
+* applies the centre's reconciliation answers (``reconcile``) to the journal
+  (``settle_from_centre``) and publishes the results (``reconcile/result``), a second
+  stream acked by ``tx/ack`` with ``stream: reconcile``;
+* publishes the retained lane state (on connect and on change), health snapshots (every
+  ``health_interval_s`` and on every alarm change) and each alarm raise/clear;
+* hands commands (``cmd``) to a hook: executing them is not this module's business.
+
+The journal is read only through :meth:`JournalWriter.submit_async`, so the event loop
+never waits on SQLite. While the link is down the lane keeps charging: the journal is the
+outbox; ``centre_link_down`` is raised after ``[uplink] link_down_alarm_s`` and the
+``uplink_backlog_50/80/95`` alarms follow the backlog. A link failure is handled here;
+anything else that goes wrong ends the task, and with it the daemon (a bug, loudly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import laned
+from laned.health.alarms import AlarmChange
+from laned.health.checks import CheckResult, CheckStatus, HealthChecker, LaneSnapshot
+from laned.journal.errors import JournalError, JournalStorageError
+from laned.journal.records import Backlog, JournalEntry, ReconcileRecord, ReconcileStatus, TxState
+from laned.journal.store import Journal
+from laned.lane.events import ClearAlarm, Device, RaiseAlarm
+from laned.uplink.contract import ContractError, validate
+from laned.uplink.link import Backoff, CentreLink, Incoming, LinkDown, LinkSettings, LinkState, Session
+from laned.uplink.messages import (
+    ActiveAlarm, AlarmMsg, AckStream, Check, ClosedBy, CommandRequest, HealthSnapshot, LaneState, LaneStatus,
+    OutboxState, ReconcileAnswer, ReconcileOutcome, ReconcileResult, TransactionMsg, TxAck, UplinkMessage,
+)
+from laned.uplink.outbox import OutboxWindow, backlog_level, reconcile_window, transaction_window
+
+if TYPE_CHECKING:
+    from laned.config import UplinkSection
+
+log = logging.getLogger("laned.uplink")
+
+R = TypeVar("R")
+
+WATCH_S = 1.0  # lane state, alarm changes and health: looked at this often (the health cycle's pace)
+BACKLOG_CHECK_S = 5.0  # the backlog count (an index count) for the uplink_backlog_* alarms
+MAX_PUMP_WAIT_S = 5.0  # the outbox pump wakes at least this often to look for overdue rows
+LIVE_BATCH = 64  # new rows fetched per wake-up, ahead of the backlog
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkSettings:
+    """The delivery knobs of ``[uplink]`` (laned.config.UplinkSection)."""
+
+    window: int = 256
+    ack_timeout_s: float = 30.0
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    backlog_capacity: int = 140_000
+    health_interval_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class LaneView:
+    """What the uplink reads of the lane: whether ETC is open and what closes it."""
+
+    etc_open: Callable[[], bool]
+    closed_by: Callable[[], Mapping[Device, str]]
+
+
+class RecordingChecker(HealthChecker):
+    """The health checker, keeping its latest results for the centre's health snapshot."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.latest: list[CheckResult] = []
+
+    def run(self, snap: LaneSnapshot, now: float, wall: dt.datetime) -> list[CheckResult]:
+        self.latest = super().run(snap, now, wall)
+        return self.latest
+
+
+class _Stream(Generic[R]):
+    """One outbox stream: its window, how to read it from the journal, mark it and send a row."""
+
+    def __init__(self, name: AckStream, window: OutboxWindow[R], *,
+                 scan: Callable[[Journal, int, int], list[R]],
+                 mark: Callable[[Journal, int, int, dict[int, str], dt.datetime], int],
+                 message: Callable[[R], UplinkMessage], seq: Callable[[R], int]) -> None:
+        self.name = name
+        self.window = window
+        self.scan = scan
+        self.mark = mark
+        self.message = message
+        self.seq = seq
+        self.wake = asyncio.Event()
+        self.last_acked: int | None = None
+        self.more = False  # the last scan filled the room and there is room again: scan on at once
+
+
+def _mark_tx(j: Journal, first: int, last: int, sent: dict[int, str], now: dt.datetime) -> int:
+    return j.outbox_ack(first, last, now, sent=sent)
+
+
+def _mark_reconcile(j: Journal, first: int, last: int, sent: dict[int, str], now: dt.datetime) -> int:
+    # The ack names transaction seqs; ``sent`` maps each to the result's own seq that went
+    # out, so a newer result of the same transaction is not marked by an older one's ack.
+    return j.reconcile_ack(first, last, now, sent=sent)
+
+
+def _overall(results: list[CheckResult]) -> CheckStatus:
+    statuses = {r.status for r in results}
+    for status in (CheckStatus.FAILED, CheckStatus.DEGRADED, CheckStatus.OK):
+        if status in statuses:
+            return status
+    return CheckStatus.UNKNOWN
+
+
+class UplinkService:
+    """The uplink task (see the module docstring). ``monitor`` is the daemon's
+    :class:`~laned.health.monitor.HealthMonitor` (alarms in and out, checks); None runs
+    without alarms and with an empty health snapshot (tests)."""
+
+    def __init__(self, link: CentreLink, writer: Any, settings: UplinkSettings, *, monitor: Any, lane: LaneView,
+                 wall: Callable[[], dt.datetime], monotonic: Callable[[], float] = time.monotonic,
+                 on_command: Callable[[Incoming], Awaitable[None]] | None = None) -> None:
+        self.link = link
+        self.lane_id = link.settings.lane_id
+        self.writer = writer
+        self.settings = settings
+        self.monitor = monitor
+        self.lane = lane
+        self.wall = wall
+        self.monotonic = monotonic
+        self.on_command = on_command or self._command_not_executed
+        self.tx: _Stream[JournalEntry] = _Stream(
+            AckStream.TX, transaction_window(settings.window), scan=lambda j, after, n: j.outbox_after(after, n),
+            mark=_mark_tx, message=TransactionMsg.from_entry, seq=lambda e: e.seq)
+        # On the wire a result carries its transaction's seq, and the centre acks by it
+        # (ReconcileResult.from_record); the journal scans results by their own seq.
+        self.reconcile: _Stream[ReconcileRecord] = _Stream(
+            AckStream.RECONCILE, reconcile_window(settings.window),
+            scan=lambda j, after, n: j.reconcile_after(after, n), mark=_mark_reconcile,
+            message=ReconcileResult.from_record, seq=lambda r: r.tx_seq)
+        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
+        self._newest = 0  # the highest tx seq fetched as new (live) in this connection
+        self._backlog_level: int | None = None
+        self._backlog: tuple[int, int | None] = (0, None)  # count, oldest seq
+        self._alarm_index = 0
+        self._published_state: LaneState | None = None
+        self._down_since: float | None = None
+        self._down_reason = ""
+        self._started = monotonic()
+        self._unconforming: set[str] = set()
+        self._storage_errors: set[str] = set()
+
+    @classmethod
+    def build(cls, link: LinkSettings, settings: UplinkSettings, *, writer: Any, monitor: Any, lane: LaneView,
+              wall: Callable[[], dt.datetime], monotonic: Callable[[], float] = time.monotonic,
+              on_command: Callable[[Incoming], Awaitable[None]] | None = None) -> UplinkService:
+        """The service and its link (which publishes the service's lane state on connect)."""
+        service: UplinkService
+        centre = CentreLink(link, lane_state=lambda: service.lane_state(), wall=wall)
+        service = cls(centre, writer, settings, monitor=monitor, lane=lane, wall=wall, monotonic=monotonic,
+                      on_command=on_command)
+        return service
+
+    @classmethod
+    def from_config(cls, uplink: UplinkSection, lane_id: str, *, writer: Any, monitor: Any, lane: LaneView,
+                    wall: Callable[[], dt.datetime]) -> UplinkService:
+        """From ``[uplink]`` (``link_down_alarm_s`` is the alarm registry's, in laned.app)."""
+        link = LinkSettings(lane_id=lane_id, host=uplink.host, port=uplink.port, ca=uplink.ca, cert=uplink.cert,
+                            key=uplink.key, keepalive_s=uplink.keepalive_s,
+                            session_expiry_s=uplink.session_expiry_s, max_inflight=uplink.window)
+        settings = UplinkSettings(window=uplink.window, ack_timeout_s=uplink.ack_timeout_s,
+                                  reconnect_min_s=uplink.reconnect_min_s, reconnect_max_s=uplink.reconnect_max_s,
+                                  backlog_capacity=uplink.backlog_capacity,
+                                  health_interval_s=uplink.health_interval_s)
+        return cls.build(link, settings, writer=writer, monitor=monitor, lane=lane, wall=wall)
+
+    # -- for the daemon and tests ----------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self.link.state is LinkState.UP
+
+    @property
+    def dropped(self) -> int:
+        """Received payloads dropped because they did not conform to the contract."""
+        return self.link.stats.dropped
+
+    def in_flight(self, stream: AckStream = AckStream.TX) -> list[int]:
+        """Seqs published on ``stream`` and not acknowledged yet."""
+        return (self.tx if stream is AckStream.TX else self.reconcile).window.in_flight
+
+    def notify(self) -> None:
+        """A journal operation finished (a row may have become final, or the lane may have
+        settled an unknown row and recorded a result): look for new rows now."""
+        self.tx.wake.set()
+        self.reconcile.wake.set()
+
+    def lane_state(self) -> LaneState:
+        closed = self.lane.closed_by()
+        etc_open = self.lane.etc_open()
+        return LaneState(lane_id=self.lane_id, state=LaneStatus.ONLINE if etc_open else LaneStatus.DEGRADED,
+                         reason=None if etc_open else "; ".join(f"{d}: {why}" for d, why in sorted(closed.items())),
+                         at=self.wall(), etc_open=etc_open,
+                         closed_by=tuple(ClosedBy(device=d, reason=why) for d, why in sorted(closed.items())) or None,
+                         software_version=laned.__version__)
+
+    # -- the task --------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Until cancelled: keep the link up and serve it; count the backlog meanwhile."""
+        # Pending from the start: a centre never reached raises centre_link_down too.
+        self._down_since = self.monotonic()
+        self._alarm(RaiseAlarm("centre_link_down", "not connected yet"))
+        log.info("centre link: connecting to %s as %s", self.link.settings.where(), self.link.settings.client_id)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._backlog_watch(), name="uplink-backlog")
+            tg.create_task(self._connect_loop(), name="uplink-link")
+
+    async def _connect_loop(self) -> None:
+        while True:
+            _stop_if_cancelled()
+            try:
+                async with self.link.session() as session:
+                    _stop_if_cancelled()  # a stop that came during the connect
+                    # Served in a task of its own: Python 3.11's TaskGroup leaves its parent's
+                    # cancel count raised after a child failed, which would read as a stop here.
+                    await asyncio.create_task(self._serve(session), name="uplink-session")
+            except LinkDown as err:
+                _stop_if_cancelled(err)
+                await self._link_down(err.reason)
+            delay = self._backoff.next()
+            log.debug("centre link: next attempt in %.1f s", delay)
+            await asyncio.sleep(delay)  # the back-off, so that a broker that refuses is not hammered
+
+    async def _link_down(self, reason: str) -> None:
+        if reason != self._down_reason:  # each new reason once, not every attempt
+            await self._count_backlog()
+            count, oldest = self._backlog
+            log.warning("centre link %s: %s. The lane keeps charging; %d rows wait in the journal%s and go up when "
+                        "the link is back; retrying with back-off (%g–%g s)", self.link.settings.where(), reason,
+                        count, f" from seq {oldest}" if oldest else "", self.settings.reconnect_min_s,
+                        self.settings.reconnect_max_s)
+        self._down_reason = reason
+        if self._down_since is None:
+            self._down_since = self.monotonic()
+        self._alarm(RaiseAlarm("centre_link_down", reason))
+
+    async def _link_up(self) -> None:
+        down = 0.0 if self._down_since is None else self.monotonic() - self._down_since
+        self._down_since, self._down_reason = None, ""
+        self._backoff.reset()
+        await self._count_backlog()
+        count, oldest = self._backlog
+        log.info("centre link: connected to %s as %s after %.1f s; %d unacknowledged rows go up%s",
+                 self.link.settings.where(), self.link.settings.client_id, down, count,
+                 f" from seq {oldest}" if oldest else "")
+        self._alarm(ClearAlarm("centre_link_down", "connected"))
+
+    async def _serve(self, session: Session) -> None:
+        for stream in (self.tx, self.reconcile):
+            stream.window.connected()
+            stream.wake.set()
+        self._newest = await self.writer.submit_async(lambda mj: mj.journal.last_seq())
+        self._published_state = None
+        self._alarm_index = len(self.monitor.changes) if self.monitor is not None else 0
+        await self._link_up()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._receive(session), name="uplink-receive")
+                tg.create_task(self._pump(session, self.tx), name="uplink-tx")
+                tg.create_task(self._pump(session, self.reconcile), name="uplink-reconcile")
+                tg.create_task(self._watch(session), name="uplink-watch")
+        except* LinkDown as group:
+            raise group.exceptions[0] from None
+        finally:
+            for stream in (self.tx, self.reconcile):
+                stream.window.disconnected()
+
+    # -- publishing the outbox --------------------------------------------------------------------
+    async def _pump(self, session: Session, stream: _Stream[Any]) -> None:
+        # Overdue rows are looked for at least this often: half the ack timeout, so a late
+        # row goes up again at most 1.5 timeouts after it was sent.
+        wait_s = min(self.settings.ack_timeout_s / 2, MAX_PUMP_WAIT_S)
+        last_sweep = self.monotonic()
+        while True:
+            _stop_if_cancelled()
+            stream.wake.clear()
+            try:
+                last_sweep = await self._pump_once(session, stream, last_sweep)
+            except JournalStorageError as err:
+                # The disk or SQLite failed (journal_not_writable says so): nothing is lost,
+                # the rows wait in the journal; try again after the wait below.
+                self._storage_trouble(f"reading the {stream.name} outbox", err)
+            else:
+                if stream.more:
+                    continue  # more backlog waits and there is room: go on at once
+            try:
+                async with asyncio.timeout(wait_s):
+                    await stream.wake.wait()
+            except TimeoutError:
+                pass  # time to look at overdue rows
+
+    async def _pump_once(self, session: Session, stream: _Stream[Any], last_sweep: float) -> float:
+        """Publish what the window has room for, and what is overdue; returns the last sweep's time."""
+        w = stream.window
+        if stream is self.tx and w.room():
+            await self._fetch_live()
+        room = w.room()
+        scanned: list[Any] = []
+        if room:
+            after = w.next_scan_after()
+            scanned = await self.writer.submit_async(_scan(stream, after, room))
+        rows = w.take(scanned, self.monotonic())
+        now = self.monotonic()
+        if now - last_sweep >= self.settings.ack_timeout_s and w.room():
+            # Rows that changed after the scan passed them (an unknown row settled by a
+            # C8 re-fetch) sit below the cursor: look from the oldest unacked row again.
+            # What is in flight in the same state is skipped by the window.
+            last_sweep = now
+            oldest = await self.writer.submit_async(_scan(stream, 0, w.size))
+            rows += w.take(oldest, now)
+        late = w.overdue(now, self.settings.ack_timeout_s)
+        if late:
+            log.info("centre link: no %s ack for seqs %s within %g s; publishing them again (the centre "
+                     "de-duplicates)", stream.name, _seqs([stream.seq(r) for r in late]),
+                     self.settings.ack_timeout_s)
+        if rows or late:
+            await session.publish_all([stream.message(r) for r in rows + late])
+        stream.more = bool(room) and len(scanned) == room and w.room() > 0
+        return last_sweep
+
+    async def _fetch_live(self) -> None:
+        """New final rows (above the highest seen) go into the window ahead of the backlog."""
+        after = self._newest
+        rows: list[JournalEntry] = await self.writer.submit_async(
+            lambda mj: mj.journal.outbox_after(after, LIVE_BATCH))
+        for row in rows:
+            self.tx.window.live(row)
+            self._newest = max(self._newest, row.seq)
+
+    # -- what the centre sends ---------------------------------------------------------------------
+    async def _receive(self, session: Session) -> None:
+        async for item in session.incoming():
+            msg = item.message
+            if isinstance(msg, TxAck):
+                await self._on_ack(msg)
+            elif isinstance(msg, ReconcileAnswer):
+                await self._on_answer(msg)
+            elif isinstance(msg, CommandRequest):
+                await self.on_command(item)
+            else:
+                # Status lists and fee tables over the uplink are not taken yet (list/manifest,
+                # list/chunk): the lane uses the files named in laned.toml.
+                log.debug("centre link: %s on %s ignored: list downloads are not implemented yet",
+                          type(msg).__name__, item.topic)
+
+    async def _on_ack(self, ack: TxAck) -> None:
+        stream: _Stream[Any] = self.tx if ack.stream is AckStream.TX else self.reconcile
+        sent = stream.window.acked(ack.first_seq, ack.last_seq)
+        if not sent:
+            log.info("centre link: %s ack for seqs %d…%d names nothing in flight (a repeat, or a copy sent "
+                     "before a reconnect); nothing marked, such rows go up again", ack.stream, ack.first_seq,
+                     ack.last_seq)
+            return
+        now = self.wall()
+        first, last = ack.first_seq, ack.last_seq
+        try:
+            marked = await self.writer.submit_async(lambda mj: stream.mark(mj.journal, first, last, sent, now))
+        except JournalStorageError as err:
+            # Not marked: the rows stay waiting, go up again (the look-back from the oldest
+            # waiting row finds them) and are marked on the centre's next ack.
+            self._storage_trouble(f"marking {ack.stream} seqs {first}…{last} delivered", err)
+            return
+        stream.last_acked = max(sent) if stream.last_acked is None else max(stream.last_acked, max(sent))
+        log.debug("centre link: %s ack %d…%d: %d rows delivered", ack.stream, first, last, marked)
+        stream.wake.set()
+
+    async def _on_answer(self, answer: ReconcileAnswer) -> None:
+        b5 = answer.to_b5() if answer.outcome is ReconcileOutcome.CHARGED else None
+        now = self.wall()
+        try:
+            record: ReconcileRecord = await self.writer.submit_async(lambda mj: mj.journal.settle_from_centre(
+                seq=answer.seq, tx_uuid=answer.tx_uuid, outcome=answer.outcome, answer_id=answer.answer_id,
+                b5=b5, now=now))
+        except JournalError as err:
+            # The centre repeats its answer until it has the result: nothing is lost.
+            log.error("reconcile: the centre's answer %s on seq %d could not be journalled (%s); it is taken "
+                      "when the centre repeats it", answer.answer_id, answer.seq, err)
+            return
+        log.info("reconcile: the centre's answer %s on seq %d (%s): %s%s", answer.answer_id, answer.seq,
+                 answer.outcome, record.result, f" — {record.detail}" if record.detail else "")
+        if record.result is ReconcileStatus.APPLIED:
+            entry: JournalEntry = await self.writer.submit_async(lambda mj: mj.journal.get(answer.seq))
+            if entry.state is not TxState.INTENT:
+                self.tx.window.live(entry)  # the settled row goes up again (its ack was cleared)
+            self.tx.wake.set()
+        self.reconcile.window.live(record)
+        self.reconcile.wake.set()
+
+    async def _command_not_executed(self, item: Incoming) -> None:
+        msg = item.message
+        if isinstance(msg, CommandRequest):
+            log.info("centre link: command %s (id %s, seq %d) received, not executed yet: command execution is "
+                     "not part of this laned; no result is sent", msg.command, msg.command_id, msg.seq)
+
+    # -- state, health and alarms ------------------------------------------------------------------
+    async def _watch(self, session: Session) -> None:
+        next_health = self.monotonic()
+        while True:
+            _stop_if_cancelled()
+            state = self.lane_state()
+            if self._published_state is None or dataclasses.replace(state, at=None) != dataclasses.replace(
+                    self._published_state, at=None):
+                if self._published_state is not None:  # the connect published it already
+                    await self._publish_checked(session, state)
+                self._published_state = state
+            changes = self._new_alarm_changes()
+            for change in changes:
+                await self._publish_checked(session, AlarmMsg.from_change(change, self.lane_id))
+            if changes or self.monotonic() >= next_health:
+                await self._publish_checked(session, self._health())
+                next_health = self.monotonic() + self.settings.health_interval_s
+            await asyncio.sleep(WATCH_S)  # the health cycle's pace; nothing here is urgent
+
+    def _new_alarm_changes(self) -> list[AlarmChange]:
+        if self.monitor is None:
+            return []
+        changes: list[AlarmChange] = self.monitor.changes[self._alarm_index:]
+        self._alarm_index += len(changes)
+        return changes
+
+    async def _publish_checked(self, session: Session, msg: UplinkMessage) -> None:
+        """State, health and alarms are few: check them against the contract before they go,
+        so a message the centre would reject is reported here, once, instead."""
+        try:
+            validate(msg.MESSAGE, msg.to_dict())
+        except ContractError as err:
+            if str(err) not in self._unconforming:
+                self._unconforming.add(str(err))
+                log.error("centre link: not publishing a %s that does not conform to the contract (%s); "
+                          "this is a laned bug, report it", msg.MESSAGE, err)
+            return
+        await session.publish(msg)
+
+    def _health(self) -> HealthSnapshot:
+        monitor = self.monitor
+        results = monitor.checker.latest if monitor is not None and isinstance(monitor.checker,
+                                                                                 RecordingChecker) else []
+        alarms = monitor.registry.active() if monitor is not None else []
+        closed = self.lane.closed_by()
+        count, oldest = self._backlog
+        return HealthSnapshot(
+            lane_id=self.lane_id, at=self.wall(), overall=_overall(results), etc_open=self.lane.etc_open(),
+            checks=tuple(Check.from_result(r) for r in results),
+            alarms=tuple(ActiveAlarm.from_alarm(a) for a in alarms),
+            closed_by=tuple(ClosedBy(device=d, reason=why) for d, why in sorted(closed.items())) or None,
+            outbox=OutboxState(pending=count, oldest_pending_seq=oldest, last_acked_seq=self.tx.last_acked),
+            software_version=laned.__version__, uptime_s=int(self.monotonic() - self._started))
+
+    async def _backlog_watch(self) -> None:
+        """The backlog, connected or not: the uplink_backlog_* alarms and the health snapshot."""
+        while True:
+            _stop_if_cancelled()
+            try:
+                backlog = await self._count_backlog()
+            except JournalStorageError as err:
+                self._storage_trouble("counting the outbox backlog", err)
+                await asyncio.sleep(BACKLOG_CHECK_S)
+                continue
+            level = backlog_level(backlog.count, self.settings.backlog_capacity, self._backlog_level)
+            if level != self._backlog_level:
+                detail = (f"{backlog.count} of {self.settings.backlog_capacity} rows unacknowledged, the oldest "
+                          f"seq {backlog.oldest_seq}")
+                log.log(logging.WARNING if level else logging.INFO, "centre link: outbox backlog %s (%s)",
+                        f"at {level} %" if level else "below 50 %", detail)
+                # One level at a time: the highest reached is raised, the others cleared.
+                self._alarm(RaiseAlarm("uplink_backlog_50", detail) if level == 50
+                            else ClearAlarm("uplink_backlog_50", detail))
+                self._alarm(RaiseAlarm("uplink_backlog_80", detail) if level == 80
+                            else ClearAlarm("uplink_backlog_80", detail))
+                self._alarm(RaiseAlarm("uplink_backlog_95", detail) if level == 95
+                            else ClearAlarm("uplink_backlog_95", detail))
+                self._backlog_level = level
+            await asyncio.sleep(BACKLOG_CHECK_S)  # a count of an index; the backlog moves slowly
+
+    async def _count_backlog(self) -> Backlog:
+        backlog: Backlog = await self.writer.submit_async(lambda mj: mj.journal.outbox_backlog())
+        self._backlog = (backlog.count, backlog.oldest_seq)
+        return backlog
+
+    def _storage_trouble(self, what: str, err: JournalStorageError) -> None:
+        key = f"{what}: {err}"
+        if key not in self._storage_errors:  # once per distinct failure, not on every retry
+            self._storage_errors.add(key)
+            log.error("centre link: the journal failed while %s (%s); nothing is lost, the rows wait in the "
+                      "journal and laned tries again (see journal_not_writable)", what, err)
+
+    def _alarm(self, action: RaiseAlarm | ClearAlarm) -> None:
+        if self.monitor is not None:
+            self.monitor.lane_alarm(action)
+
+
+def _stop_if_cancelled(err: BaseException | None = None) -> None:
+    """Raise CancelledError if this task is being cancelled. Python 3.11 can lose a
+    cancellation: TaskGroup raises a child's error instead of it, and asyncio.wait_for
+    (which aiomqtt awaits every PUBACK with) returns a result that came at the same moment.
+    The count stays, so each loop looks at it: a stopping daemon must not reconnect forever.
+    Only in tasks whose own TaskGroups end them when a child fails (the count is raised
+    then too, see _connect_loop)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from err
+
+
+def _scan(stream: _Stream[R], after: int, limit: int) -> Callable[[Any], list[R]]:
+    """The journal operation reading ``stream`` from ``after`` (at most ``limit`` rows)."""
+    return lambda mj: stream.scan(mj.journal, after, limit)
+
+
+def _seqs(seqs: list[int], limit: int = 10) -> str:
+    shown = ", ".join(map(str, seqs[:limit]))
+    return shown + (f" (+{len(seqs) - limit} more)" if len(seqs) > limit else "")
