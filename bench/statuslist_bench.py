@@ -59,9 +59,8 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
-from laned.lane.status_list import (
-    Entry, Key, StatusList, apply_delta, card_key, obu_key, parse_payload, parse_payload_steps, run_steps,
-)
+from laned.lane.status_list import Entry, Key, StatusList, card_key, obu_key, parse_payload, parse_payload_steps
+from laned.uplink.list_apply import apply_delta, run_steps
 
 NETWORKS = [f"{p}01" for p in (11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45,
                                 46, 50, 51, 52, 53, 54, 61, 62, 63, 64, 65)]

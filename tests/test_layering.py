@@ -19,13 +19,7 @@ CORE = ("lane", "protocol")
 FORBIDDEN = ("laned.drivers", "laned.app", "laned.executor", "asyncio", "time", "threading", "socket", "serial")
 
 # Known exceptions, each with its reason. Remove an entry when its module is fixed.
-KNOWN: dict[tuple[str, str], str] = {
-    # run_steps()/apply_delta() slice a big list update into steps on the running event loop
-    # (asyncio.sleep(0) between slices, time.perf_counter for the slice budget). They are
-    # loop glue and belong beside the code that receives the update (uplink), not in lane/.
-    ("lane/status_list.py", "time"): "run_steps slice budget (perf_counter)",
-    ("lane/status_list.py", "asyncio"): "run_steps yields to the loop",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def _imports(path: pathlib.Path) -> list[tuple[str, int]]:

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 
 from laned.lane import status_list
 from laned.lane.status_list import (
-    Delta, Entry, Key, StatusList, StatusListError, apply_delta, card_key, obu_key, parse_payload,
-    parse_payload_steps,
+    Delta, Entry, Key, StatusList, StatusListError, card_key, obu_key, parse_payload, parse_payload_steps,
 )
+from laned.uplink.list_apply import apply_delta
 
 CARD = ("3701", "2301000012345678")
 OBU_ID = bytes.fromhex("a1b2c3d4")

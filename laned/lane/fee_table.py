@@ -107,6 +107,20 @@ class FeeTable:
         return cls(version, valid_from, fees, maximum, valid_until)
 
     @classmethod
+    def from_toml_bytes(cls, data: bytes, *, source: str = "fee table", tz: dt.tzinfo | None = None) -> FeeTable:
+        """A fee table as the centre sends it (``laned-fee-toml-1``: this file format in
+        UTF-8 TOML), validated as :meth:`from_mapping` does."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise FeeTableError(f"{source} is not UTF-8 text: {err.reason} at byte {err.start}") from None
+        try:
+            parsed = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise FeeTableError(f"{source} is not valid TOML: {err}") from None
+        return cls.from_mapping(parsed, source=source, tz=tz)
+
+    @classmethod
     def load(cls, path: str | Path, *, tz: dt.tzinfo | None = None) -> FeeTable:
         """A ``.json`` file is read as JSON, anything else as TOML (``tz``: see from_mapping)."""
         p = Path(path)

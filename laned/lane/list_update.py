@@ -1,0 +1,553 @@
+"""Status lists and fee tables from the centre: the download, checked before anything is applied.
+
+The centre announces a version with a signed manifest (topic ``list/manifest``,
+:class:`~laned.uplink.messages.ListManifest`) and sends its bytes in chunks
+(``list/chunk``). One :class:`ListDownload` per kind (:class:`ListDownloads` holds both
+and routes by kind) checks the manifest, collects the chunks in any order and, once it
+holds them all, checks their total size and SHA-256 and hands back the verified bytes
+(:class:`Complete`). Applying them is :mod:`laned.uplink.list_apply`'s; until then
+nothing the lane uses has changed.
+
+A manifest is checked in this order, the first failure decides (docs/lists.md has the
+table): JSON object → signature present, well-formed, by a trusted key, verifying over
+the canonical bytes (asyncapi.yaml "Signatures"; nothing else is believed before) → a
+``lane_id``, if named, is this lane's → kind known, contract → size → not expired, a
+status list not ahead of its ``valid_from`` (a fee table may be: it waits as the pending
+one) → versions: the version in use again is no news (:class:`Ignored`), an older one a
+``rollback``, a delta not on the version in use a ``base_mismatch`` (never a mix of
+versions); against the download in progress, a newer version supersedes it.
+
+Every refusal is a :class:`Refused` (a :class:`ListRefusal` and a text) for the caller to
+raise as an alarm and log; a chunk that cannot be taken is dropped, counted and asked for
+again (:meth:`ListDownload.due`). :func:`list_age_state` is the freshness of the version
+in use (the *freeze attack*: blocked updates must not go unnoticed).
+
+Sans-IO: no clock (``now`` is passed in), no socket, no event loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import enum
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from laned.uplink.contract import ContractError
+from laned.uplink.messages import ListChunk, ListKind, ListManifest, ListRequest, canonical_json
+
+MAX_MANIFEST_BYTES: Final = 16384  # a manifest is ~600 bytes
+MAX_REQUEST_CHUNKS: Final = 4096  # the contract's ListRequest.chunks maxItems
+DEFAULT_CLOCK_SKEW_S: Final = 300.0  # a valid_from this far ahead of the lane clock is still taken
+DEFAULT_CHUNK_TIMEOUT_S: Final = 30.0  # the contract's chunk expiry is 3600 s; a live centre answers in seconds
+DEFAULT_MAX_REQUESTS: Final = 5
+_SIGNATURE: Final = re.compile(r"[A-Za-z0-9+/]{86}==")  # the contract's Ed25519Signature
+_KEY_ID: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_SHA256: Final = re.compile(r"[0-9a-f]{64}")
+_CHUNK_MEMBERS: Final = frozenset({"kind", "version", "index", "data", "sha256"})
+_MAX_INDEX: Final = 1048575
+_MAX_VERSION: Final = 2**63 - 1
+
+
+class ListRefusal(enum.StrEnum):
+    """Why a manifest or a download was refused; each one is an alarm and a log line."""
+
+    MALFORMED = "malformed"
+    MISSING_SIGNATURE = "missing_signature"
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_KEY = "unknown_key"
+    WRONG_LANE = "wrong_lane"
+    UNKNOWN_KIND = "unknown_kind"
+    TOO_LARGE = "too_large"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    ROLLBACK = "rollback"
+    BASE_MISMATCH = "base_mismatch"
+    CONFLICTING_MANIFEST = "conflicting_manifest"
+    HASH_MISMATCH = "hash_mismatch"
+    INTERRUPTED = "interrupted"  # chunks stopped coming; given up after max_requests
+    # At the apply stage (laned.uplink.list_apply): the verified bytes do not hold what
+    # the manifest announced, or cannot be used.
+    CONTENT_MISMATCH = "content_mismatch"
+    BAD_CONTENT = "bad_content"
+    NOT_SAVED = "not_saved"
+
+
+class Ignore(enum.StrEnum):
+    """Why a manifest is no news: nothing to do, no alarm."""
+
+    IN_USE = "in_use"  # the retained manifest of the version in use, again after a reconnect
+    DUPLICATE = "duplicate"  # the manifest of the download in progress, again
+    OLDER_THAN_DOWNLOAD = "older_than_download"  # a newer version is being collected
+
+
+class Drop(enum.StrEnum):
+    """Why a chunk was not taken; counted in :attr:`ListDownload.dropped`."""
+
+    MALFORMED = "malformed"
+    OTHER_VERSION = "other_version"  # no download in progress, or one of another version
+    OUT_OF_RANGE = "out_of_range"
+    BAD_LENGTH = "bad_length"
+    BAD_CHUNK_HASH = "bad_chunk_hash"
+    DUPLICATE = "duplicate"
+
+
+# -- outcomes --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Refused:
+    """Nothing applied, the version in use untouched: raise an alarm and log ``text``."""
+
+    reason: ListRefusal
+    text: str
+    kind: ListKind | None = None
+    version: int | None = None
+
+    def __str__(self) -> str:
+        what = f"{self.kind} version {self.version}" if self.kind and self.version is not None else "list manifest"
+        return f"{what} refused ({self.reason}): {self.text}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ignored:
+    code: Ignore
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Started:
+    """A new download: publish ``request`` (every chunk) on ``list/request``."""
+
+    manifest: ListManifest
+    request: ListRequest
+    superseded: int | None = None  # the version of the unfinished download it replaced
+
+
+@dataclass(frozen=True, kw_only=True)
+class Accepted:
+    """A chunk taken; ``missing`` chunks to go."""
+
+    index: int
+    missing: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChunkDropped:
+    code: Drop
+    text: str
+
+
+@dataclass(frozen=True)
+class VerifiedContent:
+    """The bytes of a version, as transferred (compressed if the manifest says so), in
+    chunk order; their size and SHA-256 are the manifest's. Kept as the chunks, never
+    joined: a national list is hundreds of MB."""
+
+    manifest: ListManifest
+    pieces: tuple[bytes, ...]
+
+    def to_bytes(self) -> bytes:
+        """The whole in one piece (a fee table; not for a national list)."""
+        return b"".join(self.pieces)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Complete:
+    """Every chunk in and the whole verified: apply ``content``, then :meth:`ListDownload.installed`."""
+
+    content: VerifiedContent
+
+
+ManifestOutcome: TypeAlias = Started | Ignored | Refused
+ChunkOutcome: TypeAlias = Accepted | ChunkDropped | Complete | Refused
+
+
+# -- one download ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class DownloadLimits:
+    max_bytes: int  # a manifest announcing more is refused (too_large)
+    clock_skew_s: float = DEFAULT_CLOCK_SKEW_S
+    chunk_timeout_s: float = DEFAULT_CHUNK_TIMEOUT_S
+    max_requests: int = DEFAULT_MAX_REQUESTS
+
+
+@dataclass
+class _Collecting:
+    manifest: ListManifest
+    signed: bytes  # the canonical bytes the signature covers: the same manifest again is a duplicate
+    pieces: list[bytes | None]
+    missing: int
+    hasher: Any  # hashlib.sha256 over pieces[:hashed], in order, as they become contiguous
+    hashed: int = 0
+    last_progress: dt.datetime | None = None
+    requests: int = 0
+
+
+@dataclass
+class ListDownload:
+    """The download of one kind of list. ``in_use``: the version the lane uses (None: none)."""
+
+    kind: ListKind
+    lane_id: str
+    keys: Mapping[str, Ed25519PublicKey]
+    limits: DownloadLimits
+    in_use: int | None = None
+    dropped: dict[Drop, int] = field(default_factory=dict)
+    _current: _Collecting | None = field(default=None, repr=False)
+
+    @property
+    def collecting(self) -> ListManifest | None:
+        """The manifest of the download in progress, if any."""
+        return self._current.manifest if self._current is not None else None
+
+    def missing(self) -> tuple[int, ...]:
+        """The chunk indexes still missing (empty when nothing is being collected)."""
+        cur = self._current
+        return () if cur is None else tuple(i for i, p in enumerate(cur.pieces) if p is None)
+
+    # -- manifest ---------------------------------------------------------------------------
+    def on_manifest(self, raw: bytes | str, now: dt.datetime) -> ManifestOutcome:
+        """Check a received manifest (the MQTT payload as received); see the module docstring."""
+        checked = check_manifest(raw, lane_id=self.lane_id, keys=self.keys, now=now, max_bytes=self.limits.max_bytes,
+                                 clock_skew_s=self.limits.clock_skew_s)
+        if isinstance(checked, Refused):
+            return checked
+        manifest, signed = checked
+        if manifest.kind is not self.kind:
+            return Refused(reason=ListRefusal.UNKNOWN_KIND, text=f"a {manifest.kind} manifest given to the "
+                           f"{self.kind} download", kind=manifest.kind, version=manifest.version)
+        refused = self._check_versions(manifest)
+        if refused is not None:
+            return refused
+        cur = self._current
+        superseded = None
+        if cur is not None:
+            if manifest.version < cur.manifest.version:
+                return Ignored(code=Ignore.OLDER_THAN_DOWNLOAD, text=f"version {manifest.version}: version "
+                               f"{cur.manifest.version} is being collected")
+            if manifest.version == cur.manifest.version:
+                if signed == cur.signed:
+                    return Ignored(code=Ignore.DUPLICATE, text=f"version {manifest.version} is being collected")
+                return Refused(reason=ListRefusal.CONFLICTING_MANIFEST, text=f"a second, different manifest for "
+                               f"version {manifest.version}; the first one's download goes on",
+                               kind=self.kind, version=manifest.version)
+            superseded = cur.manifest.version
+        self._current = _Collecting(manifest=manifest, signed=signed, pieces=[None] * manifest.chunk_count,
+                                    missing=manifest.chunk_count, hasher=hashlib.sha256(), last_progress=now)
+        return Started(manifest=manifest, superseded=superseded,
+                       request=ListRequest(lane_id=self.lane_id, kind=self.kind, version=manifest.version, at=now,
+                                           reason=f"manifest of version {manifest.version}"))
+
+    def _check_versions(self, manifest: ListManifest) -> Ignored | Refused | None:
+        v, in_use = manifest.version, self.in_use
+        if in_use is not None and v == in_use:
+            return Ignored(code=Ignore.IN_USE, text=f"version {v} is the one in use")
+        if in_use is not None and v < in_use:
+            return Refused(reason=ListRefusal.ROLLBACK, text=f"version {v} is older than version {in_use} in use",
+                           kind=self.kind, version=v)
+        if manifest.base_version is not None and manifest.base_version != in_use:
+            have = "no version" if in_use is None else f"version {in_use}"
+            return Refused(reason=ListRefusal.BASE_MISMATCH, text=f"a delta {manifest.base_version}→{v}, but the lane "
+                           f"uses {have}: a full list is needed", kind=self.kind, version=v)
+        return None
+
+    # -- chunks -----------------------------------------------------------------------------
+    def on_chunk(self, chunk: ListChunk, now: dt.datetime) -> ChunkOutcome:
+        """Take a chunk (parsed with :func:`parse_chunk`); :class:`Complete` with the last one."""
+        cur = self._current
+        if cur is None or chunk.kind is not self.kind or chunk.version != cur.manifest.version:
+            what = "no download" if cur is None else f"version {cur.manifest.version} is being collected"
+            return self._drop(Drop.OTHER_VERSION, f"chunk {chunk.index} of version {chunk.version}: {what}")
+        m = cur.manifest
+        if chunk.index >= m.chunk_count:
+            return self._drop(Drop.OUT_OF_RANGE, f"chunk {chunk.index}, version {m.version} has {m.chunk_count}")
+        if cur.pieces[chunk.index] is not None:
+            return self._drop(Drop.DUPLICATE, f"chunk {chunk.index} of version {m.version} again")
+        expected = m.chunk_length(chunk.index)
+        if len(chunk.data) != expected:
+            return self._drop(Drop.BAD_LENGTH, f"chunk {chunk.index} of version {m.version} holds {len(chunk.data)} "
+                              f"bytes, the manifest makes it {expected}")
+        if chunk.sha256 is not None and hashlib.sha256(chunk.data).digest() != chunk.sha256:
+            return self._drop(Drop.BAD_CHUNK_HASH, f"chunk {chunk.index} of version {m.version}: its SHA-256 does "
+                              f"not match; asked for again")
+        cur.pieces[chunk.index] = chunk.data
+        cur.missing -= 1
+        cur.last_progress = now
+        cur.requests = 0
+        # Hash the contiguous prefix as it grows: the whole is never hashed in one go.
+        while cur.hashed < len(cur.pieces) and (piece := cur.pieces[cur.hashed]) is not None:
+            cur.hasher.update(piece)
+            cur.hashed += 1
+        if cur.missing:
+            return Accepted(index=chunk.index, missing=cur.missing)
+        self._current = None
+        digest = cur.hasher.digest()
+        if digest != m.sha256:
+            return Refused(reason=ListRefusal.HASH_MISMATCH, text=f"the {m.chunk_count} chunks hash to "
+                           f"{digest.hex()}, the manifest says {m.sha256.hex()}; all dropped",
+                           kind=self.kind, version=m.version)
+        pieces = tuple(p for p in cur.pieces if p is not None)
+        return Complete(content=VerifiedContent(manifest=m, pieces=pieces))
+
+    def _drop(self, code: Drop, text: str) -> ChunkDropped:
+        self.dropped[code] = self.dropped.get(code, 0) + 1
+        return ChunkDropped(code=code, text=text)
+
+    # -- timers and results -----------------------------------------------------------------
+    def due(self, now: dt.datetime) -> ListRequest | Refused | None:
+        """Call every second or so: a ``list/request`` for the missing chunks once
+        ``chunk_timeout_s`` passed without a new chunk; after ``max_requests`` of them
+        the download is given up (``interrupted``: an alarm; the version in use stays)."""
+        cur = self._current
+        if cur is None or cur.last_progress is None:
+            return None
+        if (now - cur.last_progress).total_seconds() < self.limits.chunk_timeout_s:
+            return None
+        m = cur.manifest
+        if cur.requests >= self.limits.max_requests:
+            self._current = None
+            return Refused(reason=ListRefusal.INTERRUPTED, text=f"{cur.missing} of {m.chunk_count} chunks still "
+                           f"missing after {cur.requests} requests; the download is given up",
+                           kind=self.kind, version=m.version)
+        cur.requests += 1
+        cur.last_progress = now
+        missing = self.missing()
+        chunks = None if len(missing) == m.chunk_count else missing[:MAX_REQUEST_CHUNKS]
+        return ListRequest(lane_id=self.lane_id, kind=self.kind, version=m.version, at=now, chunks=chunks,
+                           reason=f"{len(missing)} chunks missing after {self.limits.chunk_timeout_s:g} s "
+                                  f"(request {cur.requests} of {self.limits.max_requests})")
+
+    def installed(self, version: int) -> None:
+        """The caller applied a :class:`Complete` version: it is now the version in use."""
+        self.in_use = version
+
+    def abandon(self) -> None:
+        """Drop the download in progress (shutdown, or a fetch_list for another version)."""
+        self._current = None
+
+
+class ListDownloads:
+    """The status list and fee table downloads, fed the raw payloads of ``list/manifest``
+    and ``list/chunk`` and routed by their kind."""
+
+    def __init__(self, *, lane_id: str, keys: Mapping[str, Ed25519PublicKey], status_list: DownloadLimits,
+                 fee_table: DownloadLimits, status_list_in_use: int | None = None,
+                 fee_table_in_use: int | None = None) -> None:
+        self.lane_id, self.keys = lane_id, keys
+        self.status_list = ListDownload(kind=ListKind.STATUS_LIST, lane_id=lane_id, keys=keys, limits=status_list,
+                                        in_use=status_list_in_use)
+        self.fee_table = ListDownload(kind=ListKind.FEE_TABLE, lane_id=lane_id, keys=keys, limits=fee_table,
+                                      in_use=fee_table_in_use)
+
+    def of(self, kind: ListKind) -> ListDownload:
+        return self.status_list if kind is ListKind.STATUS_LIST else self.fee_table
+
+    def on_manifest(self, raw: bytes | str, now: dt.datetime) -> ManifestOutcome:
+        try:
+            kind = _kind(json.loads(raw).get("kind")) if len(raw) <= MAX_MANIFEST_BYTES else None
+        except (ValueError, UnicodeDecodeError, RecursionError, AttributeError):
+            kind = None
+        if kind is not None:
+            return self.of(kind).on_manifest(raw, now)
+        # No kind to route by: the checks in their order say why (the signature first).
+        checked = check_manifest(raw, lane_id=self.lane_id, keys=self.keys, now=now, max_bytes=0)
+        return checked if isinstance(checked, Refused) else Refused(
+            reason=ListRefusal.UNKNOWN_KIND, text="the manifest names no kind this lane knows")
+
+    def on_chunk(self, raw: bytes | str, now: dt.datetime) -> ChunkOutcome:
+        chunk = parse_chunk(raw)
+        return chunk if isinstance(chunk, ChunkDropped) else self.of(chunk.kind).on_chunk(chunk, now)
+
+    def due(self, now: dt.datetime) -> list[ListRequest | Refused]:
+        return [r for d in (self.status_list, self.fee_table) if (r := d.due(now)) is not None]
+
+
+# -- the manifest ----------------------------------------------------------------------------------
+
+
+def check_manifest(raw: bytes | str, *, lane_id: str, keys: Mapping[str, Ed25519PublicKey], now: dt.datetime,
+                   max_bytes: int, clock_skew_s: float = DEFAULT_CLOCK_SKEW_S) -> tuple[ListManifest, bytes] | Refused:
+    """Checks 1–6 of the module docstring: the manifest and the bytes its signature covers."""
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware (the lane clock as an aware datetime)")
+    if len(raw) > MAX_MANIFEST_BYTES:
+        return Refused(reason=ListRefusal.MALFORMED, text=f"{len(raw)} bytes; a manifest is at most "
+                       f"{MAX_MANIFEST_BYTES}")
+    try:
+        data = json.loads(raw, object_pairs_hook=_unique_members, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        return Refused(reason=ListRefusal.MALFORMED, text=f"not UTF-8 JSON: {err}")
+    if not isinstance(data, dict):
+        return Refused(reason=ListRefusal.MALFORMED, text=f"a JSON {type(data).__name__}, not an object")
+    kind, version = data.get("kind"), data.get("version")
+    hints: dict[str, Any] = {"kind": _kind(kind), "version": version if type(version) is int else None}
+    signed = _check_signature(data, keys)
+    if isinstance(signed, Refused):
+        return Refused(reason=signed.reason, text=signed.text, **hints)
+    named = data.pop("lane_id", None)
+    if named is not None and named != lane_id:
+        return Refused(reason=ListRefusal.WRONG_LANE, text=f"the manifest is for lane {str(named)[:32]!r}, this is "
+                       f"lane {lane_id}", **hints)
+    if hints["kind"] is None:
+        return Refused(reason=ListRefusal.UNKNOWN_KIND, text=f"kind {str(data.get('kind'))[:32]!r} is not one of "
+                       f"{', '.join(ListKind)}", version=version)
+    try:
+        manifest = ListManifest.from_dict(data)
+    except ContractError as err:
+        return Refused(reason=ListRefusal.MALFORMED, text=f"{err.path}: {err.reason}", **hints)
+    hints["version"] = manifest.version
+    if manifest.size > max_bytes:
+        return Refused(reason=ListRefusal.TOO_LARGE, text=f"{manifest.size:,} bytes; this lane takes at most "
+                       f"{max_bytes:,}", **hints)
+    if now >= manifest.expires_at:
+        return Refused(reason=ListRefusal.EXPIRED, text=f"expired at {manifest.expires_at.isoformat()}; the lane "
+                       f"clock says {now.isoformat()}", **hints)
+    ahead = (manifest.valid_from - now).total_seconds()
+    if manifest.kind is ListKind.STATUS_LIST and ahead > clock_skew_s:
+        return Refused(reason=ListRefusal.NOT_YET_VALID, text=f"valid from {manifest.valid_from.isoformat()}, "
+                       f"{ahead:g} s ahead of the lane clock (tolerance {clock_skew_s:g} s)", **hints)
+    return manifest, signed
+
+
+def _check_signature(data: Mapping[str, Any], keys: Mapping[str, Ed25519PublicKey]) -> bytes | Refused:
+    if "signature" not in data:
+        return Refused(reason=ListRefusal.MISSING_SIGNATURE, text="the manifest carries no signature")
+    text = data["signature"]
+    if not isinstance(text, str) or not _SIGNATURE.fullmatch(text):
+        return Refused(reason=ListRefusal.BAD_SIGNATURE, text="not a base64 Ed25519 signature (88 characters)")
+    key_id = data.get("key_id")
+    key = keys.get(key_id) if isinstance(key_id, str) else None
+    if key is None:
+        shown = key_id if isinstance(key_id, str) and _KEY_ID.fullmatch(key_id) else repr(str(key_id)[:64])
+        return Refused(reason=ListRefusal.UNKNOWN_KEY, text=f"key {shown} is not a trusted centre key "
+                       f"(trusted: {', '.join(sorted(keys)) or 'none'})")
+    try:
+        signed = canonical_json({k: v for k, v in data.items() if k != "signature"})
+    except (ValueError, UnicodeEncodeError) as err:
+        return Refused(reason=ListRefusal.MALFORMED, text=f"no canonical form to verify: {err}")
+    try:
+        key.verify(base64.b64decode(text, validate=True), signed)
+    except InvalidSignature:
+        return Refused(reason=ListRefusal.BAD_SIGNATURE, text=f"the signature does not verify with key {key_id}")
+    return signed
+
+
+def _kind(value: object) -> ListKind | None:
+    return ListKind(value) if isinstance(value, str) and value in ListKind.__members__.values() else None
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"member {key!r} appears twice")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# -- chunks ----------------------------------------------------------------------------------------
+
+
+def parse_chunk(raw: bytes | str) -> ListChunk | ChunkDropped:
+    """A received ``list/chunk`` payload as a ListChunk, or why it is not one.
+
+    Checked member by member as the contract's ListChunk says, without the JSON Schema
+    validator: its pattern check of a 1.4 MB base64 string holds the loop for
+    milliseconds per chunk, and a national list is hundreds of chunks.
+    """
+    try:
+        data = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        return ChunkDropped(code=Drop.MALFORMED, text=f"not UTF-8 JSON: {str(err)[:200]}")
+    if not isinstance(data, dict):
+        return ChunkDropped(code=Drop.MALFORMED, text="not a JSON object")
+    problems = [f"unknown member {k!r}" for k in data if k not in _CHUNK_MEMBERS]
+    problems += [f"no {k}" for k in ("kind", "version", "index", "data") if k not in data]
+    kind, version, index, text = data.get("kind"), data.get("version"), data.get("index"), data.get("data")
+    list_kind = _kind(kind)
+    if "kind" in data and list_kind is None:
+        problems.append(f"kind {str(kind)[:32]!r}")
+    if "version" in data and not (type(version) is int and 0 <= version <= _MAX_VERSION):
+        problems.append(f"version {str(version)[:32]!r}")
+    if "index" in data and not (type(index) is int and 0 <= index <= _MAX_INDEX):
+        problems.append(f"index {str(index)[:32]!r}")
+    sha = data.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
+        problems.append("sha256 is not 64 lower-case hex digits")
+    payload = b""
+    if isinstance(text, str):
+        try:
+            payload = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            problems.append("data is not base64")
+    elif "data" in data:
+        problems.append("data is not a string")
+    if problems or list_kind is None or type(version) is not int or type(index) is not int:
+        return ChunkDropped(code=Drop.MALFORMED, text="; ".join(problems[:5]))
+    return ListChunk(kind=list_kind, version=version, index=index, data=payload,
+                     sha256=bytes.fromhex(sha) if isinstance(sha, str) else None)
+
+
+# -- freshness -------------------------------------------------------------------------------------
+
+
+class ListAge(enum.StrEnum):
+    OK = "ok"
+    OLD = "old"  # older than the configured maximum age: status_list_old
+    EXPIRED = "expired"  # past the manifest's expires_at
+
+
+class StalePolicy(enum.StrEnum):
+    """What an old or expired status list does to the lane (``lists.on_stale``)."""
+
+    ALARM = "alarm"  # raise status_list_old, keep taking ETC payments with the list in use
+    CLOSE_ETC = "close_etc"  # also close ETC (vehicles to the manual lane) until a fresh list is in use
+
+
+@dataclass(frozen=True, kw_only=True)
+class Freshness:
+    state: ListAge
+    age_s: float | None  # None: the version's valid_from is not known
+    text: str
+
+    def closes_etc(self, policy: StalePolicy) -> bool:
+        return self.state is not ListAge.OK and policy is StalePolicy.CLOSE_ETC
+
+
+def list_age_state(valid_from: dt.datetime | None, expires_at: dt.datetime | None, max_age_s: float,
+                   now: dt.datetime) -> Freshness:
+    """How fresh the version in use is. Unknown validity (a list whose manifest was not
+    kept) counts as old: an attacker who blocks updates must not gain from it."""
+    if expires_at is not None and now >= expires_at:
+        return Freshness(state=ListAge.EXPIRED, age_s=None if valid_from is None else
+                         (now - valid_from).total_seconds(), text=f"expired at {expires_at.isoformat()}")
+    if valid_from is None:
+        return Freshness(state=ListAge.OLD, age_s=None, text="the version's validity is not known")
+    age = (now - valid_from).total_seconds()
+    if age > max_age_s:
+        return Freshness(state=ListAge.OLD, age_s=age, text=f"valid from {valid_from.isoformat()}, {age / 3600:.1f} h "
+                         f"old (max {max_age_s / 3600:g} h)")
+    return Freshness(state=ListAge.OK, age_s=age, text=f"{age / 3600:.1f} h old")
+
+
+__all__ = [
+    "DEFAULT_CHUNK_TIMEOUT_S", "DEFAULT_CLOCK_SKEW_S", "DEFAULT_MAX_REQUESTS", "MAX_MANIFEST_BYTES", "Accepted",
+    "ChunkDropped", "ChunkOutcome", "Complete", "DownloadLimits", "Drop", "Freshness", "Ignore", "Ignored", "ListAge",
+    "ListDownload", "ListDownloads", "ListRefusal", "ManifestOutcome", "Refused", "Started", "StalePolicy", "VerifiedContent",
+    "check_manifest", "list_age_state", "parse_chunk",
+]
