@@ -249,7 +249,8 @@ async def lane_bench(tmp_path: Path, obus: Iterable[ObuScenario] = (), *, profil
                      alarm_debounce: float | None = None,
                      health_interval: float | None = None,
                      health: dict[str, Any] | None = None,
-                     display_on_offline: str | None = None) -> AsyncIterator[LaneBench]:
+                     display_on_offline: str | None = None,
+                     uplink: dict[str, Any] | None = None) -> AsyncIterator[LaneBench]:
     """The daemon against the emulated RSU (and fee display; IO module wired to ``model``).
 
     Fault-injection knobs: ``rsu_transport="tcp"`` puts the RSU on a TCP port instead of a
@@ -258,7 +259,8 @@ async def lane_bench(tmp_path: Path, obus: Iterable[ObuScenario] = (), *, profil
     ``journal_options`` and ``wall`` go to ``run_lane`` (commit faults, the lane's civil
     clock); ``alarm_debounce`` multiplies every condition alarm's raise and clear debounce
     of the catalogue (0.1: rsu_offline after 0.5 s instead of 5 s), so that a short
-    outage shows the whole alarm life cycle; ``health`` is the ``[health]`` section.
+    outage shows the whole alarm life cycle; ``health`` is the ``[health]`` section;
+    ``uplink`` the ``[uplink]`` section (the centre link, a broker of the test's own).
     """
     async with AsyncExitStack() as stack:
         if alarm_debounce is not None:
@@ -299,6 +301,8 @@ async def lane_bench(tmp_path: Path, obus: Iterable[ObuScenario] = (), *, profil
             del data["rsu"]["port"], data["rsu"]["baud"]
         if health:
             data["health"] = health
+        if uplink:
+            data["uplink"] = uplink
         cfg = parse_config(data)
         bench = LaneBench(emu, cfg, fee_display, io, model, hooks=list(hooks), display_server=display_server,
                           io_server=io_server)

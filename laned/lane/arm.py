@@ -12,7 +12,9 @@ from collections import Counter
 
 from laned.lane.barrier import BarrierInterlock, BarrierPosition
 from laned.lane.display import DisplayContent
-from laned.lane.events import Action, ClearAlarm, JournalEvent, MoveBarrier, RaiseAlarm, SetLight, Show
+from laned.lane.events import (
+    Action, ClearAlarm, JournalEvent, MoveBarrier, OperatorMessage, OperatorRaise, RaiseAlarm, SetLight, Show,
+)
 from laned.lane.outcomes import OUTCOMES, Reason
 from laned.lane.passages import Passages, Unpaid
 from laned.lane.settings import LaneSettings
@@ -30,6 +32,10 @@ OUTAGE_PASSAGE_GRACE_S = 8.0
 WAITING_BEFORE_READ_S = 1.0
 RAISE_HOLD_S = 4.0
 
+# The passage an operator's remote raise grants is keyed like an OBU's payment; no OBU id
+# is this long (the national OBU id is 4 bytes), so it never matches a real OBU.
+REMOTE_RAISE_KEY = b"remote-raise"
+
 
 class Arm:
     # LaneMachine.__init__ sets these; declared so this part type-checks on its own.
@@ -43,6 +49,8 @@ class Arm:
     _fault_reported: str | None
     display: DisplayContent
     light: Light
+    # A centre's message on the display: (it, what it replaced, until when).
+    _message: tuple[DisplayContent, DisplayContent, float] | None
 
     def may_lower(self, now: float) -> bool:
         """Whether a lower decided earlier may still start now: every presence input is
@@ -176,6 +184,33 @@ class Arm:
             self._raise_held = None
         elif now >= until or not self.passages.waiting_since(read_at):
             self._open(out)
+
+    # -- an operator at the centre ----------------------------------------------------------
+    def _operator(self, ev: OperatorRaise | OperatorMessage, now: float, out: list[Action]) -> None:
+        if isinstance(ev, OperatorMessage):
+            shown = DisplayContent(line1=ev.line1, line2=ev.line2, light=self.light)
+            previous = self._message[1] if self._message is not None else self.display
+            self._message = (shown, previous, now + ev.duration_s)
+            self._display(shown, out)
+            return
+        # A raise as for a payment: one vehicle may pass on it, and the arm comes down
+        # behind it through the interlock like behind any vehicle. The journal record
+        # (remote_raise, with the operator) is written by whoever executed the command,
+        # in the same transaction as its ledger entry.
+        self.counters["remote_raise"] += 1
+        self.passages.paid(REMOTE_RAISE_KEY, now)
+        self.want_down = False
+        self._open(out)
+
+    def _message_timer(self, now: float, out: list[Action]) -> None:
+        """A centre's message that has been shown long enough gives the display back,
+        unless something else has replaced it meanwhile."""
+        if self._message is None or now < self._message[2]:
+            return
+        shown, previous, _ = self._message
+        self._message = None
+        if self.display == shown:
+            self._display(previous, out)
 
     # -- barrier -----------------------------------------------------------------------------
     def _barrier(self, now: float, out: list[Action]) -> None:

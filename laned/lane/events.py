@@ -86,6 +86,7 @@ class Device(enum.StrEnum):
     JOURNAL = "journal"  # its last write went through
     DISK = "disk"  # free space under the journal above the threshold
     FEES = "fees"  # a fee table present and in force
+    STATUS_LIST = "status_list"  # a fresh status list, where lists.on_stale = "close_etc" (freeze attack)
     OPERATOR = "operator"  # closed on purpose (a command from the centre or the booth)
 
 
@@ -108,8 +109,28 @@ class SendFailed:
     error: str
 
 
+@dataclass(frozen=True, slots=True)
+class OperatorRaise:
+    """An operator lets one vehicle out (the centre's signed ``raise_barrier``): the arm is
+    raised as for a payment and lowered by the interlock once the vehicle has passed (or
+    after the passage timeout). There is no event that lowers the arm."""
+
+    operator: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorMessage:
+    """Text for the fee display (the centre's signed ``show_message``), shown for
+    ``duration_s`` unless a vehicle's outcome replaces it sooner; then what was shown before."""
+
+    line1: str
+    line2: str
+    duration_s: float
+
+
 Event = (FrameIn | InputIn | Tick | IntentRecorded | IntentFailed | ChargeRecorded | ChargeRecordFailed | LinkUp
-         | LinkLost | FrameLost | DeviceStatus | SendFailed)
+         | LinkLost | FrameLost | DeviceStatus | SendFailed | OperatorRaise | OperatorMessage)
 
 
 # -- actions --------------------------------------------------------------------------------

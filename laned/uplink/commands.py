@@ -40,38 +40,59 @@ Checks, in this order; the first that fails decides:
 
 Sans-IO: no clock (``now`` is passed in), no socket, no event loop; :func:`verify` reads
 the ledger and changes nothing.
+
+The keys and the ledger are in :mod:`laned.uplink.command_keys`, the actions and outcomes in
+:mod:`laned.uplink.command_actions`; every name is importable from here.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
-import enum
 import json
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Final
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from laned.uplink.command_actions import (
+    ACTION_TYPES,
+    MAX_DETAIL,
+    CloseEtc,
+    CommandAction,
+    FetchList,
+    OpenEtc,
+    Outcome,
+    PublishHealth,
+    RaiseBarrier,
+    Refusal,
+    RefusalCode,
+    Replay,
+    ResendFrom,
+    ShowMessage,
+    Verified,
+)
+from laned.uplink.command_keys import (
+    KEY_ID,
+    CentreKeys,
+    CommandKeyError,
+    CommandLedger,
+    MemoryLedger,
+    load_public_key,
+)
 from laned.uplink.contract import ContractError, contract
 from laned.uplink.messages import (
     CloseEtcArgs,
     CommandName,
-    CommandOutcome,
     CommandRequest,
-    CommandResult,
     FetchListArgs,
-    ListKind,
     OpenEtcArgs,
     PublishHealthArgs,
     RaiseBarrierArgs,
-    RefusalReason,
     ResendFromArgs,
     ShowMessageArgs,
     canonical_json,
@@ -85,343 +106,13 @@ DEFAULT_CLOCK_SKEW_S: Final = 30
 # (the default display profile, laned/drivers/device_profiles.py). A lane whose profile has
 # other line widths passes 2 × registers.
 DISPLAY_LINE_BYTES: Final = 32
-MAX_DETAIL: Final = 1000  # the contract's Text
-KEY_ID: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # the contract's KeyId
 _UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _SIGNATURE: Final = re.compile(r"[A-Za-z0-9+/]{86}==")  # the contract's Ed25519Signature
-_HEX_KEY: Final = re.compile(r"[0-9a-fA-F]{64}")
 _MAX_SEQ: Final = 2**63 - 1
 # Unicode categories a display line must not hold: controls, format, surrogates, private
 # use, unassigned, line and paragraph separators.
 _NOT_SHOWN: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _COMMANDS: Final = frozenset(c.value for c in CommandName)
-
-
-# -- keys ---------------------------------------------------------------------------------------
-
-
-class CommandKeyError(ValueError):
-    """A centre key (or its id) that cannot be trusted as given; names the key id."""
-
-    def __init__(self, key_id: str, reason: str) -> None:
-        super().__init__(f"centre key {key_id!r}: {reason}")
-        self.key_id, self.reason = key_id, reason
-
-
-def load_public_key(key_id: str, text: str) -> Ed25519PublicKey:
-    """An Ed25519 public key from PEM (SubjectPublicKeyInfo) or the raw 32 bytes in base64."""
-    if not isinstance(text, str) or not text.strip():
-        raise CommandKeyError(key_id, "no key text (expected PEM or the raw 32-byte key in base64)")
-    text = text.strip()
-    if text.startswith("-----BEGIN"):
-        first = text.splitlines()[0]
-        if "PRIVATE" in first:
-            raise CommandKeyError(key_id, "this is a private key; the lane must hold only the centre's public key")
-        try:
-            key = serialization.load_pem_public_key(text.encode("ascii"))
-        except (ValueError, UnsupportedAlgorithm, UnicodeEncodeError) as err:
-            raise CommandKeyError(key_id, f"not a PEM public key ({err})") from None
-        if not isinstance(key, Ed25519PublicKey):
-            raise CommandKeyError(key_id, f"a {type(key).__name__.removeprefix('_')} key, not Ed25519")
-        return key
-    if _HEX_KEY.fullmatch(text):
-        raise CommandKeyError(key_id, "looks like hex; give the raw 32-byte key in base64, or PEM")
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise CommandKeyError(key_id, "neither PEM nor base64 (expected the raw 32-byte Ed25519 key in base64)") \
-            from None
-    if len(raw) != 32:
-        raise CommandKeyError(key_id, f"{len(raw)} bytes in base64; an Ed25519 public key is 32 bytes")
-    return Ed25519PublicKey.from_public_bytes(raw)
-
-
-class CentreKeys(Mapping[str, Ed25519PublicKey]):
-    """The centre's Ed25519 public keys the lane trusts, by key id (the trust store).
-
-    Built from the config (a section of laned.toml, to come) with :meth:`from_texts`; more
-    than one key lets the centre roll its key over. An empty store refuses every command.
-    """
-
-    def __init__(self, keys: Mapping[str, Ed25519PublicKey] | None = None) -> None:
-        checked: dict[str, Ed25519PublicKey] = {}
-        for key_id, key in (keys or {}).items():
-            if not isinstance(key_id, str) or not KEY_ID.fullmatch(key_id):
-                raise CommandKeyError(str(key_id), f"the key id must match {KEY_ID.pattern}")
-            if not isinstance(key, Ed25519PublicKey):
-                raise CommandKeyError(key_id, f"a {type(key).__name__}, not an Ed25519 public key")
-            checked[key_id] = key
-        self._keys: Mapping[str, Ed25519PublicKey] = checked
-
-    @classmethod
-    def from_texts(cls, texts: Mapping[str, str]) -> CentreKeys:
-        """From key id → PEM text or base64 of the raw 32-byte key; :class:`CommandKeyError` names a bad one."""
-        keys: dict[str, Ed25519PublicKey] = {}
-        for key_id, text in texts.items():
-            if not isinstance(key_id, str) or not KEY_ID.fullmatch(key_id):
-                raise CommandKeyError(str(key_id), f"the key id must match {KEY_ID.pattern}")
-            keys[key_id] = load_public_key(key_id, text)
-        return cls(keys)
-
-    def __getitem__(self, key_id: str) -> Ed25519PublicKey:
-        return self._keys[key_id]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __repr__(self) -> str:
-        return f"CentreKeys({sorted(self._keys)})"
-
-
-# -- the ledger -----------------------------------------------------------------------------------
-
-
-@runtime_checkable
-class CommandLedger(Protocol):
-    """What the lane remembers of the commands it executed (the journal implements it).
-
-    The journal-backed ledger comes with the journal's command table (issue 10): it records
-    a command's id and seq in the same SQLite transaction as the action's own journal record,
-    so a crash leaves either both or neither. :class:`MemoryLedger` is the in-memory one for
-    tests. The seq check alone already keeps a command from running twice (a redelivered
-    command's seq is never above the highest); the id set lets a redelivery get its original
-    answer (:class:`Replay`) instead of a refusal.
-    """
-
-    def executed(self, command_id: str) -> bool:
-        """Whether the command with this id was executed."""
-        ...
-
-    def highest_seq(self) -> int | None:
-        """The highest seq of an executed command; None before the first."""
-        ...
-
-
-class MemoryLedger:
-    """An in-memory :class:`CommandLedger` (tests, the reference centre's fake lane)."""
-
-    def __init__(self, executed: Mapping[str, int] | None = None) -> None:
-        self._seqs: dict[str, int] = dict(executed or {})
-
-    def executed(self, command_id: str) -> bool:
-        return command_id in self._seqs
-
-    def highest_seq(self) -> int | None:
-        return max(self._seqs.values(), default=None)
-
-    def record(self, command_id: str, seq: int) -> None:
-        """Note an executed command; a second record of one id is a bug (at most once)."""
-        if command_id in self._seqs:
-            raise ValueError(f"command {command_id} is already recorded as executed")
-        self._seqs[command_id] = seq
-
-    def snapshot(self) -> Mapping[str, int]:
-        """A copy of what it holds (id → seq), for tests that check it did not change."""
-        return dict(self._seqs)
-
-
-# -- actions --------------------------------------------------------------------------------------
-# One per command of the contract, and nothing else: there is no action that lowers the
-# barrier. The lane lowers it itself, through its interlock, once the vehicle is clear.
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class CloseEtc:
-    """Close ETC on purpose (a degraded mode: new OBUs are sent to the manual lane) until OpenEtc."""
-
-    COMMAND: ClassVar[CommandName] = CommandName.CLOSE_ETC
-    reason: str
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class OpenEtc:
-    """Lift a CloseEtc; ETC opens only if nothing else (a device, the journal) keeps it closed."""
-
-    COMMAND: ClassVar[CommandName] = CommandName.OPEN_ETC
-    reason: str | None = None
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ShowMessage:
-    """Two lines on the fee display for ``duration_s``; checked to fit the display."""
-
-    COMMAND: ClassVar[CommandName] = CommandName.SHOW_MESSAGE
-    line1: str
-    line2: str
-    duration_s: int
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ResendFrom:
-    """Publish the journal again from ``seq`` on."""
-
-    COMMAND: ClassVar[CommandName] = CommandName.RESEND_FROM
-    seq: int
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class PublishHealth:
-    """Publish a health snapshot now."""
-
-    COMMAND: ClassVar[CommandName] = CommandName.PUBLISH_HEALTH
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class FetchList:
-    """Collect this status list or fee table version (manifest, then chunks)."""
-
-    COMMAND: ClassVar[CommandName] = CommandName.FETCH_LIST
-    kind: ListKind
-    version: int
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RaiseBarrier:
-    """An operator's remote raise, journalled with the operator and the reason.
-
-    It asks the lane to raise; the lane alone lowers the barrier again, through its
-    interlock, once the safety loop is clear. Nothing here can command it down.
-    """
-
-    COMMAND: ClassVar[CommandName] = CommandName.RAISE_BARRIER
-    operator: str
-    reason: str
-
-
-CommandAction: TypeAlias = CloseEtc | OpenEtc | ShowMessage | ResendFrom | PublishHealth | FetchList | RaiseBarrier
-ACTION_TYPES: Final[tuple[type[CommandAction], ...]] = (
-    CloseEtc, OpenEtc, ShowMessage, ResendFrom, PublishHealth, FetchList, RaiseBarrier)
-
-
-# -- outcomes ------------------------------------------------------------------------------------
-
-
-class RefusalCode(enum.StrEnum):
-    """Why a command was refused, finer than the contract's reason (:attr:`reason`)."""
-
-    BAD_REQUEST = "bad_request"  # not a JSON object, or an envelope member breaks the contract
-    MISSING_SIGNATURE = "missing_signature"
-    BAD_SIGNATURE = "bad_signature"  # not a signature, or it does not verify
-    UNKNOWN_KEY = "unknown_key"  # no key_id, or one the lane does not trust
-    WRONG_LANE = "wrong_lane"
-    NOT_YET_VALID = "not_yet_valid"
-    EXPIRED = "expired"
-    ALREADY_EXECUTED = "already_executed"  # the Replay outcome
-    SEQ_NOT_ABOVE = "seq_not_above"  # a new id, but seq not above the highest executed
-    UNKNOWN_COMMAND = "unknown_command"
-    BAD_ARGUMENTS = "bad_arguments"
-    NOT_DISPLAYABLE = "not_displayable"  # a show_message the fee display cannot show
-
-    @property
-    def reason(self) -> RefusalReason:
-        """The contract's reason code (CommandResult.reason) for this refusal."""
-        return _REASONS[self]
-
-
-_REASONS: Final[Mapping[RefusalCode, RefusalReason]] = {
-    RefusalCode.BAD_REQUEST: RefusalReason.MALFORMED,
-    RefusalCode.MISSING_SIGNATURE: RefusalReason.BAD_SIGNATURE,
-    RefusalCode.BAD_SIGNATURE: RefusalReason.BAD_SIGNATURE,
-    RefusalCode.UNKNOWN_KEY: RefusalReason.UNKNOWN_KEY,
-    RefusalCode.WRONG_LANE: RefusalReason.WRONG_LANE,
-    RefusalCode.NOT_YET_VALID: RefusalReason.NOT_YET_VALID,
-    RefusalCode.EXPIRED: RefusalReason.EXPIRED,
-    RefusalCode.ALREADY_EXECUTED: RefusalReason.REPLAYED,
-    RefusalCode.SEQ_NOT_ABOVE: RefusalReason.REPLAYED,
-    RefusalCode.UNKNOWN_COMMAND: RefusalReason.MALFORMED,
-    RefusalCode.BAD_ARGUMENTS: RefusalReason.MALFORMED,
-    RefusalCode.NOT_DISPLAYABLE: RefusalReason.NOT_POSSIBLE,
-}
-
-
-def _detail(code: RefusalCode, text: str) -> str:
-    detail = f"{code}: {text}"
-    return detail if len(detail) <= MAX_DETAIL else detail[:MAX_DETAIL - 3] + "..."
-
-
-@dataclass(frozen=True, kw_only=True)
-class Verified:
-    """A command to execute: ``action``; then record it in the ledger and answer :meth:`result`."""
-
-    request: CommandRequest
-    action: CommandAction
-
-    @property
-    def command_id(self) -> str:
-        return self.request.command_id
-
-    @property
-    def seq(self) -> int:
-        return self.request.seq
-
-    def result(self, at: dt.datetime, detail: str | None = None) -> CommandResult:
-        return CommandResult.executed(self.request, at, detail)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Refusal:
-    """A command refused: nothing applied. ``path`` is the JSON path of the member at fault."""
-
-    code: RefusalCode
-    text: str
-    lane_id: str  # this lane's (the result goes out under it)
-    command_id: str | None = None  # None when the payload did not carry a readable one
-    seq: int | None = None
-    command: CommandName | None = None
-    path: str | None = None
-
-    @property
-    def reason(self) -> RefusalReason:
-        return self.code.reason
-
-    @property
-    def detail(self) -> str:
-        return _detail(self.code, self.text)
-
-    def result(self, at: dt.datetime) -> CommandResult | None:
-        """The answer on ``cmd/result``; None when there is no command id to answer (log it only)."""
-        if self.command_id is None:
-            return None
-        return CommandResult(lane_id=self.lane_id, command_id=self.command_id, seq=self.seq, command=self.command,
-                             outcome=CommandOutcome.REFUSED, reason=self.reason, at=at, detail=self.detail)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Replay:
-    """A command id executed before (a QoS 1 redelivery): execute nothing, answer again.
-
-    The answer is the original result (the journal keeps it); :meth:`result` returns it
-    unchanged, or — when it is not at hand — a refusal ``replayed`` saying "already executed".
-    """
-
-    code: ClassVar[RefusalCode] = RefusalCode.ALREADY_EXECUTED
-    lane_id: str
-    command_id: str
-    seq: int
-    command: CommandName | None = None
-
-    @property
-    def reason(self) -> RefusalReason:
-        return self.code.reason
-
-    @property
-    def detail(self) -> str:
-        return _detail(self.code, f"already executed: command {self.command_id} (seq {self.seq}) was executed "
-                                  f"before and is not executed again")
-
-    def result(self, at: dt.datetime, original: CommandResult | None = None) -> CommandResult:
-        if original is not None:
-            if original.command_id != self.command_id:
-                raise ValueError(f"the original result answers {original.command_id}, not {self.command_id}")
-            return original
-        return CommandResult(lane_id=self.lane_id, command_id=self.command_id, seq=self.seq, command=self.command,
-                             outcome=CommandOutcome.REFUSED, reason=self.reason, at=at, detail=self.detail)
-
-
-Outcome: TypeAlias = Verified | Refusal | Replay
 
 
 # -- parsing -------------------------------------------------------------------------------------
@@ -687,5 +378,5 @@ __all__ = [
     "ACTION_TYPES", "DEFAULT_CLOCK_SKEW_S", "DISPLAY_LINE_BYTES", "MAX_COMMAND_BYTES", "CentreKeys", "CloseEtc",
     "CommandAction", "CommandKeyError", "CommandLedger", "FetchList", "MemoryLedger", "OpenEtc", "Outcome",
     "PublishHealth", "RaiseBarrier", "Refusal", "RefusalCode", "Replay", "ResendFrom", "ShowMessage", "Verified",
-    "load_public_key", "sign", "signature_of", "verify",
+    "load_public_key", "sign", "signature_of", "verify", "KEY_ID", "MAX_DETAIL",
 ]
