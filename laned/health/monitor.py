@@ -139,7 +139,9 @@ class HealthMonitor:
             fee_table_version=table.version if table is not None else None,
             fee_table_valid_from=table.valid_from if table is not None else None,
             fee_table_valid_until=table.valid_until if table is not None else None,
-            status_list_version=sl.version if sl is not None and self.status_list_loaded_at is not None else None,
+            # An empty list of version 0 is the placeholder of a lane that has none yet.
+            status_list_version=sl.version if sl is not None and (self.status_list_loaded_at is not None
+                                                                  or sl.version or len(sl)) else None,
             status_list_updated_at=self.status_list_loaded_at,
             fee_table_required=self.fee_table_required, status_list_required=self.status_list_required)
 

@@ -39,8 +39,8 @@ from laned.lane.display import DisplayContent
 from laned.lane.events import (
     Action, ChargeRecorded, ChargeRecordFailed, ClearAlarm, Device, DeviceStatus, Event, FrameIn, FrameLost, InputIn,
     IntentFailed, IntentRecorded, JournalCharged, JournalEvent, JournalIntent, JournalNotCharged, JournalRefusal,
-    JournalResolved, JournalUnknown, LinkLost, LinkUp, MoveBarrier, RaiseAlarm, Send, SendFailed, SetLight, Show,
-    Tick,
+    JournalResolved, JournalUnknown, LinkLost, LinkUp, MoveBarrier, OperatorMessage, OperatorRaise, RaiseAlarm, Send,
+    SendFailed, SetLight, Show, Tick,
 )
 from laned.lane.modes import Availability
 from laned.lane.outcomes import IDLE, OUTCOMES, Reason
@@ -100,6 +100,7 @@ class LaneMachine(Redetection, Arm):
         self.counters: Counter[str] = Counter()
         self.display = DisplayContent(line1=IDLE.line1, line2=IDLE.line2)
         self.light = Light.RED
+        self._message = None
         self.c6_sent: list[tuple[bytes, float, str]] = []  # (obu_id, now, tx_id), for invariant checks
         self.modes = Availability(settings.display_policy)
         self.rsu_initialised = False  # a B0 with status 0 since the link came up
@@ -138,6 +139,8 @@ class LaneMachine(Redetection, Arm):
             self._device(event, now, out)
         elif isinstance(event, SendFailed):
             self._send_failed(event, now, out)
+        elif isinstance(event, (OperatorRaise, OperatorMessage)):
+            self._operator(event, now, out)
         self._timers(now, out)
         self._barrier(now, out)
         return out
@@ -183,7 +186,7 @@ class LaneMachine(Redetection, Arm):
             self.counters["b2_error"] += 1
             out.append(Send(self.d.stop(obu.obu_id), rsctl))
             return
-        tx = Tx(tx_id=str(uuid.uuid4()), obu=obu, started=now)
+        tx = Tx(tx_id=str(uuid.uuid4()), obu=obu, started=now, lists=(self.fees, self.status))
         if self._being_recorded(obu.obu_id, None, None):
             self.counters["seen_while_recording"] += 1
             out.append(Send(self.d.stop(obu.obu_id), rsctl))
@@ -256,9 +259,10 @@ class LaneMachine(Redetection, Arm):
         self._card_seen_elsewhere(tx, cf.card_key, plate, out)
         # A device lost since the B2 (IO module, journal, fee table): no charge that the
         # lane could not finish.
-        reason = Reason.ETC_CLOSED if self.modes.closed else check_card(tx, cf, wall.date(), self.s, self.status)
+        fees, status = tx.lists or (self.fees, self.status)
+        reason = Reason.ETC_CLOSED if self.modes.closed else check_card(tx, cf, wall.date(), self.s, status)
         if reason is None and self.s.direction is Direction.EXIT:
-            reason = price(tx, card, self.s, self.fees, self.counters)
+            reason = price(tx, card, self.s, fees, self.counters)
         if reason is not None:
             self._refuse(tx, reason, rsctl, now, out)
             return
@@ -461,6 +465,7 @@ class LaneMachine(Redetection, Arm):
 
     # -- timers --------------------------------------------------------------------------------
     def _timers(self, now: float, out: list[Action]) -> None:
+        self._message_timer(now, out)
         self._expire_passages(now, out)
         self._release_held_raise(now, out)
         tx = self.tx
@@ -493,4 +498,5 @@ class LaneMachine(Redetection, Arm):
 
     # -- helpers -----------------------------------------------------------------------------
     def _record(self, tx: Tx, state: str) -> dict[str, Any]:
-        return record(tx, state, self.s, self.fees, self.status)
+        fees, status = tx.lists or (self.fees, self.status)  # the versions the transaction was decided with
+        return record(tx, state, self.s, fees, status)

@@ -51,6 +51,10 @@ class Tx:
     balance_after: int | None = None
     recovering: bool = False  # a C8 asks the OBU about an earlier charge whose outcome is unknown
     result: dict[str, Any] | None = None  # the B5 success the journal is to keep
+    # The fee table and status list in use when the OBU was first seen (B2): the whole
+    # transaction is checked, priced and journalled with these, even if a download from
+    # the centre installs a new version meanwhile (laned/uplink/list_service.py).
+    lists: tuple[FeeLookup | None, StatusLookup] | None = None
 
 
 class LaneStateError(RuntimeError):
