@@ -113,8 +113,11 @@ def sim(
                                 "--state-dir (refused otherwise)."),
     timezone: str | None = typer.Option(None, "--timezone", help="The lane's time zone for relative dates and "
                                         "the daemon's clock (default: the scenario's, else Asia/Shanghai)."),
+    no_centre: bool = typer.Option(False, "--no-centre", help="Run the lane alone: no private Mosquitto, no "
+                                   "reference centre, no uplink."),
 ) -> None:
-    """Run the lane against emulated RSU, fee display, IO module and traffic — no hardware, no broker.
+    """Run the lane against emulated RSU, fee display, IO module and traffic — no hardware —
+    with a private Mosquitto and the reference centre receiving its transactions (unless --no-centre).
 
     Exit status 0: both rules held and every vehicle got what it should; 1: a safety
     violation or a double charge; 3: some vehicle got another outcome than expected;
@@ -127,7 +130,7 @@ def sim(
     try:
         code = tool.main(vehicles=vehicles, seed=seed, scenario=scenario, as_json=as_json, state_dir=state_dir,
                          keep_state=keep_state, live=live, show_plates=show_plates, resume=resume,
-                         timezone=timezone)
+                         timezone=timezone, centre=not no_centre)
     except tool.InputError as err:
         typer.echo(f"laned sim: {err}", err=True)
         raise typer.Exit(tool.EXIT_BAD_INPUT) from None

@@ -4,8 +4,8 @@ Exit status: 0 when the lane kept both rules and every vehicle got what it shoul
 1 on any safety violation or double charge (nothing else: 1 means a rule was broken);
 3 when some vehicle got another outcome, reason, fee or way than expected (including a
 paid vehicle that did not pass and a vehicle that passed unpaid); 2 for bad input
-(scenario file, arguments, a state folder holding a previous run without ``resume``),
-always as one line, checked before anything starts; 130 when stopped by Ctrl-C /
+(scenario file, arguments, a state folder holding a previous run without ``resume``,
+no mosquitto for the centre), always as one line, checked before anything starts; 130 when stopped by Ctrl-C /
 SIGTERM (the summary covers what ran).
 """
 
@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.live import Live
 
 from laned.sim import sim_view
+from laned.sim.broker import MosquittoMissing, find_mosquitto
 from laned.sim.lane_sim import LaneSim, SimError, SimSummary, previous_run
 from laned.sim.scenario import Scenario, ScenarioError, check_timezone, read_scenario
 from laned.sim.traffic import traffic_mix
@@ -61,6 +62,16 @@ def check_state_dir(state_dir: str | None, resume: bool) -> None:
                          "with that journal on purpose")
 
 
+def check_centre(centre: bool) -> None:
+    """The simulated centre needs mosquitto: said before anything starts, with the way out."""
+    if not centre:
+        return
+    try:
+        find_mosquitto()
+    except MosquittoMissing as err:
+        raise InputError(str(err)) from None
+
+
 def exit_status(summary: SimSummary) -> int:
     if not summary.ok:
         return EXIT_RULE_BROKEN
@@ -72,9 +83,11 @@ def exit_status(summary: SimSummary) -> int:
 
 
 def main(*, vehicles: int, seed: int, scenario: str | None, as_json: bool, state_dir: str | None,
-         keep_state: bool, live: bool, show_plates: bool, resume: bool = False, timezone: str | None = None) -> int:
+         keep_state: bool, live: bool, show_plates: bool, resume: bool = False, timezone: str | None = None,
+         centre: bool = True) -> int:
     plan = traffic(vehicles, seed, scenario, timezone)
     check_state_dir(state_dir, resume)
+    check_centre(centre)
     temporary = state_dir is None
     state = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="laned-sim-"))
     state.mkdir(parents=True, exist_ok=True)
@@ -83,7 +96,7 @@ def main(*, vehicles: int, seed: int, scenario: str | None, as_json: bool, state
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     console = Console()
     sim = LaneSim(plan.vehicles, state, seed=seed, show_plates=show_plates, timezone=plan.timezone, resume=resume,
-                  rsu=plan.rsu)
+                  rsu=plan.rsu, centre=centre)
     try:
         if as_json:
             summary = asyncio.run(sim.run())
@@ -110,6 +123,8 @@ def main(*, vehicles: int, seed: int, scenario: str | None, as_json: bool, state
     else:
         console.print(sim_view.summary_table(summary))
         console.print(verdict_line(summary), highlight=False, soft_wrap=True)
+        if (line := centre_line(summary)) is not None:
+            console.print(line, highlight=False, soft_wrap=True)
         if keep:
             console.print(f"journal, status list and daemon log kept in {state} (laned.log)")
     return code
@@ -121,6 +136,19 @@ def verdict_line(summary: SimSummary) -> str:
             f"unexpected: {summary.unexpected} of {summary.vehicles}")
     wrong = [f"vehicle {o['vehicle']}: {', '.join(o['unexpected'])}" for o in summary.outcomes if o["unexpected"]]
     return "\n".join([line, *wrong[:20]])
+
+
+def centre_line(summary: SimSummary) -> str | None:
+    """What the centre received (None: the run had no centre, ``--no-centre``)."""
+    if summary.centre_received is None:
+        return None
+    line = (f"centre: {summary.centre_received} transactions received, {summary.centre_duplicates_dropped} "
+            f"duplicates dropped, backlog {summary.outbox_backlog}")
+    if summary.centre_gaps:
+        line += f"; seqs missing at the centre: {', '.join(summary.centre_gaps)}"
+    if summary.centre_pending_reconciliations:
+        line += f"; {summary.centre_pending_reconciliations} unknown outcome(s) pending reconciliation"
+    return line
 
 
 def _run_live(sim: LaneSim, console: Console) -> SimSummary:

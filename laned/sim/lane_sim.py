@@ -8,6 +8,9 @@ What runs, all in one event loop:
 - the fee display and the IO module as Modbus TCP servers (:mod:`laned.sim.modbus_devices`),
   the IO module wired to a :class:`~laned.sim.lane_model.LaneModel` in which the vehicles
   drive over the loops and under the arm;
+- with ``centre=True`` (``laned sim`` without ``--no-centre``): a private Mosquitto and
+  the reference centre (:mod:`laned.sim.sim_centre`), the daemon's ``[uplink]`` pointed at
+  them; at the end the run waits (bounded) until the centre has acknowledged every row;
 - a driver (:class:`LaneSim`) that lets the traffic in: each vehicle appears in the lane
   model, its OBU enters the RSU's zone as the vehicle does and leaves it when the vehicle
   passes the arm or pulls over (the scenario's ``rsu`` settings: where the zone starts,
@@ -28,7 +31,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,11 +42,14 @@ from laned.executor import LaneExecutor
 from laned.lane.status_list import StatusList, card_key, obu_key
 from laned.observation import Observation
 from laned.lane.signals import Light
+# JOURNAL_NAME and previous_run are imported from here too (the CLI, the tests).
+from laned.sim.journal_rows import JOURNAL_NAME as JOURNAL_NAME, last_seq, previous_run as previous_run, transaction_rows
 from laned.sim.lane_model import BarrierSpec, LaneGeometry, LaneModel
 from laned.sim.modbus_devices import EmulatedFeeDisplay, EmulatedIoModule, ModbusDeviceServer
 from laned.sim.rsu_emulator import EmulatorSettings, RsuEmulator, RsuState
 from laned.sim.rsu_scenario import ObuScenario
 from laned.sim.scenario import RsuSettings, ScenarioError, check_vehicles
+from laned.sim.sim_centre import DRAIN_TIMEOUT_S, CentreReport, SimCentre
 from laned.sim.traffic import status_entries
 from laned.sim.vehicle import DEFAULT_TIMEZONE, Kind, SimVehicle
 # SimSummary and VehicleRun are imported from here too (the CLI, the live view, the tests).
@@ -82,7 +87,6 @@ BARRIER_TRAVEL_S = 0.8  # an ETC lane's fast barrier
 # (a queue moves no faster than the slowest vehicle in it), plus a margin.
 PER_VEHICLE_S = 3.0
 DEADLINE_MARGIN_S = 30.0
-JOURNAL_NAME = "journal.db"
 
 
 def spawn_x(rsu: RsuSettings) -> float:
@@ -100,12 +104,6 @@ def traffic_deadline_s(vehicles: Sequence[SimVehicle], spawn_at: float = SPAWN_X
     return last_spawn + drive + queue + DEADLINE_MARGIN_S
 
 
-def previous_run(state_dir: str | Path) -> Path | None:
-    """The journal a previous run left in ``state_dir``, if any."""
-    journal = Path(state_dir) / JOURNAL_NAME
-    return journal if journal.exists() else None
-
-
 class SimError(RuntimeError):
     """The simulation could not run (not: the lane got something wrong — that is the verdict)."""
 
@@ -115,11 +113,14 @@ class LaneSim:
 
     def __init__(self, vehicles: list[SimVehicle], state_dir: str | Path, *, seed: int = 0,
                  show_plates: bool = False, on_change: Callable[[LaneSim], None] | None = None,
-                 timezone: str = DEFAULT_TIMEZONE, resume: bool = False, rsu: RsuSettings | None = None) -> None:
+                 timezone: str = DEFAULT_TIMEZONE, resume: bool = False, rsu: RsuSettings | None = None,
+                 centre: bool = False) -> None:
         """``resume``: ``state_dir`` may hold a previous run's journal, and the daemon goes on
         with it (its payments are remembered); otherwise such a folder is refused. ``rsu``:
         how the emulated RSU reads the vehicles (the scenario's ``rsu``; default: a real
-        RSU's habits, see :class:`~laned.sim.traffic.RsuSettings`)."""
+        RSU's habits, see :class:`~laned.sim.traffic.RsuSettings`). ``centre``: run a private
+        broker and the reference centre and point the lane's ``[uplink]`` at them
+        (:mod:`laned.sim.sim_centre`; ``laned sim`` does unless ``--no-centre``)."""
         if not vehicles:
             raise SimError("no vehicles to simulate")
         try:
@@ -129,6 +130,10 @@ class LaneSim:
         self.state_dir = Path(state_dir)
         self.timezone = timezone
         self.resume = resume
+        self.with_centre = centre
+        self.centre: SimCentre | None = None  # while a run with the centre runs
+        self.centre_report: CentreReport | None = None  # at the end of a run with the centre
+        self.outbox_backlog: int | None = None  # final journal rows the centre has not acknowledged
         self.rsu = rsu or RsuSettings()
         self.spawn_x = spawn_x(self.rsu)
         self._past_arm: set[int] = set()  # runs whose front passed the arm
@@ -170,7 +175,7 @@ class LaneSim:
         if old is not None and not self.resume:
             raise SimError(f"{self.state_dir} holds a previous run's journal ({old.name}): its payments would be "
                            "restored into this run's vehicles; use an empty folder, or --resume to reuse it")
-        self._seq_floor = _last_seq(old) if old is not None else 0
+        self._seq_floor = last_seq(old) if old is not None else 0
         self.state_dir.mkdir(parents=True, exist_ok=True)
         status_path = self._write_status_list()
         self.display, self.io = EmulatedFeeDisplay(slave=1), EmulatedIoModule(slave=2)
@@ -187,9 +192,15 @@ class LaneSim:
             server = await stack.enter_async_context(ModbusDeviceServer([self.display, self.io], transport="tcp"))
             self.emulator = await stack.enter_async_context(RsuEmulator([], profile="national", settings=settings))
             port = server.link.port
-            self.config = load_sim_config(self.state_dir, overrides={
+            overrides: dict[str, Any] = {
                 "rsu.port": self.emulator.path, "devices.io.port": port, "devices.fee_display.port": port,
-                "status_list.path": str(status_path), "lane.timezone": self.timezone})
+                "status_list.path": str(status_path), "lane.timezone": self.timezone}
+            centre = None
+            if self.with_centre:
+                lane_id = load_sim_config(self.state_dir, overrides=overrides).lane.lane_id
+                centre = self.centre = await stack.enter_async_context(SimCentre(self.state_dir, lane_id))
+                overrides.update(centre.uplink_overrides())
+            self.config = load_sim_config(self.state_dir, overrides=overrides)
             # The model judges down motion on an occupied loop by the lane's own bound.
             self.model.reaction_limit = self.config.barrier.reaction_limit_ms / 1000
             lane_stop = asyncio.Event()
@@ -198,10 +209,18 @@ class LaneSim:
                 await self._wait_ready(lane, stop)
                 self.started = time.monotonic()
                 await self._drive(lane, stop)
+                if centre is not None:
+                    # The lane's last rows reach the centre while it still runs; an
+                    # interrupted run only reads what is left.
+                    self.outbox_backlog = await centre.drain(self.config.journal.path,
+                                                             0.0 if self.interrupted else DRAIN_TIMEOUT_S)
             finally:
                 lane_stop.set()
                 self.executor = await asyncio.wait_for(lane, 15)
+            if centre is not None:
+                self.centre_report = centre.report()
         return summarise(self)
+
 
     def _write_status_list(self) -> Path:
         cards, obus = status_entries([r.vehicle for r in self.runs])
@@ -420,19 +439,9 @@ class LaneSim:
 
     def _read_journal(self) -> None:
         assert self.config is not None
-        path = self.config.journal.path
-        if not Path(path).exists():
+        rows = transaction_rows(Path(self.config.journal.path), self._seq_floor)
+        if rows is None:
             return
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
-        try:
-            db.row_factory = sqlite3.Row
-            rows = [dict(r) for r in db.execute("SELECT state, reason, obu_id, amount, fee, kind FROM transactions "
-                                                "WHERE seq > ? ORDER BY seq", (self._seq_floor,))]
-        except sqlite3.Error as err:
-            log.debug("simulation: journal not readable yet (%s)", err)
-            return
-        finally:
-            db.close()
         self.journal_rows = rows
         before = {run.index: (run.outcome, run.seen_again) for run in self.runs}
         for run in self.runs:
@@ -462,15 +471,3 @@ class LaneSim:
                 again = ", reported again and let on without a second charge" if run.seen_again else ""
                 self.trace(now, run, f"lane: {run.outcome} ({run.reason}){fee}{again}")
 
-
-def _last_seq(journal: Path) -> int:
-    """The highest transaction seq in a previous run's journal (0: none, or unreadable)."""
-    try:
-        db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1.0)
-        try:
-            row = db.execute("SELECT MAX(seq) FROM transactions").fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return 0
-    return int(row[0] or 0) if row else 0

@@ -3,7 +3,8 @@
 The live view is redrawn from the simulation's state a few times a second: the lane as a
 strip (vehicles, loops, the arm), the barrier, the light and the fee display as the
 emulated devices hold them, the recent vehicles with what the lane decided, and the
-recent frames on the RSU line with the lane's answer times.
+recent frames on the RSU line with the lane's answer times; with the centre, how many
+transactions it has received.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ def lane_panel(sim: LaneSim) -> Panel:
                               shown.fee_fen is not None and f"fee {yuan(shown.fee_fen)} 元",
                               shown.balance_fen is not None and f"balance {yuan(shown.balance_fen)} 元") if f]
         grid.add_row("display", Text(f"{shown.line1} {shown.line2}", style="bold") + Text("   " + "  ".join(fields)))
+    if sim.centre is not None:
+        grid.add_row("centre", f"{sim.centre.received()} transactions received (private broker "
+                               f"127.0.0.1:{sim.centre.broker.port if sim.centre.broker else '?'}, reference centre)")
     rsu = f"{emu.state}" if emu is not None else "starting"
     elapsed = time.monotonic() - sim.started if sim.started else 0.0
     arrived = sum(1 for r in sim.runs if r.model_id is not None)
@@ -160,6 +164,9 @@ def summary_table(summary: SimSummary) -> Group:
     head.add_row("as expected", Text(f"{summary.vehicles - summary.unexpected} of {summary.vehicles}",
                                      style="yellow" if summary.unexpected else "green"))
     head.add_row("time", f"{summary.duration_s} s")
+    lists = summary.list_versions
+    head.add_row("lists used", f"status list {_version(lists.get('status_list'))}, "
+                               f"fee table {_version(lists.get('fee_table'))}")
     table = Table(expand=True)
     for col in ("#", "plate", "kind", "outcome", "reason", "fee", "way", "as expected"):
         table.add_column(col)
@@ -175,6 +182,10 @@ def summary_table(summary: SimSummary) -> Group:
     for v in summary.violations:
         parts.append(Text(f"SAFETY VIOLATION: {v}", style="bold red"))
     return Group(*parts)
+
+
+def _version(value: int | None) -> str:
+    return "none" if value is None else f"version {value}"
 
 
 def _ms(value: float | None) -> str:

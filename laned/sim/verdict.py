@@ -9,6 +9,8 @@ fills the :class:`VehicleRun` records as the run goes and sums them up in a
 :class:`SimSummary`: the charges the emulated cards really took (a second charge of one
 card is a double charge), and the safety violations from the lane model, which checks the
 arm against where the vehicles really are rather than against what the sensors said.
+With the centre, the summary also says what the centre received (``centre_*``) and the
+outbox backlog left; the list versions the lane used are there either way.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from laned.lane.fee_table import FeeSchedule
+from laned.lane.status_list import StatusList
 from laned.masking import mask_plate
 from laned.sim.rsu_emulator import LogEntry
 from laned.sim.rsu_scenario import Fault
@@ -131,6 +135,14 @@ class SimSummary:
     violations: list[str] = field(default_factory=list)
     state_dir: str | None = None  # where the journal and the daemon log are (None: removed)
     interrupted: bool = False
+    # The versions the lane used: {"status_list": 1, "fee_table": 1} (None: it had none).
+    list_versions: dict[str, int | None] = field(default_factory=dict)
+    # With the centre (laned/sim/sim_centre.py); all None with --no-centre (no centre ran).
+    centre_received: int | None = None  # transaction messages the centre received, every copy
+    centre_duplicates_dropped: int | None = None
+    centre_gaps: list[str] | None = None  # seq ranges missing at the centre below its highest, e.g. ["4-6"]
+    centre_pending_reconciliations: int | None = None  # unknown outcomes the centre holds unsettled
+    outbox_backlog: int | None = None  # final journal rows the centre had not acknowledged at the end
 
     @property
     def ok(self) -> bool:
@@ -194,6 +206,7 @@ def summarise(sim: LaneSim) -> SimSummary:
     refused = Counter(r.reason for r in sim.runs if r.outcome == "refused" and r.reason)
     for r in sim.runs:
         r.final = not sim.interrupted
+    centre = sim.centre_report
     return SimSummary(
         vehicles=len(sim.runs),
         charged=sum(1 for r in sim.runs if r.outcome == "charged"),
@@ -218,7 +231,24 @@ def summarise(sim: LaneSim) -> SimSummary:
         violations=[f"{v.kind} ({v.vehicle}): {v.detail}" for v in model.violations],
         state_dir=str(sim.state_dir),
         interrupted=sim.interrupted,
+        list_versions=list_versions(sim),
+        centre_received=centre.received if centre else None,
+        centre_duplicates_dropped=centre.duplicates_dropped if centre else None,
+        centre_gaps=centre.gaps if centre else None,
+        centre_pending_reconciliations=centre.pending_reconciliations if centre else None,
+        outbox_backlog=sim.outbox_backlog,
     )
+
+
+def list_versions(sim: LaneSim) -> dict[str, int | None]:
+    """The status list and fee table versions the lane used (None: it had none). Read from
+    the health monitor, which holds the list the lane loaded even when it is empty (the
+    machine then checks against an empty stand-in without a version)."""
+    monitor = sim.executor.health if sim.executor is not None else None
+    status = getattr(monitor, "status_list", None)
+    fees = getattr(monitor, "fees", None)
+    return {"status_list": status.version if isinstance(status, StatusList) else None,
+            "fee_table": fees.current.version if isinstance(fees, FeeSchedule) else None}
 
 
 def _round(value: float | None) -> float | None:

@@ -1,0 +1,135 @@
+"""A throw-away PKI for the simulated centre link, generated at run time: no key is ever
+committed, and every run of ``laned sim`` makes its own.
+
+:func:`make_sim_pki` writes into a folder (created 0700; PEM; every private key created
+mode 0600 by ``os.open``, never readable by others, not even for a moment):
+
+- a CA (``ca.pem``; its key stays in memory: nothing else issues certificates);
+- the broker's certificate for 127.0.0.1 and ``localhost`` (SAN IP and DNS);
+- the lane's client certificate, subject CN the lane id: Mosquitto's
+  ``use_identity_as_username`` makes the CN the username its ACL confines to that lane's
+  topics, and laned refuses a certificate made out to another lane;
+- the centre's client certificate (CN ``centre``, which the ACL lets read and write
+  every lane's topics).
+
+Keys are EC P-256: generated in microseconds, so the run starts at once. The certificates
+are valid for two days from a minute ago (a broker whose clock is a little behind still
+accepts them), which outlasts any simulated run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CENTRE = "centre"  # the centre's client identity (its certificate's CN), as the ACL names it
+KEY_MODE = 0o600
+VALIDITY = dt.timedelta(days=2)
+BACKDATE = dt.timedelta(minutes=1)  # clock skew allowance between this process and the broker
+ORGANISATION = "laned sim"
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """One TLS identity on disk: its certificate and its private key (mode 0600)."""
+
+    name: str  # the subject CN
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class SimPki:
+    """The files of one run's PKI (see the module docstring)."""
+
+    folder: Path
+    ca_cert: Path
+    server: Credentials
+    lane: Credentials
+    centre: Credentials
+
+
+@dataclass(frozen=True, slots=True)
+class _Authority:
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+
+def make_sim_pki(folder: Path, lane_id: str) -> SimPki:
+    """Generate the PKI into ``folder``, which must not hold one already (keys are never
+    written over: a second run gets its own folder)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    subject = _name("laned sim CA")
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path = folder / "ca.pem"
+    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    ca = _Authority(ca_key, ca_cert)
+    server = _issue(folder, ca, "server", "localhost", now, ExtendedKeyUsageOID.SERVER_AUTH,
+                    san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))])
+    lane = _issue(folder, ca, "lane", lane_id, now, ExtendedKeyUsageOID.CLIENT_AUTH)
+    centre = _issue(folder, ca, "centre", CENTRE, now, ExtendedKeyUsageOID.CLIENT_AUTH)
+    return SimPki(folder=folder, ca_cert=ca_path, server=server, lane=lane, centre=centre)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANISATION),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _issue(folder: Path, ca: _Authority, stem: str, common_name: str, now: dt.datetime,
+           usage: x509.ObjectIdentifier, *, san: list[x509.GeneralName] | None = None) -> Credentials:
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
+                                     crl_sign=False, content_commitment=False, data_encipherment=False,
+                                     key_agreement=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
+    )
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    cert = builder.sign(ca.key, hashes.SHA256())
+    cert_path, key_path = folder / f"{stem}.pem", folder / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_private_key(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    return Credentials(name=common_name, cert=cert_path, key=key_path)
+
+
+def write_private_key(path: Path, data: bytes) -> None:
+    """Write a key file created with mode 0600 (the umask can only narrow it), replacing none."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_MODE)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
