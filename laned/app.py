@@ -15,15 +15,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
+import gc
 import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from laned.config import Config
+from laned.config import Config, UplinkSection
 from laned.drivers.device_profiles import IoModuleProfile
 from laned.drivers.fee_display import FeeDisplay
 from laned.drivers.gpio_profile import GpioPinMap
@@ -35,10 +36,14 @@ from laned.health.alarms import AlarmRegistry
 from laned.health.monitor import HealthMonitor
 from laned.health.sdnotify import Notifier, Watchdog
 from laned.lane.events import Device, DeviceStatus, FrameIn, FrameLost, LinkLost, LinkUp
-from laned.lane.fee_table import FeeSchedule, FeeTable, FeeTableError
+from laned.lane.fee_table import FeeSchedule
 from laned.lane.machine import LaneMachine
 from laned.lane.status_list import StatusList
 from laned.protocol import get_profile
+from laned.uplink.list_apply import StatusListInUse, load_fee_tables, load_status_list
+
+if TYPE_CHECKING:
+    from laned.uplink.list_service import ListService
 
 log = logging.getLogger("laned")
 T = TypeVar("T")
@@ -184,14 +189,67 @@ def warn_shared_bus(cfg: Config, buses: Buses) -> None:
                     "devices.io.bus.response_timeout_s / retries.", bus.name, hold, cfg.barrier.staleness_s)
 
 
-def load_fees(cfg: Config) -> tuple[FeeSchedule | None, str]:
-    """The fee table, or None and why: a lane without one starts with ETC closed. Its
-    times are the lane's (``lane.timezone``)."""
+def load_fees(cfg: Config, now: dt.datetime | None = None) -> tuple[FeeSchedule | None, str]:
+    """The fee schedule — the tables the centre sent (``lists.fee_table_dir``) and the
+    configured file, the newest valid one in force, a later one pending — or None and why:
+    a lane without one starts with ETC closed. Its times are the lane's (``lane.timezone``)."""
     zone = ZoneInfo(cfg.lane.timezone)
-    try:
-        return FeeSchedule(FeeTable.load(cfg.fee_table.path, tz=zone), tz=zone), ""
-    except (FeeTableError, OSError) as err:
-        return None, f"no usable fee table: {err}"
+    schedule, problems = load_fee_tables(cfg.lists.fee_table_dir, cfg.fee_table.path, now or dt.datetime.now(zone),
+                                         zone)
+    if schedule is None:
+        return None, f"no usable fee table: {'; '.join(problems)}"
+    for problem in problems:  # a damaged file beside a usable one: said, not fatal
+        log.warning("fee table: %s; not used", problem)
+    return schedule, ""
+
+
+def load_status(cfg: Config) -> StatusListInUse | None:
+    """The status list file and the manifest kept beside it (``status_list.path``), if any."""
+    if cfg.status_list is None or not cfg.status_list.path.exists():
+        return None
+    return load_status_list(cfg.status_list.path)
+
+
+def status_valid_from(cfg: Config, status: StatusListInUse | None, zone: dt.tzinfo) -> dt.datetime | None:
+    """What the health check ages the status list by: its manifest's ``valid_from``. A
+    list without one is of unknown age: with ``[uplink]`` the list service counts it as old
+    (docs/lists.md, freeze attack); a lane without a centre link has only the file's time."""
+    if status is None:
+        return None
+    if status.manifest is not None:
+        return status.manifest.valid_from
+    if cfg.uplink is None and cfg.status_list is not None:
+        return dt.datetime.fromtimestamp(cfg.status_list.path.stat().st_mtime, zone)
+    return None
+
+
+def make_list_service(cfg: Config, uplink: UplinkSection, machine: LaneMachine, monitor: HealthMonitor,
+                      status: StatusListInUse | None, fees: FeeSchedule | None, *, post: Callable[[Any], None],
+                      wall: Callable[[], dt.datetime]) -> ListService:
+    """The status list and fee table downloads (docs/lists.md). Installing a version swaps
+    the lane machine's and the health monitor's references in one synchronous step."""
+    from laned.uplink.commands import CentreKeys
+    from laned.uplink.list_service import Installers, ListService, settings_from_config
+
+    def use_status(made: StatusListInUse) -> None:
+        machine.status = made.store
+        monitor.status_list = made.store
+        monitor.status_list_loaded_at = made.manifest.valid_from if made.manifest is not None else None
+
+    def use_fees(schedule: FeeSchedule) -> None:
+        had_none = machine.fees is None
+        machine.fees = schedule
+        monitor.fees = schedule
+        if had_none:  # ETC was closed for want of a table (run_lane posted it)
+            log.info("fee table: version %d in force; ETC reopens if nothing else keeps it closed", schedule.version)
+            post(DeviceStatus(Device.FEES, True, ""))
+
+    settings = settings_from_config(cfg.lists, status_list_path=cfg.status_list.path if cfg.status_list else None,
+                                    max_age_s=cfg.health.status_list_max_age_h * 3600)
+    return ListService(lane_id=cfg.lane.lane_id, keys=CentreKeys.from_texts(uplink.centre_keys),
+                       settings=settings, status=status, fees=fees,
+                       install=Installers(status_list=use_status, fee_table=use_fees), wall=wall,
+                       tz=ZoneInfo(cfg.lane.timezone), alarm=monitor.lane_alarm, post=post)
 
 
 async def follow_hotplug(watcher: Any, rsu: RsuLink) -> None:
@@ -305,12 +363,10 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
     zone = ZoneInfo(cfg.lane.timezone)
     clock = wall or lane_clock(zone)
     profile = get_profile(cfg.rsu.profile)
-    fees, fees_problem = load_fees(cfg)
-    status = StatusList()
-    status_loaded_at = None
-    if cfg.status_list is not None and cfg.status_list.path.exists():
-        status.load(cfg.status_list.path)
-        status_loaded_at = dt.datetime.fromtimestamp(cfg.status_list.path.stat().st_mtime, zone)
+    fees, fees_problem = load_fees(cfg, clock())
+    status_in_use = load_status(cfg)
+    status = status_in_use.store if status_in_use is not None else StatusList()
+    status_loaded_at = status_valid_from(cfg, status_in_use, zone)
     async with AsyncExitStack() as stack:
         # One thread owns the journal: every commit (and its fsync) happens there, never on
         # the loop that answers the RSU and samples the safety loop.
@@ -355,9 +411,23 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
                 lane=LaneView(etc_open=lambda: not machine.modes.closed, closed_by=lambda: machine.modes.closed_by),
                 wall=lambda: clock().astimezone(zone))
             journal_port = NotifyingJournal(writer, uplink.notify, loop)
+            uplink.lists = make_list_service(cfg, cfg.uplink, machine, monitor, status_in_use, fees,
+                                             post=lambda ev: executor.post(ev), wall=lambda: clock().astimezone(zone))
         executor = LaneExecutor(machine, rsu, io, display, journal_port, wall=clock, observe=observe,
                                 on_alarm=monitor.lane_alarm)
         executor.health = monitor
+        if uplink is not None and cfg.uplink is not None:
+            from laned.uplink.command_exec import CommandExecutor, LaneControl
+
+            # Signed commands from the centre, executed at most once (docs/uplink.md, Commands).
+            commands = CommandExecutor.from_config(
+                cfg.uplink, settings.lane_id, display_profile=cfg.devices.fee_display.profile, writer=writer,
+                lane=LaneControl(post=executor.post, closed_by=lambda: machine.modes.closed_by,
+                                 is_down=machine.modes.is_down, has_display=display is not None, has_io=io is not None,
+                                 fetch_list=uplink.lists.fetch if uplink.lists is not None else None),
+                control=uplink, wall=lambda: clock().astimezone(zone))
+            await commands.restore()  # a lane the centre closed stays closed across a restart
+            uplink.on_command = commands
         if fees is None:
             log.error("fee table: %s; ETC closed until a valid one is installed", fees_problem)
             executor.post(DeviceStatus(Device.FEES, False, fees_problem))
@@ -414,6 +484,10 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
                     # Link failures are handled inside (alarm, back-off); anything else it
                     # raises is a bug and ends the daemon like any task's.
                     task("uplink", uplink.run())
+                # What lives for good is built: keep the cyclic GC's full passes off it
+                # (~10 ms each over every object; docs/lists.md "Not blocking the lane").
+                gc.collect()
+                gc.freeze()
                 # READY once the lane is in service or in a degraded mode it has announced.
                 notifier.ready(status_line())
                 if started is not None:

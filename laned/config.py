@@ -456,6 +456,27 @@ class UplinkSection(_Model):
     # How long the broker keeps the lane's session (subscriptions, queued QoS 1 messages)
     # while it is away; the contract's server binding says one day.
     session_expiry_s: int = Field(86_400, ge=0, le=0xFFFF_FFFF)
+    # The centre's Ed25519 public keys the lane trusts, by key id (``laned centre keygen``
+    # prints the line): they sign the list manifests (docs/lists.md). None: nothing signed
+    # by the centre is taken.
+    centre_keys: dict[str, str] = Field(default_factory=dict)
+    # The keys trusted for signed commands (cmd: close/open ETC, raise the barrier …), in the
+    # same form; absent: centre_keys. A site that keeps its command key apart from its list
+    # key gives it here. Empty: every command is refused unknown_key.
+    command_keys: dict[str, str] | None = None
+    # How far a command's issued_at may be ahead of the lane clock (its expires_at has no tolerance).
+    command_clock_skew_s: float = Field(30.0, ge=0, le=3600)
+
+    @field_validator("centre_keys", "command_keys")
+    @classmethod
+    def _centre_keys(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        from laned.uplink.commands import CentreKeys, CommandKeyError
+
+        try:
+            CentreKeys.from_texts(value or {})
+        except CommandKeyError as err:
+            raise ValueError(str(err)) from None
+        return value
 
     @model_validator(mode="after")
     def _backoff(self) -> UplinkSection:
@@ -463,6 +484,21 @@ class UplinkSection(_Model):
             raise _key_error("reconnect_max_s", f"{self.reconnect_max_s:g} s is below reconnect_min_s = "
                              f"{self.reconnect_min_s:g} s")
         return self
+
+
+class ListsSection(_Model):
+    """Status lists and fee tables downloaded from the centre (docs/lists.md)."""
+
+    # A manifest announcing more bytes (as transferred) is refused too_large; a gzip list
+    # expanding beyond the second is refused bad_content. A national list is ~800 MB of JSON.
+    status_list_max_mb: int = Field(1024, ge=1, le=16_384)
+    status_list_max_expanded_mb: int = Field(2048, ge=1, le=32_768)
+    fee_table_max_kb: int = Field(4096, ge=1, le=1 << 20)  # transferred and expanded
+    chunk_timeout_s: float = Field(30.0, gt=0, le=3600)  # no new chunk this long: list/request the missing
+    max_requests: int = Field(5, ge=1, le=100)  # requests without progress before giving up (interrupted)
+    clock_skew_s: float = Field(300.0, ge=0, le=86_400)  # a status list's valid_from this far ahead is taken
+    on_stale: Literal["alarm", "close_etc"] = "alarm"  # an old or expired status list: alarm only, or close ETC
+    fee_table_dir: ConfigPath = Path("/var/lib/laned/fee_tables")  # the fee tables the centre sent
 
 
 class Config(_Model):
@@ -477,6 +513,7 @@ class Config(_Model):
     log: LogSection = LogSection()
     health: HealthSection = HealthSection()
     uplink: UplinkSection | None = None  # no [uplink]: no centre link, the lane works alone
+    lists: ListsSection = ListsSection()  # downloads from the centre: only with [uplink]
 
     @model_validator(mode="before")
     @classmethod

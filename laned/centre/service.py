@@ -360,8 +360,17 @@ class Centre:
                         request.lane_id, request.kind, request.version)
             return
         version = ListVersion(manifest=stored[0], data=stored[1])
-        indexes = request.chunks or tuple(range(version.chunk_count))
-        wanted = [i for i in indexes if i < version.chunk_count]
+        if request.chunks is None:
+            # Every chunk: the lane saw the manifest only as the broker's retained copy, or
+            # a fetch_list command sent it for a version it has no manifest of. The whole
+            # version again, manifest first (the lane ignores a manifest it is downloading).
+            try:
+                await publish_list_version(client, version, [request.lane_id], self._clock())
+            except CentreError as err:
+                log.warning("centre: lane %s asks for %s version %d: %s", request.lane_id, request.kind,
+                            request.version, err)
+            return
+        wanted = [i for i in request.chunks if i < version.chunk_count]
         for index in wanted:
             await publish(client, "listChunk", request.lane_id, version.chunk(index).to_json())
         log.info("centre: lane %s: sent %d chunk(s) of %s version %d", request.lane_id, len(wanted), request.kind,

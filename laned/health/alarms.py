@@ -314,6 +314,19 @@ _SPECS: tuple[AlarmSpec, ...] = (
         "Check the uplink (broker reachable, certificates valid) and the centre's list "
         "publication; the detail has the list's version and age.",
         raise_after_s=0.0, clear_after_s=0.0),
+    AlarmSpec(
+        "list_update_refused", _E, _MIN,
+        "中心下发的名单或费率表未被采用(签名、版本或内容不符)，继续使用当前版本，请通知中心",
+        "A status list or fee table from the centre was refused (signature, version, size or "
+        "content did not check out, or its chunks stopped coming); the lane keeps the version "
+        "it uses. The detail says which version and why.",
+        "Read the detail: bad_signature/unknown_key means the lane's [uplink.centre_keys] does not "
+        "hold the key the centre signs with (or the manifest was tampered with); rollback or "
+        "base_mismatch means the centre sent an older version or a delta on another base (it must "
+        "send a full list); expired/not_yet_valid: check the lane clock (clock_jump); interrupted: "
+        "check the link, the lane asks again when the centre re-announces. Tell the centre the "
+        "lane id, the kind and the version. `laned status` shows the versions in use.",
+        hold_s=3600.0),
     # -- centre link (laned/uplink) ----------------------------------------------------------------
     AlarmSpec(
         "centre_link_down", _C, _MAJ,

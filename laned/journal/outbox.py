@@ -147,6 +147,15 @@ class JournalOutbox(JournalConnection):
                                           (unix, self.lane_id, seq, str(state))).rowcount
             return marked
 
+    def outbox_resend_from(self, seq: int) -> int:
+        """The centre asks for the rows from ``seq`` on again (``resend_from``): clear their
+        acks so they wait again; how many had been acknowledged. Intents still go up only
+        once they are final."""
+        _check_scan(seq, 0)
+        with self._writing(f"queueing the rows from seq {seq} again for the centre") as con:
+            return con.execute("UPDATE transactions SET acked_unix = NULL WHERE lane_id = ? AND seq >= ? "
+                               "AND acked_unix IS NOT NULL AND state != 'intent'", (self.lane_id, seq)).rowcount
+
     def outbox_backlog(self) -> Backlog:
         """How much waits for the centre, on both streams (an index count, fast at 140,000 rows)."""
         with self._reading("counting the outbox") as con:
@@ -333,6 +342,15 @@ class JournalOutbox(JournalConnection):
             row = con.execute("SELECT result_json FROM commands WHERE lane_id = ? AND command_id = ?",
                               (self.lane_id, command_id)).fetchone()
         return None if row is None else str(row[0])
+
+    def last_command_of(self, commands: tuple[str, ...]) -> tuple[str, str, str] | None:
+        """Of the executed commands named ``commands``, the one with the highest seq:
+        (command, command_id, result JSON); None if none ran (e.g. close_etc/open_etc at start)."""
+        marks = ", ".join("?" for _ in commands)
+        with self._reading(f"looking up the last of {', '.join(commands)}") as con:
+            row = con.execute(f"SELECT command, command_id, result_json FROM commands WHERE lane_id = ? AND command "
+                              f"IN ({marks}) ORDER BY seq DESC LIMIT 1", (self.lane_id, *commands)).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]), str(row[2]))
 
     def record_command(self, command_id: str, seq: int, command: str, result_json: str, now: dt.datetime) -> None:
         """Note an executed command. Call it inside ``batch()`` with the action's own record:

@@ -59,6 +59,10 @@ CLOSE_TIMEOUT_S = 2.0
 PENDING_CALLS_MARGIN = 16  # state, health, alarms and the subscription besides the outbox windows  # a clean close (offline state, DISCONNECT) waits no longer on a broker gone quiet
 
 
+# Publishes started per turn of the event loop by Session.publish_all (each costs ~0.1 ms
+# of the loop: JSON, paho's packet, the socket write); the RSU's answers come in between.
+PUBLISH_SLICE = 16
+
 DISCONNECT_WITH_WILL = ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
 
 
@@ -106,14 +110,28 @@ class LinkSettings:
         return f"{self.host}:{self.port}"
 
 
+# Channels whose payloads are handed over as received (``Incoming.payload``, no message):
+# the list downloads check them themselves (laned.lane.list_update) — a refused manifest is
+# an alarm there, not a silent drop here, and the contract's pattern check of a chunk's
+# base64 (up to 1.4 MB) would hold the loop for milliseconds per chunk. A command too: the
+# lane answers every command it reads, a malformed or unsigned one with a refusal that says
+# why (laned.uplink.commands.verify), which a drop here would swallow.
+RAW_CHANNELS = frozenset({"listManifest", "listChunk", "cmd"})
+
+
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """A centre -> lane message that conforms to the contract."""
+    """A centre -> lane message that conforms to the contract, or (``RAW_CHANNELS``:
+    ``message`` None) a payload as received, for its own checks."""
 
     channel: str  # the contract's channel key: txAck, reconcile, cmd, listManifest, listChunk
     topic: str
-    message: UplinkMessage
+    message: UplinkMessage | None
     correlation_data: bytes | None = None  # MQTT 5, copied onto a command's result
+    payload: bytes = b""  # RAW_CHANNELS only
+    # The broker's retained copy, delivered on subscribing (not published just now): a
+    # list manifest seen this way had its chunks sent while the lane was away.
+    retained: bool = False
 
 
 class Backoff:
@@ -171,16 +189,19 @@ class Session:
         self.settings = settings
         self.stats = stats
 
-    async def publish(self, msg: UplinkMessage) -> None:
+    async def publish(self, msg: UplinkMessage, *, correlation_data: bytes | None = None) -> None:
         """Publish ``msg`` on its channel, as the contract's delivery table says; returns
-        once the broker has it (PUBACK for QoS 1) — which says nothing about the centre."""
+        once the broker has it (PUBACK for QoS 1) — which says nothing about the centre.
+        ``correlation_data``: MQTT 5 correlation data (a command's, copied onto its result)."""
         c = contract()
         delivery = c.delivery(msg.MESSAGE)
         topic = c.topic(delivery.channel, self.settings.lane_id)
+        properties = _properties(PacketTypes.PUBLISH, delivery.expiry_s)
+        if correlation_data is not None:
+            properties.CorrelationData = correlation_data
         try:
             await self._client.publish(topic, msg.to_json().encode("utf-8"), qos=delivery.qos,
-                                       retain=delivery.retain,
-                                       properties=_properties(PacketTypes.PUBLISH, delivery.expiry_s),
+                                       retain=delivery.retain, properties=properties,
                                        timeout=self.settings.answer_timeout_s)
         except aiomqtt.MqttError as err:
             raise LinkDown(f"publish to {topic} failed: {_reason(err)}") from err
@@ -189,8 +210,12 @@ class Session:
         """Publish several, in this order, without waiting for each PUBACK before the next."""
         try:
             async with asyncio.TaskGroup() as tg:
-                for msg in messages:
+                for n, msg in enumerate(messages, 1):
                     tg.create_task(self.publish(msg))
+                    if n % PUBLISH_SLICE == 0:
+                        # Let the loop run between slices: a window of 256 started in one go
+                        # holds it for tens of ms (encoding, paho), and the RSU waits behind it.
+                        await asyncio.sleep(0)
         except* LinkDown as group:
             raise group.exceptions[0] from None
 
@@ -213,6 +238,13 @@ class Session:
             self._drop(topic, "not a topic of this lane in the contract")
             return None
         channel = routed[0]
+        correlation = getattr(message.properties, "CorrelationData", None) if message.properties else None
+        if channel in RAW_CHANNELS:
+            raw = message.payload
+            return Incoming(channel=channel, topic=topic, message=None,
+                            payload=bytes(raw) if isinstance(raw, (bytes, bytearray)) else str(raw).encode(),
+                            correlation_data=bytes(correlation) if correlation else None,
+                            retained=bool(message.retain))
         cls = MESSAGE_CLASSES[c.message_of(channel)]
         try:
             parsed = cls.from_json(message.payload)
@@ -223,7 +255,6 @@ class Session:
         if lane is not None and lane != self.settings.lane_id:
             self._drop(topic, f"{cls.MESSAGE} $.lane_id: {lane!r} is not this lane")
             return None
-        correlation = getattr(message.properties, "CorrelationData", None) if message.properties else None
         return Incoming(channel=channel, topic=topic, message=parsed,
                         correlation_data=bytes(correlation) if correlation else None)
 

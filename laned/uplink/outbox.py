@@ -112,6 +112,11 @@ class OutboxWindow(Generic[R]):
         self._live.clear()  # still in the journal: the scan from 0 finds them, in order
         self._cursor = 0
 
+    def rescan(self, after: int) -> None:
+        """Scan the journal again from positions above ``after`` (the centre asked for rows
+        again, ``resend_from``): what is in flight stays; the scan skips nothing that waits."""
+        self._cursor = min(self._cursor, after)
+
     @property
     def is_connected(self) -> bool:
         return self._connected

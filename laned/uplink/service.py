@@ -44,17 +44,21 @@ from laned.lane.events import ClearAlarm, Device, RaiseAlarm
 from laned.uplink.contract import ContractError, validate
 from laned.uplink.link import Backoff, CentreLink, Incoming, LinkDown, LinkSettings, LinkState, Session
 from laned.uplink.messages import (
-    ActiveAlarm, AlarmMsg, AckStream, Check, ClosedBy, CommandRequest, HealthSnapshot, LaneState, LaneStatus,
+    ActiveAlarm, AlarmMsg, AckStream, Check, ClosedBy, HealthSnapshot, LaneState, LaneStatus,
     OutboxState, ReconcileAnswer, ReconcileOutcome, ReconcileResult, TransactionMsg, TxAck, UplinkMessage,
 )
 from laned.uplink.outbox import OutboxWindow, backlog_level, reconcile_window, transaction_window
 
 if TYPE_CHECKING:
     from laned.config import UplinkSection
+    from laned.uplink.list_service import ListService
 
 log = logging.getLogger("laned.uplink")
 
 R = TypeVar("R")
+# What the daemon does with a command (topic cmd, the payload as received): verify, execute,
+# answer on cmd/result over the session (laned.uplink.command_exec.CommandExecutor).
+CommandHook = Callable[[Incoming, Session], Awaitable[None]]
 
 WATCH_S = 1.0  # lane state, alarm changes and health: looked at this often (the health cycle's pace)
 BACKLOG_CHECK_S = 5.0  # the backlog count (an index count) for the uplink_backlog_* alarms
@@ -137,7 +141,7 @@ class UplinkService:
 
     def __init__(self, link: CentreLink, writer: Any, settings: UplinkSettings, *, monitor: Any, lane: LaneView,
                  wall: Callable[[], dt.datetime], monotonic: Callable[[], float] = time.monotonic,
-                 on_command: Callable[[Incoming], Awaitable[None]] | None = None) -> None:
+                 on_command: CommandHook | None = None) -> None:
         self.link = link
         self.lane_id = link.settings.lane_id
         self.writer = writer
@@ -167,11 +171,14 @@ class UplinkService:
         self._started = monotonic()
         self._unconforming: set[str] = set()
         self._storage_errors: set[str] = set()
+        # Status lists and fee tables from the centre (laned.uplink.list_service); None:
+        # their manifests and chunks are ignored.
+        self.lists: ListService | None = None
 
     @classmethod
     def build(cls, link: LinkSettings, settings: UplinkSettings, *, writer: Any, monitor: Any, lane: LaneView,
               wall: Callable[[], dt.datetime], monotonic: Callable[[], float] = time.monotonic,
-              on_command: Callable[[Incoming], Awaitable[None]] | None = None) -> UplinkService:
+              on_command: CommandHook | None = None) -> UplinkService:
         """The service and its link (which publishes the service's lane state on connect)."""
         service: UplinkService
         centre = CentreLink(link, lane_state=lambda: service.lane_state(), wall=wall)
@@ -229,6 +236,8 @@ class UplinkService:
         self._alarm(RaiseAlarm("centre_link_down", "not connected yet"))
         log.info("centre link: connecting to %s as %s", self.link.settings.where(), self.link.settings.client_id)
         async with asyncio.TaskGroup() as tg:
+            if self.lists is not None:
+                tg.create_task(self.lists.run(), name="uplink-lists")
             tg.create_task(self._backlog_watch(), name="uplink-backlog")
             tg.create_task(self._connect_loop(), name="uplink-link")
 
@@ -286,6 +295,8 @@ class UplinkService:
                 tg.create_task(self._pump(session, self.tx), name="uplink-tx")
                 tg.create_task(self._pump(session, self.reconcile), name="uplink-reconcile")
                 tg.create_task(self._watch(session), name="uplink-watch")
+                if self.lists is not None:
+                    tg.create_task(self.lists.serve(session), name="uplink-list-requests")
         except* LinkDown as group:
             raise group.exceptions[0] from None
         finally:
@@ -362,13 +373,12 @@ class UplinkService:
                 await self._on_ack(msg)
             elif isinstance(msg, ReconcileAnswer):
                 await self._on_answer(msg)
-            elif isinstance(msg, CommandRequest):
-                await self.on_command(item)
+            elif item.channel == "cmd":  # handed over as received: the hook answers even a malformed one
+                await self.on_command(item, session)
+            elif msg is None and self.lists is not None:  # list/manifest, list/chunk: checked there
+                await self.lists.on_message(item, session)
             else:
-                # Status lists and fee tables over the uplink are not taken yet (list/manifest,
-                # list/chunk): the lane uses the files named in laned.toml.
-                log.debug("centre link: %s on %s ignored: list downloads are not implemented yet",
-                          type(msg).__name__, item.topic)
+                log.debug("centre link: %s on %s ignored: no list downloads on this lane", item.channel, item.topic)
 
     async def _on_ack(self, ack: TxAck) -> None:
         stream: _Stream[Any] = self.tx if ack.stream is AckStream.TX else self.reconcile
@@ -413,11 +423,19 @@ class UplinkService:
         self.reconcile.window.live(record)
         self.reconcile.wake.set()
 
-    async def _command_not_executed(self, item: Incoming) -> None:
-        msg = item.message
-        if isinstance(msg, CommandRequest):
-            log.info("centre link: command %s (id %s, seq %d) received, not executed yet: command execution is "
-                     "not part of this laned; no result is sent", msg.command, msg.command_id, msg.seq)
+    async def _command_not_executed(self, item: Incoming, session: Session) -> None:
+        log.info("centre link: a command on %s received and not executed: this lane has no command execution "
+                 "wired (laned.uplink.command_exec); no result is sent", item.topic)
+
+    # -- for command execution (laned.uplink.command_exec) ------------------------------------------
+    def resend_from(self, seq: int) -> None:
+        """Rows from ``seq`` on wait again (the journal's acks were cleared): scan from there now."""
+        self.tx.window.rescan(seq - 1)
+        self.tx.wake.set()
+
+    async def publish_health(self, session: Session) -> None:
+        """A health snapshot now (the centre's ``publish_health``)."""
+        await self._publish_checked(session, self._health())
 
     # -- state, health and alarms ------------------------------------------------------------------
     async def _watch(self, session: Session) -> None:
