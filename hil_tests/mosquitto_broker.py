@@ -36,31 +36,17 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
 
-from mqtt_pki import CENTRE, Pki
+from mqtt_pki import Pki
 
-from laned.uplink.contract import Direction, contract
-
-TOPIC_ROOT = "etc/v1"
-_LANE_PREFIX = TOPIC_ROOT + "/{lane_id}/"
-
-
-def _lane_topics(direction: Direction) -> tuple[str, ...]:
-    """The contract's channels in one direction, as suffixes below ``etc/v1/<lane_id>/``."""
-    found = []
-    for channel in contract().channels:
-        delivery = contract().delivery(channel)
-        if delivery.direction is direction:
-            if not delivery.address.startswith(_LANE_PREFIX):
-                raise BrokerError(f"channel {channel} ({delivery.address}) is not below {_LANE_PREFIX}: "
-                                  "the ACL cannot confine it to its lane")
-            found.append(delivery.address.removeprefix(_LANE_PREFIX))
-    return tuple(found)
+from laned.sim.broker import TOPIC_ROOT as TOPIC_ROOT
+from laned.sim.broker import acl_text, lane_topics
+from laned.sim.broker import free_port as free_port
+from laned.uplink.contract import Direction
 
 
 class BrokerError(RuntimeError):
@@ -71,8 +57,8 @@ class BrokerError(RuntimeError):
 # etc/v1/<lane_id>/, read from the uplink contract (laned.uplink.contract) so that the ACL and
 # the contract cannot drift apart. Each is granted to the lane whose certificate CN is
 # <lane_id>, and to nobody else but the centre.
-LANE_PUBLISHES = _lane_topics(Direction.SEND)
-LANE_SUBSCRIBES = _lane_topics(Direction.RECEIVE)
+LANE_PUBLISHES = lane_topics(Direction.SEND)
+LANE_SUBSCRIBES = lane_topics(Direction.RECEIVE)
 
 START_TIMEOUT = 5.0  # mosquitto is listening within ~50 ms; 5 s covers a loaded CI box
 STOP_TIMEOUT = 5.0  # a clean shutdown (SIGTERM) writing a small persistence database
@@ -86,34 +72,6 @@ def mosquitto_binary() -> str:
     if found is None:
         raise BrokerError("mosquitto is not installed: run ./dev setup (or apt-get install mosquitto)")
     return found
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def acl_text(centre: str = CENTRE) -> str:
-    """The ACL file: per-lane patterns (``%u`` is the certificate's CN) and the centre."""
-    lines = [
-        "# Written by hil_tests/mosquitto_broker.py. %u is the client certificate's CN",
-        "# (use_identity_as_username), i.e. the lane id. Anything not granted is denied.",
-        "",
-        "# lane -> centre: the lane may publish these, under its own id only",
-        *(f"pattern write {TOPIC_ROOT}/%u/{suffix}" for suffix in LANE_PUBLISHES),
-        "",
-        "# centre -> lane: the lane may subscribe to (and receive) these, under its own id only",
-        *(f"pattern read {TOPIC_ROOT}/%u/{suffix}" for suffix in LANE_SUBSCRIBES),
-        "",
-        "# the centre reads and writes every lane's topics",
-        f"user {centre}",
-        f"topic readwrite {TOPIC_ROOT}/#",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 class MosquittoBroker:

@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from laned.sim.pki import ca_certificate
+
 CENTRE = "centre"  # the centre's client identity (its certificate's CN)
 KEY_MODE = 0o600
 VALIDITY = dt.timedelta(days=2)
@@ -137,22 +139,7 @@ def _name(common_name: str) -> x509.Name:
 def _authority(folder: Path, common_name: str, stem: str) -> _Authority:
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
-    subject = _name(common_name)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    cert = ca_certificate(key, _name(common_name), now, validity=VALIDITY, backdate=BACKDATE)
     path = folder / f"{stem}.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     # The CA's key stays in memory: nothing outside this process issues certificates.

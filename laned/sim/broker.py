@@ -78,7 +78,7 @@ def free_port() -> int:
         return port
 
 
-def _lane_topics(direction: Direction) -> tuple[str, ...]:
+def lane_topics(direction: Direction) -> tuple[str, ...]:
     """The contract's channels in one direction, as suffixes below ``etc/v1/<lane_id>/``."""
     found = []
     for channel in contract().channels:
@@ -91,20 +91,21 @@ def _lane_topics(direction: Direction) -> tuple[str, ...]:
     return tuple(found)
 
 
-def acl_text() -> str:
-    """The ACL file: per-lane patterns (``%u`` is the certificate's CN, the lane id) and the centre."""
+def acl_text(centre: str = CENTRE) -> str:
+    """The ACL file: per-lane patterns (``%u`` is the certificate's CN, the lane id) and the
+    centre's identity (the simulator's and the tests' brokers use the same one)."""
     return "\n".join([
-        "# Written by laned sim (laned/sim/broker.py). %u is the client certificate's CN",
+        "# Written by laned (laned/sim/broker.py). %u is the client certificate's CN",
         "# (use_identity_as_username), i.e. the lane id. Anything not granted is denied.",
         "",
         "# lane -> centre: the lane may publish these, under its own id only",
-        *(f"pattern write {TOPIC_ROOT}/%u/{suffix}" for suffix in _lane_topics(Direction.SEND)),
+        *(f"pattern write {TOPIC_ROOT}/%u/{suffix}" for suffix in lane_topics(Direction.SEND)),
         "",
         "# centre -> lane: the lane may subscribe to (and receive) these, under its own id only",
-        *(f"pattern read {TOPIC_ROOT}/%u/{suffix}" for suffix in _lane_topics(Direction.RECEIVE)),
+        *(f"pattern read {TOPIC_ROOT}/%u/{suffix}" for suffix in lane_topics(Direction.RECEIVE)),
         "",
         "# the centre reads and writes every lane's topics",
-        f"user {CENTRE}",
+        f"user {centre}",
         f"topic readwrite {TOPIC_ROOT}/#",
         "",
     ])

@@ -69,22 +69,7 @@ def make_sim_pki(folder: Path, lane_id: str) -> SimPki:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    subject = _name("laned sim CA")
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca_cert = ca_certificate(ca_key, _name("laned sim CA"), now)
     ca_path = folder / "ca.pem"
     ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     ca = _Authority(ca_key, ca_cert)
@@ -93,6 +78,27 @@ def make_sim_pki(folder: Path, lane_id: str) -> SimPki:
     lane = _issue(folder, ca, "lane", lane_id, now, ExtendedKeyUsageOID.CLIENT_AUTH)
     centre = _issue(folder, ca, "centre", CENTRE, now, ExtendedKeyUsageOID.CLIENT_AUTH)
     return SimPki(folder=folder, ca_cert=ca_path, server=server, lane=lane, centre=centre)
+
+
+def ca_certificate(key: ec.EllipticCurvePrivateKey, subject: x509.Name, now: dt.datetime, *,
+                   validity: dt.timedelta = VALIDITY, backdate: dt.timedelta = BACKDATE) -> x509.Certificate:
+    """A self-signed CA certificate for ``key`` (the simulator's and the tests' PKIs): it
+    issues end-entity certificates only (path length 0)."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - backdate)
+        .not_valid_after(now + validity)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
 
 
 def _name(common_name: str) -> x509.Name:
