@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import re
 import time
 import zlib
@@ -40,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from laned import atomic_file
 from laned.lane.fee_table import FeeSchedule, FeeTable, FeeTableError, local_naive
 from laned.lane.list_update import Freshness, ListRefusal, Refused, VerifiedContent, list_age_state
 from laned.lane.status_list import (
@@ -320,22 +320,8 @@ def load_fee_tables(directory: Path | None, configured: Path | None, now: dt.dat
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """``data`` to ``path`` whole or not at all: temp file, fsync, rename, directory fsync."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """``data`` to ``path`` whole or not at all (:func:`laned.atomic_file.write_atomic`)."""
+    atomic_file.write_atomic(path, [data])
 
 
 def _fee_version(table: FeeTable, tz: dt.tzinfo | None) -> FeeTableVersion:

@@ -17,6 +17,7 @@ import zlib
 from array import array
 from pathlib import Path
 
+from laned.atomic_file import write_atomic
 from laned.lane import status_list as tuning
 from laned.lane.status_list.entries import StatusListError, valid_part
 from laned.lane.status_list.packed import Part, Snapshot
@@ -106,22 +107,4 @@ def write_file(snap: Snapshot, path: Path) -> None:
     crc = zlib.crc32(directory, zlib.crc32(head))
     for body in bodies:
         crc = zlib.crc32(body, crc)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(head)
-            fh.write(_CRC.pack(crc))
-            fh.write(directory)
-            for body in bodies:
-                fh.write(body)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, [head, _CRC.pack(crc), directory, *bodies])
