@@ -41,6 +41,7 @@ from typing import Any, Final, TypeAlias
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from laned.strict_json import loads_strict, reject_constant
 from laned.uplink.contract import ContractError
 from laned.uplink.messages import ListChunk, ListKind, ListManifest, ListRequest, canonical_json
 
@@ -385,7 +386,7 @@ def check_manifest(raw: bytes | str, *, lane_id: str, keys: Mapping[str, Ed25519
         return Refused(reason=ListRefusal.MALFORMED, text=f"{len(raw)} bytes; a manifest is at most "
                        f"{MAX_MANIFEST_BYTES}")
     try:
-        data = json.loads(raw, object_pairs_hook=_unique_members, parse_constant=_no_constant)
+        data = loads_strict(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:
         return Refused(reason=ListRefusal.MALFORMED, text=f"not UTF-8 JSON: {err}")
     if not isinstance(data, dict):
@@ -447,19 +448,6 @@ def _kind(value: object) -> ListKind | None:
     return ListKind(value) if isinstance(value, str) and value in ListKind.__members__.values() else None
 
 
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"member {key!r} appears twice")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 # -- chunks ----------------------------------------------------------------------------------------
 
 
@@ -471,7 +459,7 @@ def parse_chunk(raw: bytes | str) -> ListChunk | ChunkDropped:
     milliseconds per chunk, and a national list is hundreds of chunks.
     """
     try:
-        data = json.loads(raw, parse_constant=_no_constant)
+        data = json.loads(raw, parse_constant=reject_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:
         return ChunkDropped(code=Drop.MALFORMED, text=f"not UTF-8 JSON: {str(err)[:200]}")
     if not isinstance(data, dict):

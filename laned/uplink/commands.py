@@ -59,6 +59,7 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from laned.strict_json import loads_strict
 from laned.uplink.command_actions import (
     ACTION_TYPES,
     MAX_DETAIL,
@@ -124,19 +125,6 @@ class _Refused(Exception):
         self.code, self.text, self.path = code, text, path
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"member {key!r} appears twice")
-        out[key] = value
-    return out
-
-
 def _depth_ok(value: Any) -> bool:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -153,7 +141,7 @@ def _parse(raw: bytes | bytearray | str) -> dict[str, Any]:
         raise _Refused(RefusalCode.BAD_REQUEST, f"{len(raw)} bytes; a command is at most {MAX_COMMAND_BYTES}", "$")
     try:
         text = raw if isinstance(raw, str) else bytes(raw).decode("utf-8")
-        data = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_members)
+        data = loads_strict(text)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise _Refused(RefusalCode.BAD_REQUEST, f"not UTF-8 JSON: {err}", "$") from None
     if not isinstance(data, dict):

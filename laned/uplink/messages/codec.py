@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Self
 
+from laned.strict_json import reject_constant
 from laned.uplink.contract import ContractError, validate
 
 # -- the codec --------------------------------------------------------------------------------------
@@ -143,10 +144,6 @@ def canonical_json(payload: Mapping[str, Any]) -> bytes:
                       allow_nan=False).encode("utf-8")
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 class UplinkMessage:
     """Base of the message classes: the conversions to and from the contract's JSON."""
 
@@ -177,7 +174,7 @@ class UplinkMessage:
     def from_json(cls, raw: str | bytes | bytearray) -> Self:
         """Parse a received payload (UTF-8 JSON text) and build the value; see :meth:`from_dict`."""
         try:
-            data = json.loads(raw, parse_constant=_reject_constant)
+            data = json.loads(raw, parse_constant=reject_constant)
         except (ValueError, UnicodeDecodeError) as err:
             raise ContractError(cls.MESSAGE, [("$", f"not JSON: {err}")]) from None
         return cls.from_dict(data)
