@@ -446,7 +446,7 @@ class UplinkSection(_Model):
     # A row in flight this long without a tx/ack is published again (the centre de-duplicates).
     ack_timeout_s: float = Field(30.0, gt=0, le=3600)
     reconnect_min_s: float = Field(1.0, gt=0, le=600)  # back-off after a failed connection, doubling …
-    reconnect_max_s: float = Field(60.0, gt=0, le=3600)  # … up to this, each with ±20 % jitter
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600)  # … up to this (never past it), each with ±20 % jitter
     # centre_link_down is raised once the link has been down this long (short outages are normal).
     link_down_alarm_s: float = Field(120.0, ge=0, le=86_400)
     # Unacknowledged rows the journal is sized for: 7 days x 20,000 transactions. The

@@ -292,7 +292,7 @@ def test_uplink_defaults_and_relative_paths(tmp_path):
     cfg = load_config(write(tmp_path, example() + _uplink(tmp_path)))
     up = cfg.uplink
     assert up is not None and up.ca == tmp_path / "ca.pem" and up.key == tmp_path / "G0001-0201-03.key"
-    assert (up.port, up.keepalive_s, up.reconnect_min_s, up.reconnect_max_s) == (8883, 30, 1.0, 60.0)
+    assert (up.port, up.keepalive_s, up.reconnect_min_s, up.reconnect_max_s) == (8883, 30, 1.0, 30.0)
     assert (up.link_down_alarm_s, up.health_interval_s) == (120.0, 60.0)
 
 
