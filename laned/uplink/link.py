@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiomqtt
+from paho.mqtt.client import MQTT_ERR_SUCCESS
+from paho.mqtt.client import error_string as mqtt_error_string
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -56,8 +58,8 @@ PAYLOAD_FORMAT_UTF8 = 1  # MQTT 5 payload format indicator: UTF-8 text
 # connection is dead even if TCP has not noticed: MQTT itself gives a silent peer 1.5.
 ANSWER_KEEPALIVES = 1.5
 JITTER = 0.2  # each back-off delay is spread ±20 %, so lanes cut off together do not return together
-CLOSE_TIMEOUT_S = 2.0
-PENDING_CALLS_MARGIN = 16  # state, health, alarms and the subscription besides the outbox windows  # a clean close (offline state, DISCONNECT) waits no longer on a broker gone quiet
+CLOSE_TIMEOUT_S = 2.0  # a clean close (offline state, DISCONNECT) waits no longer on a broker gone quiet
+PENDING_CALLS_MARGIN = 16  # state, health, alarms and the subscription besides the outbox windows
 
 
 # Publishes started per turn of the event loop by Session.publish_all (each costs ~0.1 ms
@@ -219,17 +221,24 @@ class Session:
             raise LinkDown(f"publish to {topic} failed: {_reason(err)}") from err
 
     async def publish_all(self, messages: Iterable[UplinkMessage]) -> None:
-        """Publish several, in this order, without waiting for each PUBACK before the next."""
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for n, msg in enumerate(messages, 1):
-                    tg.create_task(self.publish(msg))
-                    if n % PUBLISH_SLICE == 0:
-                        # Let the loop run between slices: a window of 256 started in one go
-                        # holds it for tens of ms (encoding, paho), and the RSU waits behind it.
-                        await asyncio.sleep(0)
-        except* LinkDown as group:
-            raise group.exceptions[0] from None
+        """Publish several, in this order, handing each to the MQTT client's queue without
+        waiting for its PUBACK: the outbox's rows (delivery is decided by the centre's
+        ``tx/ack``, never by a PUBACK; a row lost on the way is sent again when overdue
+        or after a reconnect). Waiting per message cost a task, an event and a timeout
+        each, and aiomqtt's bookkeeping of pending calls grows with their square."""
+        c = contract()
+        paho = self._client._client  # noqa: SLF001 - aiomqtt's publish always awaits the PUBACK
+        for n, msg in enumerate(messages, 1):
+            delivery = c.delivery(msg.MESSAGE)
+            topic = c.topic(delivery.channel, self.settings.lane_id)
+            info = paho.publish(topic, msg.to_json().encode("utf-8"), delivery.qos, delivery.retain,
+                                _publish_properties(delivery.expiry_s))
+            if info.rc != MQTT_ERR_SUCCESS:
+                raise LinkDown(f"publish to {topic} refused by the MQTT client: {mqtt_error_string(info.rc)}")
+            if n % PUBLISH_SLICE == 0:
+                # Let the loop run between slices: the RSU's frames must not wait behind a
+                # whole window being encoded.
+                await asyncio.sleep(0)
 
     async def incoming(self) -> AsyncIterator[Incoming]:
         """The centre's messages that conform to the contract, in arrival order, until the
