@@ -1,0 +1,388 @@
+"""Uplink drain: how fast a lane empties a backlog to the centre, and what that costs the lane.
+
+Issue 10, item 10. One run, all on this machine:
+
+* **the broker** — a Mosquitto started by the bench (``hil_tests/mosquitto_broker.py``: TLS
+  1.2+ with client certificates and the per-lane ACL, as in production; persistence off;
+  the queue limits raised as docs/centre.md says, :class:`BenchBroker`);
+* **the centre** — ``laned centre run`` (the reference centre: contract check of every
+  payload, SQLite ledger with ``synchronous=FULL``, range acks) as a child process;
+* **the lane** — ``laned run`` on an emulated RSU (this process), started through this
+  script (``--serve-laned CONFIG TICKS``: what ``laned run --config`` does, plus a ticker
+  task on the daemon's event loop that records every wake-up later than 1 ms), with an
+  ``[uplink]`` section at the defaults of docs/uplink.md (ack timeout 30 s, keep-alive
+  30 s; window 256 unless ``--window``). Its journal holds ``--transactions`` final rows (one in five a charge,
+  the rest lane events) journalled before it starts: the backlog of a lane whose link
+  was down.
+
+While the lane drains its backlog, vehicles pay back to back on the emulated RSU (as in
+``turnaround_bench.py``), so the lane machine answers B4 with C6 while it publishes.
+
+Metrics (one JSON object per line, ``{"bench": "uplink", "metric", "value", "unit"}``):
+
+* ``drain_tx_per_s`` — rows of the backlog acknowledged per second: from the first row
+  stored at the centre to the moment the journal's outbox backlog is 0 (every row marked
+  delivered by the centre's ``tx/ack``, not by a PUBACK);
+* ``mosquitto_pub_msgs_per_s`` — the same payloads published by ``mosquitto_pub -l``
+  (one process, one TLS connection with the lane's certificate, one message per stdin
+  line, QoS 1, MQTT 5) to the lane's ``tx`` topic, with the centre subscribed: the
+  count over the process's wall time, start to exit (TLS handshake included);
+* ``drain_ratio`` — ``drain_tx_per_s / mosquitto_pub_msgs_per_s``;
+* ``backlog`` — the journal's outbox backlog at the end (0: everything delivered);
+* ``max_loop_block_ms`` — the longest the daemon's event loop was late for its 1 ms
+  ticker during the drain;
+* ``max_loop_busy_ms`` — the most CPU the loop's thread used within one late tick: near
+  ``max_loop_block_ms``, code held the loop; far below, the thread was not running (the
+  GIL held by the journal writer's thread, or no core free: 2 cores for the lane, the
+  centre, Mosquitto and the emulator); ``loop_blocks_over_10ms`` counts the ticks later
+  than 10 ms; ``max_gc_ms`` the longest garbage collection pass in the daemon meanwhile
+  (``gc.callbacks``; it runs in whichever thread allocates, the loop's or the journal's);
+* ``c6_p99_ms`` / ``c6_p50_ms`` — the C6 turnaround (the emulator's figure: last byte of
+  B4 written to first byte of C6 read) of the vehicles that paid during the drain, and
+  ``c6_samples`` their number;
+* ``drain_s`` — the drain's duration, and ``lane_cpu_s``, ``centre_cpu_s``, ``broker_cpu_s``
+  the CPU each process used meanwhile (all threads; the lane's includes the vehicles):
+  the one near ``drain_s`` is the bottleneck;
+* ``transactions`` — the backlog's rows.
+
+    .venv/bin/python bench/uplink_bench.py [--transactions 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import datetime as dt
+import gc
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "hil_tests"))  # the test broker and PKI
+
+from mosquitto_broker import MosquittoBroker  # noqa: E402
+from mqtt_pki import CENTRE, Pki, make_pki  # noqa: E402
+from turnaround_bench import (  # noqa: E402
+    FEE_TABLE, Lane, cpu_seconds, lane_obu, percentile, run_block, stop_child,
+)
+
+from laned.journal.records import B5Result, TransactionIntent  # noqa: E402
+from laned.journal.store import Journal  # noqa: E402
+from laned.sim.rsu_emulator import EmulatorSettings, RsuEmulator, RsuState  # noqa: E402
+from laned.uplink.messages import TransactionMsg  # noqa: E402
+
+LANE_ID = "G0001-0201-03"
+TZ = dt.timezone(dt.timedelta(hours=8))
+TICK_S = 0.001  # the daemon's ticker
+LATE_S = 0.001  # a tick later than this is recorded (none: the loop was never blocked longer)
+POLL_S = 0.05  # how often the bench reads the centre's and the lane's databases
+STARTUP_TIMEOUT_S = 60.0
+DRAIN_TIMEOUT_S = 3600.0  # only stops a hung run
+C6_BLOCK = 10  # vehicles per block while the drain runs
+# Targets (issue 10, item 10).
+TARGET_DRAIN_TX_PER_S = 3000
+TARGET_RATIO = 0.3
+TARGET_LOOP_BLOCK_MS = 10.0
+TARGET_C6_P99_MS = 5.0
+
+
+def wall() -> dt.datetime:
+    return dt.datetime.now(TZ)
+
+
+# -- the daemon (child) -----------------------------------------------------------------------
+
+def serve_laned(config: str, ticks: str) -> int:
+    """``laned run --config CONFIG``, with a ticker on its loop; the late ticks go to ``ticks`` at the end."""
+    from laned.app import run_lane
+    from laned.config import load_config
+    from laned.logs import setup_logging
+
+    cfg = load_config(config)
+    setup_logging(cfg.log.level, cfg.log.format)
+    late: list[tuple[float, float, float]] = []
+    collections: list[tuple[float, float, int]] = []  # (end, seconds, generation) of each gc pass over 1 ms
+    gc_started = [0.0]
+
+    def gc_watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.monotonic()
+        else:
+            took = time.monotonic() - gc_started[0]
+            if took > 0.001:
+                collections.append((time.monotonic(), took, info["generation"]))
+
+    gc.callbacks.append(gc_watch)
+
+    async def ticker() -> None:
+        last, last_cpu = time.monotonic(), time.thread_time()
+        while True:
+            await asyncio.sleep(TICK_S)
+            now, cpu = time.monotonic(), time.thread_time()
+            if now - last - TICK_S > LATE_S:
+                # CLOCK_MONOTONIC: the bench reads the same clock. The loop thread's own CPU
+                # in the gap tells code that held the loop from a thread that was not running
+                # (the GIL held by another thread, or no core free).
+                late.append((now, now - last - TICK_S, cpu - last_cpu))
+            last, last_cpu = now, cpu
+
+    async def main() -> None:
+        task = asyncio.create_task(ticker())
+        try:
+            await run_lane(cfg)
+        finally:
+            task.cancel()
+
+    profile_to = os.environ.get("UPLINK_BENCH_PROFILE")  # where the loop thread goes (cProfile), for diagnosis
+    profiler = cProfile.Profile() if profile_to else None
+    if profiler is not None:
+        profiler.enable()
+    try:
+        asyncio.run(main())
+    finally:
+        if profiler is not None and profile_to:
+            profiler.disable()
+            profiler.dump_stats(profile_to)
+        # After the loop: the daemon has stopped.
+        Path(ticks).write_text(json.dumps({"late": late, "gc": collections}))
+    return 0
+
+
+# -- set-up -----------------------------------------------------------------------------------
+
+def prefill(db: Path, rows: int) -> None:
+    """``rows`` final rows in one commit: one in five a charge, the rest lane events."""
+    journal = Journal.open(db, LANE_ID, now=wall())
+    try:
+        with journal.batch("the bench's backlog"):
+            for n in range(rows):
+                if n % 5 == 4:
+                    intent = TransactionIntent(amount=3500, purchase_time=wall().replace(tzinfo=None, microsecond=0),
+                                               obu_id=bytes.fromhex("a1fe0033"), plate="鲁A12345",
+                                               card_network="3701", card_number=f"2399{n:012d}", vehicle_class=1,
+                                               fee=3500)
+                    entry = journal.record_intent(intent, wall())
+                    journal.complete_charge(entry.seq, B5Result(tac=bytes.fromhex("674030a0"), balance_after=96500,
+                                                                trans_time=intent.purchase_time), wall())
+                else:
+                    journal.record_event("follow_car", wall(), reason="follow_car")
+    finally:
+        journal.close()
+
+
+def payload_lines(db: Path, rows: int) -> bytes:
+    """The backlog's rows as the lane publishes them (TransactionMsg JSON), one per line."""
+    journal = Journal.open(db, LANE_ID, now=wall())
+    try:
+        entries = journal.outbox_after(0, rows)
+    finally:
+        journal.close()
+    return b"".join(TransactionMsg.from_entry(e).to_json().encode() + b"\n" for e in entries)
+
+
+class BenchBroker(MosquittoBroker):
+    """The test broker, with the queue limits docs/centre.md asks of a centre's broker: the
+    defaults (1000 queued, 20 in flight per client) would drop rows for the centre as soon as
+    a lane's window is larger (they would come again only after the lane's ack timeout)."""
+
+    def config_text(self) -> str:
+        return super().config_text() + "\nmax_queued_messages 1000000\nmax_queued_bytes 0\nmax_inflight_messages 0\n"
+
+
+def write_config(folder: Path, pty: str, broker: MosquittoBroker, pki: Pki, window: int) -> Path:
+    creds = pki.client(LANE_ID)
+    path = folder / "laned.toml"
+    path.write_text(f"""log_level = "warning"
+
+[lane]
+lane_id = "{LANE_ID}"
+network = "3701"
+station = "0201"
+lane_number = 3
+direction = "exit"
+
+[rsu]
+profile = "national"
+transport = "serial"
+port = "{pty}"
+baud = 115200
+
+[journal]
+path = "{folder / 'journal.db'}"
+
+[fee_table]
+path = "{FEE_TABLE}"
+
+[uplink]
+host = "127.0.0.1"
+port = {broker.port}
+ca = "{pki.ca_cert}"
+cert = "{creds.cert}"
+key = "{creds.key}"
+window = {window}
+""")
+    return path
+
+
+def count(db: Path, sql: str, *args: object) -> int:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return int(con.execute(sql, args).fetchone()[0])
+    except sqlite3.OperationalError as err:
+        if "no such table" in str(err):
+            return 0
+        raise
+    finally:
+        con.close()
+
+
+def lane_backlog(db: Path) -> int:
+    return count(db, "SELECT COUNT(*) FROM transactions WHERE lane_id = ? AND acked_unix IS NULL AND "
+                     "state != 'intent'", LANE_ID)
+
+
+def centre_stored(db: Path) -> int:
+    return count(db, "SELECT COUNT(*) FROM transactions WHERE lane_id = ?", LANE_ID) if db.exists() else 0
+
+
+async def wait(condition: object, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(POLL_S)
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+def emit(metric: str, value: float, unit: str) -> None:
+    print(json.dumps({"bench": "uplink", "metric": metric, "value": round(value, 4), "unit": unit}), flush=True)
+
+
+async def mosquitto_pub_rate(broker: MosquittoBroker, pki: Pki, lines: bytes, n: int) -> float:
+    """``mosquitto_pub -l`` publishing ``lines`` at QoS 1 with the lane's certificate: messages per second."""
+    command = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-V", "mqttv5", "-q", "1", "-l",
+               "-i", f"bench-pub-{LANE_ID}", "-t", f"etc/v1/{LANE_ID}/tx", "--cafile", str(pki.ca_cert),
+               "--cert", str(pki.client(LANE_ID).cert), "--key", str(pki.client(LANE_ID).key)]
+    start = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(*command, stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate(lines)
+    took = time.monotonic() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"mosquitto_pub exited with {proc.returncode}: {err.decode(errors='replace')}")
+    return n / took
+
+
+async def measure(n: int, window: int, workdir: Path | None = None) -> None:
+    with tempfile.TemporaryDirectory(prefix="uplink-bench-") as tmp:
+        folder = Path(workdir or tmp)
+        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+        pki = make_pki(folder / "pki", lanes=(LANE_ID,))
+        journal_db, centre_db, ticks = folder / "journal.db", folder / "centre.db", folder / "ticks.json"
+        await asyncio.to_thread(prefill, journal_db, n)
+        lines = await asyncio.to_thread(payload_lines, journal_db, n)
+        quiet = EmulatorSettings(heartbeat_interval=None, redetect_interval=3600.0)
+        async with BenchBroker(folder, pki) as broker, \
+                RsuEmulator(profile="national", settings=quiet, name="rsu-laned") as emu:
+            centre_creds = pki.client(CENTRE)
+            centre_log = await asyncio.to_thread((folder / "centre.log").open, "wb")
+            with centre_log:
+                centre = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "laned.cli", "centre", "run", "--port", str(broker.port), "--ca",
+                    str(pki.ca_cert), "--cert", str(centre_creds.cert), "--key", str(centre_creds.key), "--db",
+                    str(centre_db), "--log-level", "info", stdin=asyncio.subprocess.DEVNULL, stdout=centre_log,
+                    stderr=centre_log)
+            daemon = None
+            try:
+                await wait(lambda: b"connected to" in (folder / "centre.log").read_bytes() or centre.returncode is not None,
+                           "the centre to connect", STARTUP_TIMEOUT_S)
+                if centre.returncode is not None:
+                    raise RuntimeError(f"the centre exited:\n{(folder / 'centre.log').read_text()[-2000:]}")
+                config = write_config(folder, emu.path, broker, pki, window)
+                lane_log = await asyncio.to_thread((folder / "laned.log").open, "wb")
+                with lane_log:
+                    daemon = await asyncio.create_subprocess_exec(
+                        sys.executable, __file__, "--serve-laned", str(config), str(ticks),
+                        stdin=asyncio.subprocess.DEVNULL, stdout=lane_log, stderr=lane_log)
+                await emu.wait_for(lambda: emu.state is RsuState.SEARCHING or daemon.returncode is not None,
+                                   timeout=STARTUP_TIMEOUT_S, what="laned to initialise the RSU")
+                if daemon.returncode is not None:
+                    raise RuntimeError(f"laned exited:\n{(folder / 'laned.log').read_text()[-2000:]}")
+                await wait(lambda: centre_stored(centre_db) > 0, "the first row at the centre", STARTUP_TIMEOUT_S)
+                t0, c0 = time.monotonic(), centre_stored(centre_db)
+                lane = Lane("laned", emu, lane_obu, pid=daemon.pid)
+                cpu0 = cpu_seconds(daemon.pid)
+                broker_pid = broker.pid
+                assert broker_pid is not None
+                centre_cpu0, broker_cpu0 = cpu_seconds(centre.pid), cpu_seconds(broker_pid)
+
+                async def drain_watch() -> float:
+                    await wait(lambda: lane_backlog(journal_db) == 0, "the backlog drained", DRAIN_TIMEOUT_S)
+                    return time.monotonic()
+
+                watcher = asyncio.create_task(drain_watch())
+                while True:  # at least one block: a small backlog (the smoke test) may drain before it
+                    await run_block(lane, C6_BLOCK, measure=True)
+                    if watcher.done():
+                        break
+                t1 = await watcher
+                lane_cpu = cpu_seconds(daemon.pid) - cpu0
+                centre_cpu = cpu_seconds(centre.pid) - centre_cpu0
+                broker_cpu = cpu_seconds(broker_pid) - broker_cpu0
+                c6 = list(lane.samples["B4"])
+                await wait(lambda: lane_backlog(journal_db) == 0, "the vehicles' rows delivered too", 60)
+                backlog = lane_backlog(journal_db)
+                drain = (n - c0) / (t1 - t0)
+            finally:
+                if daemon is not None:
+                    await stop_child(daemon)
+            pub = await mosquitto_pub_rate(broker, pki, lines, n)
+            await stop_child(centre)
+        recorded = json.loads(ticks.read_text())
+        ticked = [(gap, cpu) for at, gap, cpu in recorded["late"] if t0 <= at <= t1]
+        gc_passes = [took for at, took, _ in recorded["gc"] if t0 <= at <= t1]
+        late = [gap for gap, _ in ticked]
+        busy = [cpu for _, cpu in ticked]
+        emit("drain_tx_per_s", drain, "tx/s")
+        emit("mosquitto_pub_msgs_per_s", pub, "msgs/s")
+        emit("drain_ratio", drain / pub, "ratio")
+        emit("backlog", backlog, "rows")
+        emit("max_loop_block_ms", max(late, default=LATE_S) * 1e3, "ms")
+        emit("max_loop_busy_ms", max(busy, default=LATE_S) * 1e3, "ms")
+        emit("loop_blocks_over_10ms", sum(1 for gap in late if gap > 0.010), "ticks")
+        emit("max_gc_ms", max(gc_passes, default=0.0) * 1e3, "ms")
+        emit("c6_p50_ms", percentile(c6, 50) * 1e3, "ms")
+        emit("c6_p99_ms", percentile(c6, 99) * 1e3, "ms")
+        emit("c6_samples", len(c6), "transactions")
+        emit("drain_s", t1 - t0, "s")
+        emit("lane_cpu_s", lane_cpu, "s")
+        emit("centre_cpu_s", centre_cpu, "s")
+        emit("broker_cpu_s", broker_cpu, "s")
+        emit("transactions", n, "transactions")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--transactions", type=int, default=100_000, help="rows in the lane's backlog")
+    parser.add_argument("--window", type=int, default=256,
+                        help="[uplink] window: rows in flight (default 256, laned's default)")
+    parser.add_argument("--workdir", type=Path, help="keep the databases and logs here (default: a temporary folder)")
+    parser.add_argument("--serve-laned", nargs=2, metavar=("CONFIG", "TICKS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_laned:
+        return serve_laned(*args.serve_laned)
+    if args.transactions < 1:
+        parser.error("--transactions must be 1 or more")
+    asyncio.run(measure(args.transactions, args.window, args.workdir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""The uplink drain benchmark runs end to end and prints every metric docs/benchmarks.md records.
+
+It starts a real Mosquitto, the reference centre and the daemon as child processes, so it
+is run as the command a reader would type, with a small backlog; no figure is asserted
+except that the backlog ends at 0 (every row acknowledged by the centre).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "uplink_bench.py"
+METRICS = {"drain_tx_per_s": "tx/s", "mosquitto_pub_msgs_per_s": "msgs/s", "drain_ratio": "ratio", "backlog": "rows",
+           "max_loop_block_ms": "ms", "max_loop_busy_ms": "ms", "loop_blocks_over_10ms": "ticks", "max_gc_ms": "ms", "c6_p50_ms": "ms", "c6_p99_ms": "ms", "c6_samples": "transactions",
+           "drain_s": "s", "lane_cpu_s": "s", "centre_cpu_s": "s", "broker_cpu_s": "s", "transactions": "transactions"}
+
+
+def test_the_uplink_bench_drains_a_small_backlog_to_zero_and_prints_every_metric_once() -> None:
+    done = subprocess.run([sys.executable, str(BENCH), "--transactions", "300"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert all(set(r) == {"bench", "metric", "value", "unit"} and r["bench"] == "uplink" for r in rows), rows
+    units = {r["metric"]: r["unit"] for r in rows}
+    assert units == METRICS and len(rows) == len(METRICS), "a metric missing or printed twice"
+    values = {r["metric"]: r["value"] for r in rows}
+    assert values["backlog"] == 0 and values["transactions"] == 300
+    assert all(isinstance(v, (int, float)) for v in values.values())
+    for name in ("drain_tx_per_s", "mosquitto_pub_msgs_per_s", "drain_ratio", "max_loop_block_ms", "c6_p50_ms",
+                 "c6_samples"):
+        assert values[name] > 0, (name, values)
+    assert values["c6_p99_ms"] >= values["c6_p50_ms"]
