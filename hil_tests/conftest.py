@@ -14,9 +14,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from mosquitto_broker import MosquittoBroker
+from mqtt_pki import Pki
 
 from laned.drivers.device_profiles import (
     DEFAULT_FEE_DISPLAY_PROFILE,
@@ -117,3 +120,11 @@ async def _wait_until(condition: Callable[[], Any], timeout: float = 3.0, what: 
 def wait_until() -> Callable[..., Awaitable[Any]]:
     """``await wait_until(lambda: ..., timeout=3, what="...")``: a deadline-bound poll."""
     return _wait_until
+
+
+@pytest.fixture
+async def broker(tmp_path: Path, pki: Pki) -> AsyncIterator[MosquittoBroker]:
+    """A Mosquitto of the test's own (TLS, the per-lane ACL) for the lanes of the module's
+    ``pki`` fixture; stopped, and its port freed, after the test."""
+    async with MosquittoBroker(tmp_path, pki) as b:
+        yield b

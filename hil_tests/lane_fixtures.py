@@ -12,6 +12,9 @@ Waits are deadline-bound polls; nothing sleeps a fixed time to let an effect hap
 from __future__ import annotations
 
 import asyncio
+import sys
+import signal
+import os
 import datetime as dt
 import sqlite3
 import time
@@ -367,3 +370,49 @@ def today() -> dt.date:
     """The lane's civil date (the daemon compares contract dates with its wall clock, which
     runs in lane.timezone — not in the host's time zone)."""
     return dt.datetime.now(ZoneInfo(DEFAULT_TIMEZONE)).date()
+
+
+class LanedProcess:
+    """One ``laned run`` child process, its output in a log file."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config, self.log_path = config, log
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        # The log file is the child's stdout: opened once, before it starts (not on the hot path).
+        with open(self.log_path, "ab") as out:  # noqa: ASYNC230 - a restart appends
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "laned.cli", "run", "--config", str(self.config),
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def check_running(self) -> None:
+        assert self.proc is not None
+        if self.proc.returncode is not None:
+            raise AssertionError(f"laned exited with {self.proc.returncode}:\n{self.log()}")
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        assert await asyncio.wait_for(self.proc.wait(), 10) == -signal.SIGKILL
+
+    async def stop(self) -> int:
+        """SIGTERM: a clean stop (exit status 0)."""
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.proc.wait(), 15)
+
+    async def ensure_dead(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+    def alive(self) -> bool:
+        """True while it runs (for a wait condition); its log in the failure once it exited."""
+        self.check_running()
+        return True
+

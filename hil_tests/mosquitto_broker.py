@@ -44,7 +44,7 @@ from types import TracebackType
 from mqtt_pki import Pki
 
 from laned.sim.broker import TOPIC_ROOT as TOPIC_ROOT
-from laned.sim.broker import acl_text, lane_topics
+from laned.sim.broker import lane_topics, tls_listener, write_access_files
 from laned.sim.broker import free_port as free_port
 from laned.uplink.contract import Direction
 
@@ -130,24 +130,14 @@ class MosquittoBroker:
         else:
             lines.append("persistence false")
         if self.tls:
-            lines += [
-                "",
-                f"listener {self.port} {self.host}",
-                f"cafile {self.pki.ca_cert}",
-                f"certfile {self.pki.server.cert}",
-                f"keyfile {self.pki.server.key}",
-                "require_certificate true",
-                "use_identity_as_username true",
-                "tls_version tlsv1.2",  # the minimum (Mosquitto >= 2.0); 1.3 is offered too
-            ]
+            lines += ["", *tls_listener(self.port, self.host, self.pki.ca_cert, self.pki.server.cert,
+                                        self.pki.server.key)]
         if self.plain_port is not None:
             lines += ["", f"listener {self.plain_port} {self.host}"]
         return "\n".join(lines) + "\n"
 
     def _write_files(self) -> None:
-        self.acl_path.write_text(acl_text())
-        self.password_path.write_text("")
-        self.password_path.chmod(0o600)  # mosquitto >= 2.0.14 warns about a readable password file
+        write_access_files(self.acl_path, self.password_path)
         if self.persistence:
             self.data_path.mkdir(mode=0o700, exist_ok=True)
         self.conf_path.write_text(self.config_text())

@@ -131,12 +131,6 @@ def pki(tmp_path: Path) -> Pki:
     return make_pki(tmp_path / "pki", lanes=(LANE, OTHER_LANE))
 
 
-@pytest.fixture
-async def broker(tmp_path: Path, pki: Pki) -> AsyncIterator[MosquittoBroker]:
-    async with MosquittoBroker(tmp_path, pki) as b:
-        yield b
-
-
 def settings(broker: MosquittoBroker, pki: Pki, db: Path, **changes: Any) -> CentreSettings:
     centre = pki.client(CENTRE)
     return CentreSettings(broker=BrokerSettings(host=broker.host, port=broker.port, ca=pki.ca_cert, cert=centre.cert,

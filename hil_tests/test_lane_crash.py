@@ -10,11 +10,7 @@ says what it recovered.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import os
-import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,6 +22,7 @@ from laned.config import load_config
 from laned.sim.rsu_emulator import EmulatorSettings, RsuEmulator, RsuState
 from laned.sim.rsu_scenario import ObuScenario
 
+from lane_fixtures import LanedProcess as Daemon
 from lane_fixtures import config_data, poll_until, read_journal, to_toml
 
 pytestmark = pytest.mark.hil
@@ -35,46 +32,6 @@ T = 20.0  # a Python daemon starting on a loaded 2-core box
 # once the restarted daemon is up. No heartbeats: nothing piles up in the pty meanwhile.
 SETTINGS = EmulatorSettings(answer_timeout=1.1, heartbeat_interval=None, redetect_interval=60.0)
 OBU = "a1b2c3d4"
-
-
-class Daemon:
-    """One ``laned run`` child process, its output in a log file."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.config, self.log_path = config, log
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        # The log file is the child's stdout: opened once, before it starts (not on the hot path).
-        with open(self.log_path, "wb") as out:  # noqa: ASYNC230
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "laned.cli", "run", "--config", str(self.config),
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def check_running(self) -> None:
-        assert self.proc is not None
-        if self.proc.returncode is not None:
-            raise AssertionError(f"laned exited with {self.proc.returncode}:\n{self.log()}")
-
-    async def kill(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        assert await asyncio.wait_for(self.proc.wait(), 10) == -signal.SIGKILL
-
-    async def stop(self) -> int:
-        """SIGTERM: a clean stop (exit status 0)."""
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.proc.wait(), 15)
-
-    async def ensure_dead(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
 
 
 def write_config(tmp_path: Path, rsu_port: str, profile: str = "national") -> Path:

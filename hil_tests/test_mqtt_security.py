@@ -70,12 +70,6 @@ def pki(tmp_path: Path) -> Pki:
     return make_pki(tmp_path / "pki", lanes=(LANE_A, LANE_B))
 
 
-@pytest.fixture
-async def broker(tmp_path: Path, pki: Pki) -> AsyncIterator[MosquittoBroker]:
-    async with MosquittoBroker(tmp_path, pki) as b:
-        yield b
-
-
 def context_for(pki: Pki, credentials: Credentials, *, trust: Path | None = None) -> ssl.SSLContext:
     """laned's client context (``client_tls_context``) for these credentials."""
     return client_tls_context(trust or pki.ca_cert, credentials.cert, credentials.key)

@@ -131,12 +131,6 @@ def pki(tmp_path: Path) -> Pki:
     return make_pki(tmp_path / "pki", lanes=(LANE_ID,))
 
 
-@pytest.fixture
-async def broker(tmp_path: Path, pki: Pki) -> AsyncIterator[MosquittoBroker]:
-    async with MosquittoBroker(tmp_path, pki) as b:
-        yield b
-
-
 def uplink_section(pki: Pki, broker: MosquittoBroker) -> dict[str, Any]:
     creds = pki.client(LANE_ID)
     return {"host": "127.0.0.1", "port": broker.port, "ca": str(pki.ca_cert), "cert": str(creds.cert),

@@ -261,12 +261,6 @@ def pki(tmp_path: Path) -> Pki:
 
 
 @pytest.fixture
-async def broker(tmp_path: Path, pki: Pki) -> AsyncIterator[MosquittoBroker]:
-    async with MosquittoBroker(tmp_path, pki) as b:
-        yield b
-
-
-@pytest.fixture
 async def relay(broker: MosquittoBroker) -> AsyncIterator[Relay]:
     async with Relay(broker.port) as r:
         yield r

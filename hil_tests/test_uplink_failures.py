@@ -24,9 +24,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import os
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -38,7 +35,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from lane_fixtures import config_data, read_journal, to_toml
+from lane_fixtures import LanedProcess, config_data, read_journal, to_toml
 from mosquitto_broker import TOPIC_ROOT, MosquittoBroker
 from mqtt_pki import CENTRE, Pki, make_pki
 from tcp_proxy import TcpProxy
@@ -190,12 +187,6 @@ def pki(tmp_path: Path) -> Pki:
 
 
 @pytest.fixture
-async def broker(tmp_path: Path, pki: Pki) -> AsyncIterator[MosquittoBroker]:
-    async with MosquittoBroker(tmp_path, pki) as b:
-        yield b
-
-
-@pytest.fixture
 async def net(broker: MosquittoBroker) -> AsyncIterator[TcpProxy]:
     async with TcpProxy(broker.port) as proxy:
         yield proxy
@@ -341,41 +332,6 @@ async def test_a_network_that_resets_delays_slices_or_swallows_in_flight_publish
 
 # -- 4. laned itself killed (-9) while draining, and started again on the same journal -------------
 
-class Daemon:
-    """``laned run`` as a child process, its output in a log file (as test_lane_crash.py)."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.config, self.log_path = config, log
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        with open(self.log_path, "ab") as out:  # noqa: ASYNC230 - once, before the child starts
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "laned.cli", "run", "--config", str(self.config),
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT)
-
-    def alive(self) -> bool:
-        if self.proc is None or self.proc.returncode is not None:
-            raise AssertionError(f"laned exited:\n{self.log_path.read_text(errors='replace')[-3000:]}")
-        return True
-
-    async def kill(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        assert await asyncio.wait_for(self.proc.wait(), 10) == -signal.SIGKILL
-
-    async def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.proc.wait(), 15)
-
-    async def ensure_dead(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-
-
 BACKLOG_ROWS = 3000
 
 
@@ -394,7 +350,7 @@ async def test_laned_killed_while_draining_its_backlog_resumes_on_the_same_journ
         config = tmp_path / "laned.toml"
         config.write_text(to_toml(data), encoding="utf-8")
         load_config(config)  # valid as laned run reads it
-        daemon = Daemon(config, tmp_path / "laned.log")
+        daemon = LanedProcess(config, tmp_path / "laned.log")
         try:
             await daemon.start()
             await until(lambda: daemon.alive() and centre.ledger.counts(LANE).stored >= 200,

@@ -112,12 +112,6 @@ def pki(tmp_path: Path) -> Pki:
 
 
 @pytest.fixture
-async def broker(tmp_path: Path, pki: Pki) -> AsyncIterator[MosquittoBroker]:
-    async with MosquittoBroker(tmp_path, pki) as b:
-        yield b
-
-
-@pytest.fixture
 async def centre(tmp_path: Path, broker: MosquittoBroker, pki: Pki) -> AsyncIterator[Centre]:
     creds = pki.client(CENTRE)
     settings = CentreSettings(broker=BrokerSettings(host=broker.host, port=broker.port, ca=pki.ca_cert,

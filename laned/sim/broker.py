@@ -111,6 +111,27 @@ def acl_text(centre: str = CENTRE) -> str:
     ])
 
 
+def tls_listener(port: int, host: str, cafile: Path, certfile: Path, keyfile: Path) -> list[str]:
+    """A listener that takes only clients with a certificate from ``cafile``, each known by
+    its certificate's CN (the lane id, or the centre), which the ACL's ``%u`` names."""
+    return [
+        f"listener {port} {host}",
+        f"cafile {cafile}",
+        f"certfile {certfile}",
+        f"keyfile {keyfile}",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "tls_version tlsv1.2",  # the minimum (Mosquitto >= 2.0); 1.3 is offered too
+    ]
+
+
+def write_access_files(acl_path: Path, password_path: Path, centre: str = CENTRE) -> None:
+    """The ACL (:func:`acl_text`) and an empty password file (certificates authenticate)."""
+    acl_path.write_text(acl_text(centre))
+    password_path.write_text("")
+    password_path.chmod(0o600)  # mosquitto >= 2.0.14 warns about a readable password file
+
+
 class SimBroker:
     """One Mosquitto subprocess for one simulated run (see the module docstring)."""
 
@@ -146,21 +167,13 @@ class SimBroker:
             "connection_messages true",
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",
             "",
-            f"listener {self.port} {self.host}",
-            f"cafile {self.pki.ca_cert}",
-            f"certfile {self.pki.server.cert}",
-            f"keyfile {self.pki.server.key}",
-            "require_certificate true",
-            "use_identity_as_username true",
-            "tls_version tlsv1.2",  # the minimum; 1.3 is offered too
+            *tls_listener(self.port, self.host, self.pki.ca_cert, self.pki.server.cert, self.pki.server.key),
             "",
         ])
 
     def _write_files(self) -> None:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.acl_path.write_text(acl_text())
-        self.password_path.write_text("")
-        self.password_path.chmod(0o600)  # mosquitto >= 2.0.14 warns about a readable password file
+        write_access_files(self.acl_path, self.password_path)
         self.conf_path.write_text(self.config_text())
 
     @property
