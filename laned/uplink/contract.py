@@ -15,10 +15,14 @@ reads it and offers what the uplink needs from it:
 
 Sans-IO apart from reading the document once: :func:`contract` reads it on first use
 (~10–100 ms) and keeps it, so the daemon calls it at start, before its event loop serves
-devices. Validating a payload costs 0.1–1 ms (jsonschema): the uplink validates what it
-*receives* (commands, acks, answers, lists, a few a second at most); what laned *sends* is
-built by :mod:`laned.uplink.messages`, which the tests hold to the contract, so sending
-does not pay for a check.
+devices. Validating a payload that conforms costs ~22 µs for a Transaction (2 cores,
+Python 3.11; 0.27 ms with jsonschema alone): a check compiled by fastjsonschema
+(:meth:`Contract.fast_check`, built on a message's first use, 2–15 ms) accepts it; a
+payload it refuses is checked again by jsonschema (0.3–1 ms), which writes the report. The
+uplink validates what it *receives* (commands, acks, answers, lists, a few a second at most),
+the reference centre every transaction it receives; what laned *sends* is built by
+:mod:`laned.uplink.messages`, which the tests hold to the contract, so sending does not pay
+for a check.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from __future__ import annotations
 import enum
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fastjsonschema
 import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
@@ -53,6 +58,24 @@ _ANNOTATIONS = frozenset({"description", "title", "examples", "$comment", "defau
 # Keywords whose value maps names to schemas, and keywords whose value is data, not a schema.
 _SCHEMA_MAPS = frozenset({"properties", "patternProperties", "dependentSchemas", "$defs"})
 _VALUES = frozenset({"enum", "const", "required", "dependentRequired", "type", "pattern", "format"})
+# The fast check (fastjsonschema, draft-07 code generation) compiles only these keywords: each
+# means the same in draft-07 as in 2020-12 (read against fastjsonschema 2.22's generators: bool
+# is neither integer nor number, 3.0 is an integer, enum/const tell True from 1, minLength counts
+# code points, uniqueItems tells True from 1). A schema with any other keyword — prefixItems,
+# unevaluated*, dependentRequired, $defs, a $ref left (a recursive one), items as an array,
+# dependencies, additionalItems, multipleOf... — gets no fast check: jsonschema alone decides.
+_FAST_SCHEMA = frozenset({"not", "if", "then", "else", "additionalProperties", "items"})
+_FAST_SCHEMA_LISTS = frozenset({"allOf", "anyOf", "oneOf"})
+_FAST_NUMBERS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
+                           "minItems", "maxItems", "minProperties", "maxProperties"})
+_FAST_DATA = frozenset({"type", "enum", "const", "required", "pattern", "uniqueItems"})
+# Annotations in 2020-12 (no FormatChecker is passed, so format does not assert either) that
+# draft-07 fastjsonschema would assert (contentEncoding even decodes the value): left out.
+_FAST_DROPPED = frozenset({"format", "contentEncoding", "contentMediaType", "contentSchema"})
+_FAST_TYPES = frozenset({"null", "boolean", "object", "array", "number", "integer", "string"})
+# Property names the generated code can hold as they are (it writes them into string literals).
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_DRAFT07 = "http://json-schema.org/draft-07/schema#"
 
 
 class ContractError(ValueError):
@@ -137,6 +160,84 @@ def _sort_key(error: ValidationError) -> tuple[int, str]:
     return (len(error.absolute_path), _json_path(error.absolute_path))
 
 
+def _fast_schema(schema: Any, patterns: set[str]) -> Any:
+    """``schema`` (inlined, see :meth:`Contract._inline`) as the fast check compiles it, without
+    the keywords of :data:`_FAST_DROPPED`; None if it holds anything outside what draft-07
+    and 2020-12 read alike (see :data:`_FAST_SCHEMA`). Its patterns are added to ``patterns``."""
+    if isinstance(schema, bool):
+        return schema
+    if not isinstance(schema, Mapping):
+        return None
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _FAST_DROPPED:
+            continue
+        if key in _FAST_SCHEMA:
+            out[key] = _fast_schema(value, patterns)
+            if out[key] is None:
+                return None
+        elif key in _FAST_SCHEMA_LISTS:
+            if not isinstance(value, list) or not value:
+                return None
+            out[key] = [_fast_schema(s, patterns) for s in value]
+            if any(s is None for s in out[key]):
+                return None
+        elif key == "properties":
+            if not isinstance(value, Mapping) or not all(isinstance(n, str) and _PLAIN_NAME.match(n) for n in value):
+                return None
+            out[key] = {name: _fast_schema(s, patterns) for name, s in value.items()}
+            if any(s is None for s in out[key].values()):
+                return None
+        elif key in _FAST_NUMBERS:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                return None
+            out[key] = value
+        elif key in _FAST_DATA:
+            if not _fast_data(key, value):
+                return None
+            if key == "pattern":
+                patterns.add(value)
+            out[key] = value
+        else:
+            return None
+    return out
+
+
+def _fast_data(key: str, value: Any) -> bool:
+    """Whether the fast check reads the value of keyword ``key`` as 2020-12 does."""
+    if key == "type":
+        types = value if isinstance(value, list) else [value]
+        return bool(types) and all(isinstance(t, str) and t in _FAST_TYPES for t in types)
+    if key == "required":
+        return (isinstance(value, list) and len(set(value)) == len(value)
+                and all(isinstance(n, str) and _PLAIN_NAME.match(n) for n in value))
+    if key == "pattern":
+        return isinstance(value, str)
+    if key == "uniqueItems":
+        return isinstance(value, bool)
+    return key in ("enum", "const") and _json_values([value]) and (key == "const" or isinstance(value, list))
+
+
+_SCALARS = (str, int, float, type(None))  # bool is an int
+
+
+def _json_values(value: Any) -> bool:
+    """Whether ``value`` is made only of what ``json.loads`` returns (dict, list, str, int,
+    float, bool, None; subclasses too): the values on which the fast check and jsonschema are
+    known to agree (fastjsonschema, unlike jsonschema, counts a tuple as an array)."""
+    if isinstance(value, dict):
+        for item in value.values():
+            if not isinstance(item, _SCALARS) and not _json_values(item):
+                return False
+        return True
+    if isinstance(value, list):
+        for item in value:
+            if not isinstance(item, _SCALARS) and not _json_values(item):
+                return False
+        return True
+    return isinstance(value, _SCALARS)
+
+
 class Contract:
     """The parsed AsyncAPI document and the validators built from it."""
 
@@ -159,6 +260,7 @@ class Contract:
             channel = self._ref_name(operation["channel"], "#/channels/")
             self._operation_of_channel[channel] = operation
         self._validators: dict[str, Validator] = {}
+        self._fast: dict[str, Callable[[Any], object] | None] = {}
         self._routes = [(channel, self._address_regex(spec["address"])) for channel, spec in self.channels.items()]
 
     @classmethod
@@ -239,16 +341,72 @@ class Contract:
         # In 2020-12 a $ref beside other keywords applies with them, as allOf does.
         return {"allOf": [target], **out} if out else target
 
+    def fast_check(self, message: str) -> Callable[[Any], object] | None:
+        """The message's fast check (built on first use, then kept); None when it has none.
+
+        fastjsonschema compiles the schema of :meth:`validator` into plain Python (~12× faster
+        than jsonschema on a conforming Transaction) with draft-07 semantics; :func:`_fast_schema` admits
+        only schemas in which draft-07 and 2020-12 mean the same. The check returns when the
+        payload conforms and raises ``fastjsonschema.JsonSchemaValueException`` when it does not.
+        """
+        if message in self._fast:
+            return self._fast[message]
+        patterns: set[str] = set()
+        schema = _fast_schema(self.validator(message).schema, patterns)
+        check: Callable[[Any], object] | None = None
+        if isinstance(schema, dict):
+            try:
+                # Detailed exceptions stay on: they cost only when a payload is refused, and
+                # fastjsonschema 2.22 cannot generate a const check without them.
+                check = fastjsonschema.compile({"$schema": _DRAFT07, **schema}, use_default=False,
+                                               use_formats=False)
+            except Exception:  # noqa: BLE001 - what it cannot compile, jsonschema alone checks
+                check = None
+            # fastjsonschema turns each unescaped "$" of a pattern into "\Z" ("G1\n" would not match
+            # "^G1$"); jsonschema searches the pattern as written: so does the fast check.
+            table: Any = getattr(check, "__globals__", {}).get("REGEX_PATTERNS")
+            if check is not None and isinstance(table, dict) and patterns <= table.keys():
+                table.update({pattern: re.compile(pattern) for pattern in patterns})
+            else:
+                check = None
+        self._fast[message] = check
+        return check
+
+    def fast_accepts(self, message: str, payload: Any) -> bool | None:
+        """The fast check's verdict: True (conforms), False (does not), None (no verdict: the
+        message has no fast check, or the payload holds something other than JSON values)."""
+        check = self.fast_check(message)
+        if check is None or not _json_values(payload):
+            return None
+        try:
+            check(payload)
+        except fastjsonschema.JsonSchemaValueException:
+            return False
+        except Exception:  # noqa: BLE001 - a crash is no verdict: jsonschema decides
+            return None
+        return True
+
     def problems(self, message: str, payload: Any) -> list[tuple[str, str]]:
         """Every (JSON path, reason) the payload breaks, outermost first; [] if it conforms."""
         errors = sorted(self.validator(message).iter_errors(payload), key=_sort_key)
         return list(dict.fromkeys(_problem(e) for e in errors))
 
     def validate(self, message: str, payload: Any) -> None:
-        """Raise :class:`ContractError` unless ``payload`` conforms to the message's schema."""
+        """Raise :class:`ContractError` unless ``payload`` conforms to the message's schema.
+
+        The fast check (:meth:`fast_check`) accepts; what it refuses (or has no verdict on)
+        jsonschema checks again (:meth:`problems`), for the report, so that the errors read the
+        same whichever check ran.
+        """
+        verdict = self.fast_accepts(message, payload)
+        if verdict:
+            return
         found = self.problems(message, payload)
         if found:
             raise ContractError(message, found[:MAX_REPORTED], more=max(0, len(found) - MAX_REPORTED))
+        if verdict is False:  # the two checks disagree: refused all the same, never let through
+            raise ContractError(message, [("$", "refused by the fast check (fastjsonschema) though jsonschema "
+                                                 "finds no problem: a bug in laned.uplink.contract")])
 
     # -- topics ------------------------------------------------------------------------------
     def channel_of(self, name: str) -> str:
