@@ -265,6 +265,70 @@ class WriterBug(BaseException):
     """Something no operation should raise: it kills the writer thread."""
 
 
+def test_a_vehicles_intent_overtakes_the_uplinks_queued_background_reads(make_writer):
+    w = make_writer()
+    done: list[str] = []
+    release = hold(w)
+
+    def submit(name, op, **kw):
+        f = w.submit(op, **kw)
+        f.add_done_callback(lambda _: done.append(name))
+        return f
+
+    reads = [submit(f"scan{i}", lambda mj: mj.journal.outbox_after(0, 64), background=True) for i in range(5)]
+    intent = submit("intent", intent_op(0))
+    refusal = submit("refusal", refusal_op(1), group=True)
+    release.set()
+    assert intent.result(WAIT) == 1 and refusal.result(WAIT) == 2
+    for f in reads:
+        f.result(WAIT)
+    # The lane's operations first, in their order; the background ones after, in theirs.
+    assert done == ["intent", "refusal"] + [f"scan{i}" for i in range(5)]
+
+
+def test_a_background_operation_is_never_grouped_and_runs_when_the_queue_is_empty(make_writer):
+    w = make_writer()
+    release = hold(w)
+    before = w.commits
+    grouped = [w.submit(refusal_op(i), group=True) for i in range(3)]
+    marked = w.submit(lambda mj: mj.journal.outbox_ack(1, 3, at(5)), background=True, group=True)
+    release.set()
+    assert [f.result(WAIT) for f in grouped] == [1, 2, 3]
+    assert marked.result(WAIT) == 3  # saw the three refusals committed: it ran after them
+    assert w.commits - before == 2  # the group's commit, then the background op's own
+
+
+async def test_background_operations_answer_on_the_loop_and_close_finishes_them(db):
+    w = JournalWriter.open(db, LANE, now=T0, commit_delay_s=0.01).start()
+    release = hold(w)
+    counted = w.submit_async(lambda mj: mj.journal.outbox_backlog().count, background=True)
+    written = w.submit(refusal_op(0), group=True)
+    release.set()
+    assert await asyncio.wait_for(counted, WAIT) == 1  # the refusal, queued after it, went first
+    later = [w.submit(lambda mj: mj.journal.last_seq(), background=True) for _ in range(3)]
+    await asyncio.to_thread(w.close, WAIT)
+    assert written.result(0) == 1 and [f.result(0) for f in later] == [1, 1, 1]
+
+
+def test_a_dead_writer_fails_the_background_operations_waiting_too(make_writer):
+    w = make_writer()
+    entered, release = threading.Event(), threading.Event()
+
+    def bug(mj):
+        entered.set()
+        release.wait(WAIT)
+        raise WriterBug("the writer's own bug")
+
+    w.submit(bug)
+    assert entered.wait(WAIT)
+    waiting = [w.submit(lambda mj: mj.journal.last_seq(), background=True) for _ in range(3)]
+    release.set()
+    for f in waiting:
+        with pytest.raises(JournalWriterDead):
+            f.result(WAIT)
+
+
+
 def test_a_dead_writer_fails_pending_and_later_submissions_fast(make_writer):
     w = make_writer()
     died: list[BaseException] = []

@@ -19,7 +19,13 @@ a thread of its own and hands it work::
   and gets its own exception; if the group's transaction fails as a whole (the commit,
   the disk), each operation is retried on its own. An operation submitted without
   ``group`` (an intent, a charge completion) always commits on its own, the moment it is
-  its turn: a group never swallows it, and no operation overtakes another.
+  its turn: a group never swallows it, and no operation overtakes another — except:
+* ``background=True`` (the uplink's outbox scans, acks and counts) runs only when no other
+  operation is queued: a vehicle's intent never waits behind the uplink's work, only
+  behind the one background operation already running (a few ms at most). Background
+  operations keep their order among themselves and are never grouped; one submitted
+  before a lane operation may run after it (the uplink reads whatever is committed when
+  its turn comes, and marks rows by the state it sent).
 * Nothing is written on the caller's thread. The connection is opened *by the writer
   thread* (the constructor takes a factory, not a Journal) and SQLite's
   ``check_same_thread`` stays on: a stray use of the store from the loop raises at once
@@ -39,6 +45,7 @@ a thread of its own and hands it work::
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import datetime as dt
@@ -67,11 +74,13 @@ STALL_S = 10.0  # one operation running longer than this: the writer counts as w
 
 
 class _Item(Generic[T]):
-    __slots__ = ("op", "group", "future")
+    __slots__ = ("op", "group", "background", "future")
 
-    def __init__(self, op: Op[T], group: bool, future: concurrent.futures.Future[T]) -> None:
+    def __init__(self, op: Op[T], group: bool, future: concurrent.futures.Future[T], *,
+                 background: bool = False) -> None:
         self.op = op
         self.group = group
+        self.background = background
         self.future = future
 
 
@@ -129,6 +138,7 @@ class JournalWriter:
         self._busy_since: float | None = None
         self._stats = CommitStats()
         self._current: list[_Item[Any]] = []  # taken off the queue, not finished (writer thread)
+        self._deferred: collections.deque[_Item[Any]] = collections.deque()  # background, waiting (writer thread)
         self._journal: Journal | None = None
         self._port: MachineJournal | None = None
         # Known once start() returned:
@@ -225,8 +235,9 @@ class JournalWriter:
             callback(death)
 
     # -- submitting --------------------------------------------------------------------------
-    def submit(self, op: Op[T], *, group: bool = False) -> concurrent.futures.Future[T]:
-        """Run ``op(machine_journal)`` on the writer thread after everything submitted before it.
+    def submit(self, op: Op[T], *, group: bool = False, background: bool = False) -> concurrent.futures.Future[T]:
+        """Run ``op(machine_journal)`` on the writer thread after everything submitted before it
+        (``background``: when nothing else waits, see the module docstring).
 
         Returns at once, from any thread. The future gets ``op``'s result or exception once
         its transaction has committed (for a grouped op: once its group has). It cannot be
@@ -240,19 +251,19 @@ class JournalWriter:
         with self._lock:
             if self._state in ("starting", "running"):
                 self._submitted += 1
-                self._queue.put(_Item(op, group, future))
+                self._queue.put(_Item(op, group and not background, future, background=background))
                 return future
             error = self._refusal()
         future.set_exception(error)
         return future
 
-    def submit_async(self, op: Op[T], *, group: bool = False) -> asyncio.Future[T]:
+    def submit_async(self, op: Op[T], *, group: bool = False, background: bool = False) -> asyncio.Future[T]:
         """:meth:`submit`, answered on the running event loop (call it from the loop thread).
 
         The asyncio future is resolved on the loop (``call_soon_threadsafe``), so its done
         callbacks run on the loop thread, in the order the operations finished, which is
-        submission order. Cancelling it only stops the caller waiting: the write still
-        happens.
+        submission order (a background operation's aside). Cancelling it only stops the
+        caller waiting: the write still happens.
         """
         loop = asyncio.get_running_loop()
         target: asyncio.Future[T] = loop.create_future()
@@ -261,7 +272,7 @@ class JournalWriter:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
                 loop.call_soon_threadsafe(_relay, source, target)
 
-        self.submit(op, group=group).add_done_callback(done)
+        self.submit(op, group=group, background=background).add_done_callback(done)
         return target
 
     def call(self, op: Op[T], *, group: bool = False, timeout: float | None = None) -> T:
@@ -365,13 +376,34 @@ class JournalWriter:
             except Exception as err:  # pragma: no cover - closing SQLite hardly fails
                 log.error("journal %s: closing failed: %s", journal.path, err)
 
+    def _take(self) -> _Item[Any] | _Stop:
+        """The next operation: the queue's next one, a background one only when the queue is empty."""
+        while True:
+            if self._deferred:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    return self._deferred.popleft()
+            else:
+                item = self._queue.get()
+            if isinstance(item, _Item) and item.background:
+                self._deferred.append(item)
+                continue
+            if isinstance(item, _Stop) and self._deferred:
+                # Closing finishes everything submitted: the background operations first.
+                self._queue.put(item)
+                return self._deferred.popleft()
+            return item
+
     def _serve(self) -> None:
         held: _Item[Any] | _Stop | None = None
         while True:
-            item = held if held is not None else self._queue.get()
+            item = held if held is not None else self._take()
             held = None
             if isinstance(item, _Stop):
-                return
+                if not self._deferred:
+                    return
+                held, item = item, self._deferred.popleft()  # closing: the background operations first
             batch = [item]
             if item.group:
                 while len(batch) < self._max_group:
@@ -379,6 +411,9 @@ class JournalWriter:
                         nxt = self._queue.get_nowait()
                     except queue.Empty:
                         break
+                    if isinstance(nxt, _Item) and nxt.background:
+                        self._deferred.append(nxt)
+                        continue
                     if isinstance(nxt, _Stop) or not nxt.group:
                         held = nxt  # runs next, on its own: a group never takes in an ungrouped op
                         break
@@ -462,8 +497,9 @@ class JournalWriter:
             self._state = "dead"
             self._death = err
             callbacks, self._death_callbacks = self._death_callbacks, []
-            items = [i for i in self._current if not i.future.done()]
+            items = [i for i in self._current if not i.future.done()] + list(self._deferred)
             self._current = []
+            self._deferred.clear()
             while True:
                 try:
                     nxt = self._queue.get_nowait()
