@@ -48,6 +48,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from laned.uplink.contract import ContractError, contract
 from laned.uplink.messages import MESSAGE_CLASSES, LaneState, LaneStatus, UplinkMessage
+from laned.uplink.mqtt_client import SlicedClient
 from laned.uplink.tls import TlsConfigError, check_client_certificate, client_tls_context
 
 log = logging.getLogger("laned.uplink")
@@ -99,7 +100,7 @@ class LinkSettings:
     key: Path
     keepalive_s: int = 30
     session_expiry_s: int = 86_400
-    max_inflight: int = 256  # QoS 1 publishes paho lets out before their PUBACK
+    max_inflight: int = 256  # the outbox window: rows of one stream published and not acked yet
 
     @property
     def client_id(self) -> str:
@@ -160,8 +161,21 @@ class Backoff:
         self._failures = 0
 
 
-def _properties(packet: int, expiry_s: int | None = None) -> Properties:
-    props = Properties(packet)  # type: ignore[no-untyped-call]  # paho has no annotations
+class _PackedOnce(Properties):
+    """Publish properties packed on first use and kept: paho packs a publish's properties
+    on every send, which was a twentieth of the lane's loop in a backlog drain. Never
+    changed after the first publish (only :func:`_publish_properties` makes them)."""
+
+    def pack(self) -> bytes:
+        packed: bytes | None = self.__dict__.get("_packed")
+        if packed is None:
+            packed = super().pack()  # type: ignore[no-untyped-call]
+            object.__setattr__(self, "_packed", packed)  # paho's __setattr__ takes property names only
+        return packed
+
+
+def _properties(packet: int, expiry_s: int | None = None, *, cls: type[Properties] = Properties) -> Properties:
+    props = cls(packet)
     props.PayloadFormatIndicator = PAYLOAD_FORMAT_UTF8
     props.ContentType = CONTENT_TYPE
     if expiry_s is not None:
@@ -173,7 +187,7 @@ def _properties(packet: int, expiry_s: int | None = None) -> Properties:
 def _publish_properties(expiry_s: int | None) -> Properties:
     # Shared by every publish of a channel: paho only reads them when it packs the
     # packet, and building them anew was a tenth of the loop's time in a backlog drain.
-    return _properties(PacketTypes.PUBLISH, expiry_s)
+    return _properties(PacketTypes.PUBLISH, expiry_s, cls=_PackedOnce)
 
 
 def _reason(err: BaseException) -> str:
@@ -228,11 +242,15 @@ class Session:
         each, and aiomqtt's bookkeeping of pending calls grows with their square."""
         c = contract()
         paho = self._client._client  # noqa: SLF001 - aiomqtt's publish always awaits the PUBACK
+        routes: dict[str, tuple[str, int, bool, Properties]] = {}  # per message kind, looked up once
         for n, msg in enumerate(messages, 1):
-            delivery = c.delivery(msg.MESSAGE)
-            topic = c.topic(delivery.channel, self.settings.lane_id)
-            info = paho.publish(topic, msg.to_json().encode("utf-8"), delivery.qos, delivery.retain,
-                                _publish_properties(delivery.expiry_s))
+            route = routes.get(msg.MESSAGE)
+            if route is None:
+                delivery = c.delivery(msg.MESSAGE)
+                route = routes[msg.MESSAGE] = (c.topic(delivery.channel, self.settings.lane_id), delivery.qos,
+                                               delivery.retain, _publish_properties(delivery.expiry_s))
+            topic, qos, retain, properties = route
+            info = paho.publish(topic, msg.to_json().encode("utf-8"), qos, retain, properties)
             if info.rc != MQTT_ERR_SUCCESS:
                 raise LinkDown(f"publish to {topic} refused by the MQTT client: {mqtt_error_string(info.rc)}")
             if n % PUBLISH_SLICE == 0:
@@ -311,13 +329,17 @@ class CentreLink:
         will_delivery = c.delivery(will.MESSAGE)
         connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect.SessionExpiryInterval = s.session_expiry_s
-        client = aiomqtt.Client(
+        client = SlicedClient(
             s.host, s.port, identifier=s.client_id, protocol=aiomqtt.ProtocolVersion.V5, tls_context=tls,
             will=aiomqtt.Will(c.topic(will_delivery.channel, s.lane_id), will.to_json().encode("utf-8"),
                               qos=will_delivery.qos, retain=will_delivery.retain,
                               properties=_properties(PacketTypes.WILLMESSAGE, will_delivery.expiry_s)),
             clean_start=False, properties=connect, keepalive=s.keepalive_s, timeout=s.answer_timeout_s,
-            max_inflight_messages=s.max_inflight, logger=log.getChild("mqtt"))
+            max_inflight_messages=0, logger=log.getChild("mqtt"))
+        # paho's own in-flight limit is off (0): the outbox windows bound what is in flight
+        # (max_inflight rows per stream, plus a few state, health and alarm messages), and
+        # with a limit paho walks every message in flight on each PUBACK — quadratic in the
+        # window, a fifth of the loop's time in a backlog drain.
         # aiomqtt warns about every publish beyond 10 awaiting its PUBACK; a full window of
         # transactions (plus state, health and alarms) is normal here, not a problem.
         client.pending_calls_threshold = 2 * s.max_inflight + PENDING_CALLS_MARGIN
