@@ -135,6 +135,9 @@ class Centre:
         self._connected = asyncio.Event()
         self._connection_made = asyncio.Condition()
         self._received = asyncio.Event()  # a batch has something
+        # Committed acks on their way out (lane, payload): sent by their own task, so the
+        # next batch's commit never waits on an ack's PUBACK.
+        self._acks_out: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._answers_due = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._served_once = False
@@ -247,7 +250,8 @@ class Centre:
                      self.settings.broker.describe(), self.settings.broker.client_id)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._receive(client), name="centre-receive")
-                tasks.create_task(self._commit_and_ack(client), name="centre-commit-ack")
+                tasks.create_task(self._commit_and_ack(), name="centre-commit")
+                tasks.create_task(self._send_acks(client), name="centre-acks")
                 tasks.create_task(self._send_answers(client), name="centre-answers")
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -378,7 +382,7 @@ class Centre:
 
     # -- storing and acknowledging ---------------------------------------------------------------------
 
-    async def _commit_and_ack(self, client: aiomqtt.Client) -> None:
+    async def _commit_and_ack(self) -> None:
         while True:
             deadlines = [d for d in (self._tx.deadline(), self._results.deadline()) if d is not None]
             if not deadlines:
@@ -393,11 +397,20 @@ class Centre:
             self._received.clear()
             now = time.monotonic()
             if self._tx.due(now):
-                await self._store_transactions(client, self._tx.take())
+                await self._store_transactions(self._tx.take())
             if self._results.due(now):
-                await self._store_results(client, self._results.take())
+                await self._store_results(self._results.take())
 
-    async def _store_transactions(self, client: aiomqtt.Client, received: list[Inbound]) -> None:
+    async def _send_acks(self, client: aiomqtt.Client) -> None:
+        """Publish the committed acks, in commit order. One lost with a dropped connection
+        costs nothing: the lane sends those rows again, the ledger finds them stored and
+        they are acked again; those still queued go out on the next connection (a lane
+        ignores an ack that names nothing it has in flight)."""
+        while True:
+            lane_id, payload = await self._acks_out.get()
+            await publish(client, "txAck", lane_id, payload)
+
+    async def _store_transactions(self, received: list[Inbound]) -> None:
         now = self._clock()
         batch, outcomes = await self._db(self._store_transaction_batch, received, now)
         committed: dict[str, list[int]] = {}
@@ -421,11 +434,11 @@ class Centre:
                     answers += 1
         for lane_id, seqs in committed.items():
             for ack in acks(lane_id, AckStream.TX, seqs, now):
-                await publish(client, "txAck", lane_id, ack.to_json())
+                self._acks_out.put_nowait((lane_id, ack.to_json()))
         if answers:
             self._answers_due.set()
 
-    async def _store_results(self, client: aiomqtt.Client, received: list[Inbound]) -> None:
+    async def _store_results(self, received: list[Inbound]) -> None:
         now = self._clock()
         batch = await self._db(self._store_result_batch, received, now)
         committed: dict[str, list[int]] = {}
@@ -435,7 +448,7 @@ class Centre:
                      result.settled_by, result.result, f" ({result.detail})" if result.detail else "")
         for lane_id, seqs in committed.items():
             for ack in acks(lane_id, AckStream.RECONCILE, seqs, now):
-                await publish(client, "txAck", lane_id, ack.to_json())
+                self._acks_out.put_nowait((lane_id, ack.to_json()))
 
     # -- answers on unknown outcomes -------------------------------------------------------------------
 
