@@ -20,7 +20,8 @@ a thread of its own and hands it work::
   the disk), each operation is retried on its own. An operation submitted without
   ``group`` (an intent, a charge completion) always commits on its own, the moment it is
   its turn: a group never swallows it, and no operation overtakes another — except:
-* ``background=True`` (the uplink's outbox scans, acks and counts) runs only when no other
+* ``background=True`` (the uplink's outbox scans, acks and counts; the queue is
+  :mod:`laned.journal.writer_queue`) runs only when no other
   operation is queued: a vehicle's intent never waits behind the uplink's work, only
   behind the one background operation already running (a few ms at most). Background
   operations keep their order among themselves and are never grouped; one submitted
@@ -45,24 +46,23 @@ a thread of its own and hands it work::
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
 import datetime as dt
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from laned.journal.errors import JournalError, JournalWriterClosed, JournalWriterDead
 from laned.journal.machine_port import MachineJournal
 from laned.journal.records import Recovery
 from laned.journal.store import Journal
 from laned.journal.writer_health import CommitStats, WriterHealth
+from laned.journal.writer_queue import STOP, Item, WriterQueue
 
 log = logging.getLogger("laned.journal")
 
@@ -71,24 +71,6 @@ Op = Callable[[MachineJournal], T]
 
 MAX_GROUP = 64  # grouped operations per transaction
 STALL_S = 10.0  # one operation running longer than this: the writer counts as wedged
-
-
-class _Item(Generic[T]):
-    __slots__ = ("op", "group", "background", "future")
-
-    def __init__(self, op: Op[T], group: bool, future: concurrent.futures.Future[T], *,
-                 background: bool = False) -> None:
-        self.op = op
-        self.group = group
-        self.background = background
-        self.future = future
-
-
-class _Stop:
-    pass
-
-
-_STOP = _Stop()
 
 
 class _GroupLost(Exception):
@@ -125,7 +107,7 @@ class JournalWriter:
         self._clock = clock
         self._max_group = max_group
         self._stall_s = stall_s
-        self._queue: queue.SimpleQueue[_Item[Any] | _Stop] = queue.SimpleQueue()
+        self._queue = WriterQueue(max_group)
         self._lock = threading.Lock()  # guards _state and the queue against a dying writer; never held over I/O
         self._state = "new"  # new → running → closing → closed; or → dead
         self._thread: threading.Thread | None = None
@@ -137,8 +119,7 @@ class JournalWriter:
         self._finished = 0  # by the writer thread only
         self._busy_since: float | None = None
         self._stats = CommitStats()
-        self._current: list[_Item[Any]] = []  # taken off the queue, not finished (writer thread)
-        self._deferred: collections.deque[_Item[Any]] = collections.deque()  # background, waiting (writer thread)
+        self._current: list[Item[Any]] = []  # taken off the queue, not finished (writer thread)
         self._journal: Journal | None = None
         self._port: MachineJournal | None = None
         # Known once start() returned:
@@ -193,7 +174,7 @@ class JournalWriter:
         with self._lock:
             if self._state in ("starting", "running"):
                 self._state = "closing"
-                self._queue.put(_STOP)
+                self._queue.put(STOP)
             elif self._state == "new":
                 self._state = "closed"
         thread = self._thread
@@ -251,7 +232,7 @@ class JournalWriter:
         with self._lock:
             if self._state in ("starting", "running"):
                 self._submitted += 1
-                self._queue.put(_Item(op, group and not background, future, background=background))
+                self._queue.put(Item(op, group, future, background=background))
                 return future
             error = self._refusal()
         future.set_exception(error)
@@ -376,56 +357,19 @@ class JournalWriter:
             except Exception as err:  # pragma: no cover - closing SQLite hardly fails
                 log.error("journal %s: closing failed: %s", journal.path, err)
 
-    def _take(self) -> _Item[Any] | _Stop:
-        """The next operation: the queue's next one, a background one only when the queue is empty."""
-        while True:
-            if self._deferred:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    return self._deferred.popleft()
-            else:
-                item = self._queue.get()
-            if isinstance(item, _Item) and item.background:
-                self._deferred.append(item)
-                continue
-            if isinstance(item, _Stop) and self._deferred:
-                # Closing finishes everything submitted: the background operations first.
-                self._queue.put(item)
-                return self._deferred.popleft()
-            return item
-
     def _serve(self) -> None:
-        held: _Item[Any] | _Stop | None = None
         while True:
-            item = held if held is not None else self._take()
-            held = None
-            if isinstance(item, _Stop):
-                if not self._deferred:
-                    return
-                held, item = item, self._deferred.popleft()  # closing: the background operations first
-            batch = [item]
-            if item.group:
-                while len(batch) < self._max_group:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if isinstance(nxt, _Item) and nxt.background:
-                        self._deferred.append(nxt)
-                        continue
-                    if isinstance(nxt, _Stop) or not nxt.group:
-                        held = nxt  # runs next, on its own: a group never takes in an ungrouped op
-                        break
-                    batch.append(nxt)
-            self._current = (batch + [held]) if isinstance(held, _Item) else list(batch)
+            batch = self._queue.next_batch()
+            if batch is None:
+                return
+            self._current = batch
             if len(batch) == 1:
-                self._run_one(item)
+                self._run_one(batch[0])
             else:
                 self._run_group(batch)
-            self._current = [held] if isinstance(held, _Item) else []
+            self._current = []
 
-    def _run_one(self, item: _Item[Any]) -> None:
+    def _run_one(self, item: Item[Any]) -> None:
         assert self._journal is not None and self._port is not None
         before = self._journal.commits
         self._busy_since = self._clock()
@@ -440,7 +384,7 @@ class JournalWriter:
             self._note(None, before)
             self._finish(item, True, result)
 
-    def _run_group(self, batch: list[_Item[Any]]) -> None:
+    def _run_group(self, batch: list[Item[Any]]) -> None:
         journal, port = self._journal, self._port
         assert journal is not None and port is not None
         before = journal.commits
@@ -474,7 +418,7 @@ class JournalWriter:
         for item, (ok, value) in zip(batch, outcomes):
             self._finish(item, ok, value)
 
-    def _finish(self, item: _Item[Any], ok: bool, value: Any) -> None:
+    def _finish(self, item: Item[Any], ok: bool, value: Any) -> None:
         self._finished += 1
         if ok:
             item.future.set_result(value)
@@ -497,16 +441,8 @@ class JournalWriter:
             self._state = "dead"
             self._death = err
             callbacks, self._death_callbacks = self._death_callbacks, []
-            items = [i for i in self._current if not i.future.done()] + list(self._deferred)
+            items = [i for i in self._current if not i.future.done()] + self._queue.pending()
             self._current = []
-            self._deferred.clear()
-            while True:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(nxt, _Item):
-                    items.append(nxt)
         if opening:
             log.error("journal writer %s: the journal could not be opened: %s", self.name, err)
         else:
