@@ -51,7 +51,8 @@ from laned.journal.records import B5Result, TransactionIntent, TxState
 from laned.uplink.contract import validate
 from laned.uplink.link import CentreLink, LinkSettings
 from laned.uplink.messages import AckStream, ReconcileOutcome, TxAck
-from laned.uplink.service import LaneView, UplinkService, UplinkSettings
+from laned.uplink.reporting import LaneView
+from laned.uplink.service import UplinkService, UplinkSettings
 from laned.uplink.tls import client_tls_context
 from laned.sim.rsu_emulator import EmulatorSettings, RsuEmulator
 from laned.sim.rsu_scenario import ObuScenario

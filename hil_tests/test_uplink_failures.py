@@ -46,7 +46,8 @@ from laned.journal.records import B5Result, TransactionIntent
 from laned.journal.store import Journal
 from laned.sim.rsu_emulator import EmulatorSettings, RsuEmulator
 from laned.uplink.link import LinkSettings
-from laned.uplink.service import LaneView, UplinkService, UplinkSettings
+from laned.uplink.reporting import LaneView
+from laned.uplink.service import UplinkService, UplinkSettings
 from laned.uplink.tls import client_tls_context
 
 pytestmark = [pytest.mark.hil, pytest.mark.timeout(120)]

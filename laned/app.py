@@ -402,7 +402,8 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
         uplink = None
         journal_port: Any = writer
         if cfg.uplink is not None:
-            from laned.uplink.service import LaneView, RecordingChecker, UplinkService
+            from laned.uplink.reporting import LaneView, RecordingChecker
+            from laned.uplink.service import UplinkService
 
             # The health snapshot to the centre carries the checks' latest results.
             monitor.checker = RecordingChecker(monitor.settings)

@@ -30,24 +30,22 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import laned
 from laned.health.alarms import AlarmChange
-from laned.health.checks import CheckResult, CheckStatus, HealthChecker, LaneSnapshot
 from laned.journal.errors import JournalError, JournalStorageError
 from laned.journal.records import Backlog, JournalEntry, ReconcileRecord, ReconcileStatus, TxState
-from laned.journal.store import Journal
-from laned.lane.events import ClearAlarm, Device, RaiseAlarm
+from laned.lane.events import ClearAlarm, RaiseAlarm
 from laned.uplink.contract import ContractError, validate
 from laned.uplink.link import Backoff, CentreLink, Incoming, LinkDown, LinkSettings, LinkState, Session
 from laned.uplink.messages import (
-    ActiveAlarm, AlarmMsg, AckStream, Check, ClosedBy, HealthSnapshot, LaneState, LaneStatus,
-    OutboxState, ReconcileAnswer, ReconcileOutcome, ReconcileResult, TransactionMsg, TxAck, UplinkMessage,
+    AlarmMsg, AckStream, HealthSnapshot, LaneState, OutboxState, ReconcileAnswer, ReconcileOutcome, TxAck, UplinkMessage,
 )
-from laned.uplink.outbox import OutboxWindow, backlog_level, reconcile_window, transaction_window
+from laned.uplink.outbox import backlog_level
+from laned.uplink.streams import OutboxStream, reconcile_stream, tx_stream
+from laned.uplink.reporting import LaneView, backlog_alarms, health_snapshot, lane_state
 
 if TYPE_CHECKING:
     from laned.config import UplinkSection
@@ -81,62 +79,6 @@ class UplinkSettings:
     health_interval_s: float = 60.0
 
 
-@dataclass(frozen=True, slots=True)
-class LaneView:
-    """What the uplink reads of the lane: whether ETC is open and what closes it."""
-
-    etc_open: Callable[[], bool]
-    closed_by: Callable[[], Mapping[Device, str]]
-
-
-class RecordingChecker(HealthChecker):
-    """The health checker, keeping its latest results for the centre's health snapshot."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.latest: list[CheckResult] = []
-
-    def run(self, snap: LaneSnapshot, now: float, wall: dt.datetime) -> list[CheckResult]:
-        self.latest = super().run(snap, now, wall)
-        return self.latest
-
-
-class _Stream(Generic[R]):
-    """One outbox stream: its window, how to read it from the journal, mark it and send a row."""
-
-    def __init__(self, name: AckStream, window: OutboxWindow[R], *,
-                 scan: Callable[[Journal, int, int], list[R]],
-                 mark: Callable[[Journal, int, int, dict[int, str], dt.datetime], int],
-                 message: Callable[[R], UplinkMessage], seq: Callable[[R], int]) -> None:
-        self.name = name
-        self.window = window
-        self.scan = scan
-        self.mark = mark
-        self.message = message
-        self.seq = seq
-        self.wake = asyncio.Event()
-        self.last_acked: int | None = None
-        self.more = False  # the last scan filled the room and there is room again: scan on at once
-
-
-def _mark_tx(j: Journal, first: int, last: int, sent: dict[int, str], now: dt.datetime) -> int:
-    return j.outbox_ack(first, last, now, sent=sent)
-
-
-def _mark_reconcile(j: Journal, first: int, last: int, sent: dict[int, str], now: dt.datetime) -> int:
-    # The ack names transaction seqs; ``sent`` maps each to the result's own seq that went
-    # out, so a newer result of the same transaction is not marked by an older one's ack.
-    return j.reconcile_ack(first, last, now, sent=sent)
-
-
-def _overall(results: list[CheckResult]) -> CheckStatus:
-    statuses = {r.status for r in results}
-    for status in (CheckStatus.FAILED, CheckStatus.DEGRADED, CheckStatus.OK):
-        if status in statuses:
-            return status
-    return CheckStatus.UNKNOWN
-
-
 class UplinkService:
     """The uplink task (see the module docstring). ``monitor`` is the daemon's
     :class:`~laned.health.monitor.HealthMonitor` (alarms in and out, checks); None runs
@@ -154,15 +96,8 @@ class UplinkService:
         self.wall = wall
         self.monotonic = monotonic
         self.on_command = on_command or self._command_not_executed
-        self.tx: _Stream[JournalEntry] = _Stream(
-            AckStream.TX, transaction_window(settings.window), scan=lambda j, after, n: j.outbox_after(after, n),
-            mark=_mark_tx, message=TransactionMsg.from_entry, seq=lambda e: e.seq)
-        # On the wire a result carries its transaction's seq, and the centre acks by it
-        # (ReconcileResult.from_record); the journal scans results by their own seq.
-        self.reconcile: _Stream[ReconcileRecord] = _Stream(
-            AckStream.RECONCILE, reconcile_window(settings.window),
-            scan=lambda j, after, n: j.reconcile_after(after, n), mark=_mark_reconcile,
-            message=ReconcileResult.from_record, seq=lambda r: r.tx_seq)
+        self.tx = tx_stream(settings.window)
+        self.reconcile = reconcile_stream(settings.window)
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
         self._newest = 0  # the highest tx seq fetched as new (live) in this connection
         self._backlog_level: int | None = None
@@ -223,13 +158,7 @@ class UplinkService:
         self.reconcile.wake.set()
 
     def lane_state(self) -> LaneState:
-        closed = self.lane.closed_by()
-        etc_open = self.lane.etc_open()
-        return LaneState(lane_id=self.lane_id, state=LaneStatus.ONLINE if etc_open else LaneStatus.DEGRADED,
-                         reason=None if etc_open else "; ".join(f"{d}: {why}" for d, why in sorted(closed.items())),
-                         at=self.wall(), etc_open=etc_open,
-                         closed_by=tuple(ClosedBy(device=d, reason=why) for d, why in sorted(closed.items())) or None,
-                         software_version=laned.__version__)
+        return lane_state(self.lane_id, self.lane, self.wall())
 
     # -- the task --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -288,7 +217,9 @@ class UplinkService:
         for stream in (self.tx, self.reconcile):
             stream.window.connected()
             stream.wake.set()
-        self._newest = await self._journal(lambda mj: mj.journal.last_seq())
+        # In the writer's order, not its background: a row journalled after this read goes up
+        # live, one before it with the backlog — so rows go up in seq order from the start.
+        self._newest = await self.writer.submit_async(lambda mj: mj.journal.last_seq())
         self._published_state = None
         self._alarm_index = len(self.monitor.changes) if self.monitor is not None else 0
         await self._link_up()
@@ -313,7 +244,7 @@ class UplinkService:
         return future
 
     # -- publishing the outbox --------------------------------------------------------------------
-    async def _pump(self, session: Session, stream: _Stream[Any]) -> None:
+    async def _pump(self, session: Session, stream: OutboxStream[Any]) -> None:
         # Overdue rows are looked for at least this often: half the ack timeout, so a late
         # row goes up again at most 1.5 timeouts after it was sent.
         wait_s = min(self.settings.ack_timeout_s / 2, MAX_PUMP_WAIT_S)
@@ -336,7 +267,7 @@ class UplinkService:
             except TimeoutError:
                 pass  # time to look at overdue rows
 
-    async def _pump_once(self, session: Session, stream: _Stream[Any], last_sweep: float) -> float:
+    async def _pump_once(self, session: Session, stream: OutboxStream[Any], last_sweep: float) -> float:
         """Publish what the window has room for, and what is overdue; returns the last sweep's time."""
         w = stream.window
         if stream is self.tx and w.room():
@@ -346,7 +277,7 @@ class UplinkService:
         scanned: list[Any] = []
         if limit:
             after = w.next_scan_after()
-            scanned = await self._journal(_scan(stream, after, limit))
+            scanned = await self._journal(stream.reader(after, limit))
         rows = w.take(scanned, self.monotonic())
         now = self.monotonic()
         if now - last_sweep >= self.settings.ack_timeout_s and w.room():
@@ -354,7 +285,7 @@ class UplinkService:
             # C8 re-fetch) sit below the cursor: look from the oldest unacked row again.
             # What is in flight in the same state is skipped by the window.
             last_sweep = now
-            oldest = await self._journal(_scan(stream, 0, w.size))
+            oldest = await self._journal(stream.reader(0, w.size))
             rows += w.take(oldest, now)
         late = w.overdue(now, self.settings.ack_timeout_s)
         if late:
@@ -391,7 +322,7 @@ class UplinkService:
                 log.debug("centre link: %s on %s ignored: no list downloads on this lane", item.channel, item.topic)
 
     async def _on_ack(self, ack: TxAck) -> None:
-        stream: _Stream[Any] = self.tx if ack.stream is AckStream.TX else self.reconcile
+        stream: OutboxStream[Any] = self.tx if ack.stream is AckStream.TX else self.reconcile
         sent = stream.window.acked(ack.first_seq, ack.last_seq)
         if not sent:
             log.info("centre link: %s ack for seqs %d…%d names nothing in flight (a repeat, or a copy sent "
@@ -487,19 +418,10 @@ class UplinkService:
         await session.publish(msg)
 
     def _health(self) -> HealthSnapshot:
-        monitor = self.monitor
-        results = monitor.checker.latest if monitor is not None and isinstance(monitor.checker,
-                                                                                 RecordingChecker) else []
-        alarms = monitor.registry.active() if monitor is not None else []
-        closed = self.lane.closed_by()
         count, oldest = self._backlog
-        return HealthSnapshot(
-            lane_id=self.lane_id, at=self.wall(), overall=_overall(results), etc_open=self.lane.etc_open(),
-            checks=tuple(Check.from_result(r) for r in results),
-            alarms=tuple(ActiveAlarm.from_alarm(a) for a in alarms),
-            closed_by=tuple(ClosedBy(device=d, reason=why) for d, why in sorted(closed.items())) or None,
-            outbox=OutboxState(pending=count, oldest_pending_seq=oldest, last_acked_seq=self.tx.last_acked),
-            software_version=laned.__version__, uptime_s=int(self.monotonic() - self._started))
+        return health_snapshot(self.lane_id, self.monitor, self.lane, self.wall(),
+                               OutboxState(pending=count, oldest_pending_seq=oldest, last_acked_seq=self.tx.last_acked),
+                               uptime_s=int(self.monotonic() - self._started))
 
     async def _backlog_watch(self) -> None:
         """The backlog, connected or not: the uplink_backlog_* alarms and the health snapshot."""
@@ -517,13 +439,8 @@ class UplinkService:
                           f"seq {backlog.oldest_seq}")
                 log.log(logging.WARNING if level else logging.INFO, "centre link: outbox backlog %s (%s)",
                         f"at {level} %" if level else "below 50 %", detail)
-                # One level at a time: the highest reached is raised, the others cleared.
-                self._alarm(RaiseAlarm("uplink_backlog_50", detail) if level == 50
-                            else ClearAlarm("uplink_backlog_50", detail))
-                self._alarm(RaiseAlarm("uplink_backlog_80", detail) if level == 80
-                            else ClearAlarm("uplink_backlog_80", detail))
-                self._alarm(RaiseAlarm("uplink_backlog_95", detail) if level == 95
-                            else ClearAlarm("uplink_backlog_95", detail))
+                for action in backlog_alarms(level, detail):
+                    self._alarm(action)
                 self._backlog_level = level
             await asyncio.sleep(BACKLOG_CHECK_S)  # a count of an index; the backlog moves slowly
 
@@ -554,11 +471,6 @@ def _stop_if_cancelled(err: BaseException | None = None) -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError from err
-
-
-def _scan(stream: _Stream[R], after: int, limit: int) -> Callable[[Any], list[R]]:
-    """The journal operation reading ``stream`` from ``after`` (at most ``limit`` rows)."""
-    return lambda mj: stream.scan(mj.journal, after, limit)
 
 
 def _seqs(seqs: list[int], limit: int = 10) -> str:

@@ -1,0 +1,64 @@
+"""The uplink's two outbox streams (``tx`` and ``reconcile/result``): each a publishing
+window (:mod:`laned.uplink.outbox`) with how to read its rows from the journal, mark them
+acked and turn one into its message. ``laned.uplink.service`` drives them."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from laned.journal.records import JournalEntry, ReconcileRecord
+from laned.journal.store import Journal
+from laned.uplink.messages import AckStream, ReconcileResult, TransactionMsg, UplinkMessage
+from laned.uplink.outbox import OutboxWindow, reconcile_window, transaction_window
+
+R = TypeVar("R")
+
+
+class OutboxStream(Generic[R]):
+    """One outbox stream: its window, how to read it from the journal, mark it and send a row."""
+
+    def __init__(self, name: AckStream, window: OutboxWindow[R], *,
+                 scan: Callable[[Journal, int, int], list[R]],
+                 mark: Callable[[Journal, int, int, dict[int, str], dt.datetime], int],
+                 message: Callable[[R], UplinkMessage], seq: Callable[[R], int]) -> None:
+        self.name = name
+        self.window = window
+        self.scan = scan
+        self.mark = mark
+        self.message = message
+        self.seq = seq
+        self.wake = asyncio.Event()
+        self.last_acked: int | None = None
+        self.more = False  # the last scan filled the room and there is room again: scan on at once
+
+    def reader(self, after: int, limit: int) -> Callable[[Any], list[R]]:
+        """The journal operation reading this stream from ``after`` (at most ``limit`` rows)."""
+        return lambda mj: self.scan(mj.journal, after, limit)
+
+
+def _mark_tx(j: Journal, first: int, last: int, sent: dict[int, str], now: dt.datetime) -> int:
+    return j.outbox_ack(first, last, now, sent=sent)
+
+
+def _mark_reconcile(j: Journal, first: int, last: int, sent: dict[int, str], now: dt.datetime) -> int:
+    # The ack names transaction seqs; ``sent`` maps each to the result's own seq that went
+    # out, so a newer result of the same transaction is not marked by an older one's ack.
+    return j.reconcile_ack(first, last, now, sent=sent)
+
+
+def tx_stream(window: int) -> OutboxStream[JournalEntry]:
+    """The journal's final rows, on ``tx``."""
+    return OutboxStream(AckStream.TX, transaction_window(window), scan=lambda j, after, n: j.outbox_after(after, n),
+                        mark=_mark_tx, message=TransactionMsg.from_entry, seq=lambda e: e.seq)
+
+
+def reconcile_stream(window: int) -> OutboxStream[ReconcileRecord]:
+    """Reconciliation results, on ``reconcile/result``. On the wire a result carries its
+    transaction's seq, and the centre acks by it (ReconcileResult.from_record); the
+    journal scans results by their own seq."""
+    return OutboxStream(AckStream.RECONCILE, reconcile_window(window),
+                        scan=lambda j, after, n: j.reconcile_after(after, n), mark=_mark_reconcile,
+                        message=ReconcileResult.from_record, seq=lambda r: r.tx_seq)
