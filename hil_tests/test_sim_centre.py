@@ -95,6 +95,70 @@ def test_every_journalled_row_arrives_at_the_centre_once_and_the_backlog_drains(
     assert brokers_of(state) == []
 
 
+def listed_scenario(tmp_path: Path, name: str, first: int) -> Path:
+    """A paying car, a car whose card is on the status list, one whose OBU is: the list
+    decides two of the three outcomes. OBUs and cards are numbered from ``first`` on (a
+    --resume run's vehicles must not be the previous run's: the lane remembers payments)."""
+    path = tmp_path / name
+    path.write_text(json.dumps([
+        {"plate": "鲁A12345", "obu_id": f"a1b2{first:04x}", "card_number": f"3701230100{first:010d}",
+         "arrive_after": 0.5},
+        {"plate": "鲁B88888", "obu_id": f"a1b2{first + 1:04x}", "card_number": f"3701230100{first + 1:010d}",
+         "kind": "listed_card", "arrive_after": 1.0},
+        {"plate": "鲁C55555", "obu_id": f"a1b2{first + 2:04x}", "card_number": f"3701230100{first + 2:010d}",
+         "kind": "listed_obu", "arrive_after": 1.0},
+    ], ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def status_list_alarms(log: str) -> list[str]:
+    """Lines of laned.log about an old or refused status list (none in a clean run)."""
+    return [line for line in log.splitlines() if "status_list_old" in line or "list_update_refused" in line
+            or " is old " in line]
+
+
+def test_the_lane_takes_the_status_list_signed_from_the_centre_and_never_calls_it_old(tmp_path):
+    state = tmp_path / "state"
+    done = run_sim("--scenario", str(listed_scenario(tmp_path, "listed.json", 0x100)), "--json",
+                   "--state-dir", str(state))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    # The list decided as a hand-placed one did: every vehicle got what it should.
+    assert summary["unexpected"] == 0 and summary["charged"] == 1
+    assert summary["refused"] == {"card_listed": 1, "obu_listed": 1}
+    assert summary["list_versions"] == {"status_list": 1, "fee_table": 1}
+    # Taken through the download path: saved with the signed manifest the centre published.
+    meta = json.loads((state / "status_list.bin.manifest.json").read_text())
+    assert (meta["manifest"]["version"], meta["manifest"]["key_id"]) == (1, "sim-centre")
+    log = (state / "laned.log").read_text(encoding="utf-8")
+    assert status_list_alarms(log) == []
+    assert "status list: version 1 in use (2 entries)" in log
+    # What the lane told the centre: version 1 in use, and no status_list_old ever.
+    with Ledger(state / "centre" / "centre.db") as ledger:
+        versions = ledger.last_payload(LANE_ID, "versions")
+        alarms = [code for code, _, _, _ in ledger.alarms(LANE_ID)]
+    assert versions is not None and versions["status_list"]["version"] == 1
+    assert "status_list_old" not in alarms and "list_update_refused" not in alarms
+
+
+def test_a_resumed_run_keeps_the_centres_list_and_takes_the_next_version(tmp_path):
+    state = tmp_path / "state"
+    first = run_sim("--scenario", str(listed_scenario(tmp_path, "first.json", 0x100)), "--json",
+                    "--state-dir", str(state))
+    assert first.returncode == 0, first.stderr
+    again = run_sim("--scenario", str(listed_scenario(tmp_path, "again.json", 0x200)), "--json",
+                    "--state-dir", str(state), "--resume")
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    # This run's listed vehicles are refused: version 2 holds them, not version 1's.
+    assert summary["unexpected"] == 0 and summary["refused"] == {"card_listed": 1, "obu_listed": 1}
+    assert summary["list_versions"] == {"status_list": 2, "fee_table": 1}
+    meta = json.loads((state / "status_list.bin.manifest.json").read_text())
+    assert meta["manifest"]["version"] == 2
+    # The lane restarted with version 1 and its manifest (fresh), then took version 2.
+    assert status_list_alarms((state / "laned.log").read_text(encoding="utf-8")) == []
+
+
 def test_the_plain_summary_says_what_the_centre_received(tmp_path):
     state = tmp_path / "state"
     done = run_sim("-n", "2", "--seed", "3", "--no-live", "--state-dir", str(state))

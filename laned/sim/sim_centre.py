@@ -8,6 +8,7 @@ centre → ``tx/ack`` → the row marked delivered in the journal.
 
     async with SimCentre(state_dir, lane_id) as centre:
         config = load_sim_config(state_dir, overrides={**devices, **centre.uplink_overrides()})
+        await centre.publish_status_list(payload, version)  # signed; the lane downloads it
         ...                                               # the run
         backlog = await centre.drain(config.journal.path)  # bounded: DRAIN_TIMEOUT_S
         report = centre.report()                           # received, duplicates, gaps …
@@ -17,6 +18,15 @@ certificate every run, keys 0600: :mod:`laned.sim.pki`), ``centre/mosquitto/``
 (configuration, ACL, log: :mod:`laned.sim.broker`) and ``centre/centre.db``, the centre's
 ledger. The ledger is kept across ``--resume``: the centre then holds the previous run's
 rows too, and a resumed lane's seqs go on without a gap.
+
+The lane's status list comes from the centre as on a real lane: each run has its own
+Ed25519 signing key (key id ``sim-centre``, in memory only, like the CA's key), its public
+half goes into the lane's ``[uplink] centre_keys``, and :meth:`SimCentre.publish_status_list`
+signs and publishes the simulator's list. The lane takes it through its own download path
+(signed manifest, chunks, SHA-256, apply, saved with its manifest), so it knows the list's
+validity and its freshness check (the freeze-attack rule, docs/lists.md) has nothing to
+raise. The same key verifies the centre's commands (``command_keys`` falls back to
+``centre_keys``).
 
 The centre runs with ``auto_reconcile`` **off**. An unknown outcome (a lost B5) stays
 pending at the centre, as it would until a real centre has the issuer's clearing data:
@@ -29,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import shutil
 import sqlite3
@@ -38,10 +49,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from laned.centre import AutoReconcile, BrokerSettings, Centre, CentreSettings
+from laned.centre.keys import public_b64
+from laned.centre.lists import build_list
 from laned.journal.outbox import BACKLOG_SQL
 from laned.sim.broker import SimBroker
 from laned.sim.pki import SimPki, make_sim_pki
+from laned.uplink.messages import ListKind
 
 log = logging.getLogger("laned.sim.centre")
 
@@ -55,6 +71,12 @@ DRAIN_POLL_S = 0.1
 UPLINK_RECONNECT_MIN_S = 0.5
 UPLINK_RECONNECT_MAX_S = 2.0
 UPLINK_ACK_TIMEOUT_S = 3.0
+# The key id the centre signs lists (and would sign commands) with; the lane trusts it by this id.
+SIGNING_KEY_ID = "sim-centre"
+# How long a published status list stays valid: far beyond any run, well within the
+# lane's maximum age (health.status_list_max_age_h, 48 h) counted from valid_from, so a
+# --resume run a day later still starts with a fresh list.
+STATUS_LIST_LIFETIME = dt.timedelta(days=7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +99,8 @@ class SimCentre:
         self.broker: SimBroker | None = None
         self.centre: Centre | None = None
         self._pki: SimPki | None = None
+        # A new signing key every run, never written: nothing but this run's lane trusts it.
+        self._signing_key = Ed25519PrivateKey.generate()
         self._received = 0  # the last count read, shown once the centre has stopped
         self._stack = contextlib.AsyncExitStack()
 
@@ -119,7 +143,27 @@ class SimCentre:
                 "uplink.key": str(self._pki.lane.key), "uplink.reconnect_min_s": UPLINK_RECONNECT_MIN_S,
                 "uplink.reconnect_max_s": UPLINK_RECONNECT_MAX_S, "uplink.ack_timeout_s": UPLINK_ACK_TIMEOUT_S,
                 # Fee tables the centre might send go into the run's folder, never /var/lib.
-                "lists.fee_table_dir": str(self.folder / "fee_tables")}
+                "lists.fee_table_dir": str(self.folder / "fee_tables"),
+                # What the lane verifies this centre's lists (and commands) with: the raw
+                # public key in base64, as `laned centre keygen` prints it.
+                "uplink.centre_keys": {SIGNING_KEY_ID: public_b64(self._signing_key.public_key())}}
+
+    async def publish_status_list(self, data: bytes, version: int) -> None:
+        """Sign ``data`` (a full status list as ``laned-status-json-1``, its ``version``
+        inside) as ``version`` and publish it to the lane: the manifest retained, so a lane
+        that connects later still sees it and asks for the chunks (``list/request``).
+
+        Valid from now, for :data:`STATUS_LIST_LIFETIME`. Raises CentreError if the
+        manifest would be refused or the centre is not connected to the broker."""
+        if self.centre is None:
+            raise RuntimeError("SimCentre.publish_status_list() before the centre started")
+        now = dt.datetime.now(dt.UTC)
+        signed = build_list(kind=ListKind.STATUS_LIST, version=version, data=data, now=now, valid_from=now,
+                            expires_at=now + STATUS_LIST_LIFETIME, private_key=self._signing_key,
+                            key_id=SIGNING_KEY_ID)
+        await self.centre.publish_list(signed, [self.lane_id])
+        log.info("sim centre: status list version %d (%d bytes, signed by key %s) published to lane %s, valid "
+                 "until %s", version, len(data), SIGNING_KEY_ID, self.lane_id, signed.expires_at().isoformat())
 
     async def drain(self, journal: Path, timeout_s: float = DRAIN_TIMEOUT_S) -> int:
         """Wait until every final journal row is acknowledged by the centre, at most
