@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
@@ -43,7 +42,6 @@ from typing import Any
 from laned.app import run_lane
 from laned.config import Config, load_sim_config
 from laned.executor import LaneExecutor
-from laned.lane.status_list import StatusList, StatusListError, card_key, obu_key
 from laned.observation import Observation
 from laned.lane.signals import Light
 # JOURNAL_NAME and previous_run are imported from here too (the CLI, the tests).
@@ -53,12 +51,15 @@ from laned.sim.modbus_devices import EmulatedFeeDisplay, EmulatedIoModule, Modbu
 from laned.sim.rsu_emulator import EmulatorSettings, RsuEmulator, RsuState
 from laned.sim.rsu_scenario import ObuScenario
 from laned.sim.scenario import RsuSettings, ScenarioError, check_vehicles
+from laned.sim.errors import SimError as SimError  # imported from here by the CLI and the tests
 from laned.sim.sim_centre import DRAIN_TIMEOUT_S, CentreReport, SimCentre
-from laned.sim.traffic import status_entries
+from laned.sim.sim_lists import (
+    STATUS_LIST_NAME, listed_entries, status_list_payload, status_list_version, wait_status_list,
+    write_status_list,
+)
 from laned.sim.vehicle import DEFAULT_TIMEZONE, Kind, SimVehicle
 # SimSummary and VehicleRun are imported from here too (the CLI, the live view, the tests).
 from laned.sim.verdict import SimSummary as SimSummary, VehicleRun as VehicleRun, attribute_follow_cars, summarise
-from laned.uplink.list_apply import META_SUFFIX, load_status_list
 
 log = logging.getLogger("laned.sim")
 
@@ -92,11 +93,6 @@ BARRIER_TRAVEL_S = 0.8  # an ETC lane's fast barrier
 # (a queue moves no faster than the slowest vehicle in it), plus a margin.
 PER_VEHICLE_S = 3.0
 DEADLINE_MARGIN_S = 30.0
-STATUS_LIST_NAME = "status_list.bin"  # in the state folder (status_list.path)
-# How long the lane has to take the status list the centre published: connect (TLS, a
-# reconnect after 0.5–2 s if the broker was slow to listen), the retained manifest, the
-# chunks it asks for, the apply and the save: well under a second on a quiet box.
-STATUS_LIST_WAIT_S = 15.0
 
 
 def spawn_x(rsu: RsuSettings) -> float:
@@ -112,10 +108,6 @@ def traffic_deadline_s(vehicles: Sequence[SimVehicle], spawn_at: float = SPAWN_X
     drive = max((EXIT_X - spawn_at + v.length) / v.speed for v in vehicles)
     queue = sum(PER_VEHICLE_S + (v.length + GAP_M) / slowest for v in vehicles)
     return last_spawn + drive + queue + DEADLINE_MARGIN_S
-
-
-class SimError(RuntimeError):
-    """The simulation could not run (not: the lane got something wrong — that is the verdict)."""
 
 
 class LaneSim:
@@ -189,9 +181,11 @@ class LaneSim:
         self._seq_floor = last_seq(old) if old is not None else 0
         self.state_dir.mkdir(parents=True, exist_ok=True)
         status_path = self.state_dir / STATUS_LIST_NAME
-        # With the centre the lane gets its list from it, signed (see _status_list_version);
+        listed = listed_entries([r.vehicle for r in self.runs])
+        # With the centre the lane gets its list from it, signed (see status_list_version);
         # without, there is no one to send it and the simulator places it by hand.
-        list_version = self._status_list_version(status_path) if self.with_centre else self._write_status_list(status_path)
+        list_version = status_list_version(status_path, self.resume) if self.with_centre \
+            else write_status_list(status_path, listed)
         self.display, self.io = EmulatedFeeDisplay(slave=1), EmulatedIoModule(slave=2)
         self.model = LaneModel(now=time.monotonic(), geometry=LaneGeometry(spawn_x=self.spawn_x, safety_loop=SAFETY_LOOP_M, exit_x=EXIT_X,
                                                                                      entry_loop=APPROACH_LOOP_M),
@@ -221,14 +215,14 @@ class LaneSim:
                 # Published before the lane starts: its manifest is retained, so the lane
                 # finds it when it connects and asks for the chunks, as a lane does that
                 # was off while the centre published.
-                await centre.publish_status_list(self._status_list_payload(list_version), list_version)
+                await centre.publish_status_list(status_list_payload(list_version, listed), list_version)
             lane_stop = asyncio.Event()
             lane = asyncio.create_task(run_lane(self.config, stop=lane_stop, observe=self._observe,
                                                 started=self._lane_started))
             try:
                 await self._wait_ready(lane, stop)
                 if centre is not None:
-                    await self._wait_status_list(lane, stop, list_version)
+                    await wait_status_list(lambda: self._running, lane, stop, list_version)
                 self.started = time.monotonic()
                 await self._drive(lane, stop)
                 if centre is not None:
@@ -244,93 +238,8 @@ class LaneSim:
         return summarise(self)
 
 
-    # -- the status list ---------------------------------------------------------------------
-    def _listed(self) -> tuple[list[str], list[str]]:
-        """The cards (20 digits: network + number) and OBU ids (hex) on the sim's status
-        list: those of the ``listed_card`` / ``listed_obu`` vehicles, sorted."""
-        cards, obus = status_entries([r.vehicle for r in self.runs])
-        return sorted(cards), sorted(obus)
-
-    def _write_status_list(self, path: Path) -> int:
-        """``--no-centre``: the list placed by hand as version 1 (no manifest: a lane without
-        ``[uplink]`` ages it by the file's time). The version written."""
-        cards, obus = self._listed()
-        entries = [card_key(c[:4], c[4:]).with_reason() for c in cards]
-        entries += [obu_key(bytes.fromhex(o)).with_reason() for o in obus]
-        status = StatusList()
-        status.load_full(1, entries)
-        status.save(path)
-        return 1
-
-    def _status_list_payload(self, version: int) -> bytes:
-        """The same entries as :meth:`_write_status_list`, as the centre sends a full list
-        (``laned-status-json-1``, docs/lists.md); no ``reason``: the default, 1, as there."""
-        cards, obus = self._listed()
-        add = [{"card": f"{c[:4]}-{c[4:]}"} for c in cards] + [{"obu": o} for o in obus]
-        return json.dumps({"version": version, "add": add}).encode()
-
-    def _status_list_version(self, path: Path) -> int:
-        """With the centre: the version the centre is to publish, above any the lane holds.
-
-        Nothing is placed by hand: a list without the manifest the lane keeps beside it is
-        of unknown validity, and a lane with ``[uplink]`` counts that as old from its first
-        second (``status_list_old``, the freeze-attack rule of docs/lists.md). A lane that
-        starts with no list uses an empty one (nothing refused) and raises
-        ``status_list_missing`` until the centre's arrives, which it does before the first
-        vehicle (:meth:`_wait_status_list`): the vehicles' outcomes are the same as with a
-        hand-placed list. A ``--resume`` run keeps the list the lane took from the centre
-        last time (it restarts with it, as a real lane does) and gets the next version; a
-        list without its manifest (a ``--no-centre`` run's) is removed."""
-        meta = path.with_name(path.name + META_SUFFIX)
-        if self.resume and path.exists():
-            try:
-                kept = load_status_list(path)
-            except StatusListError as err:
-                log.warning("sim: the status list %s left by the previous run cannot be read (%s); removed, the "
-                            "centre sends a new one", path, err)
-            else:
-                if kept.manifest is not None:
-                    return kept.version + 1
-        path.unlink(missing_ok=True)
-        meta.unlink(missing_ok=True)
-        return 1
-
     def _lane_started(self, executor: LaneExecutor) -> None:
         self._running = executor
-
-    async def _wait_status_list(self, lane: asyncio.Task[Any], stop: asyncio.Event, version: int) -> None:
-        """Until the lane machine checks cards and OBUs against status list ``version``,
-        the one the centre published, and the lane's health no longer says it has none:
-        otherwise a listed vehicle arriving first would be checked against no list (or the
-        previous run's) and pass.
-
-        Watched in memory (the machine's list), not on disk: the lane saves the list and its
-        manifest first and swaps its references only once both are written, so the version
-        in the machine is the one in use and already kept for a restart; a file that is
-        there says nothing yet about what the machine uses. ``status_list_missing`` (raised
-        at start when the lane has no list yet) clears at the health monitor's next round,
-        within a second: the traffic starts on a lane with no list alarm standing."""
-        deadline = time.monotonic() + STATUS_LIST_WAIT_S
-        while True:
-            executor = self._running
-            if executor is not None and getattr(executor.machine.status, "version", None) == version and \
-                    (executor.health is None or not executor.health.registry.is_active("status_list_missing")):
-                log.info("sim: the lane uses status list version %d from the centre; letting the traffic in", version)
-                return
-            if lane.done():
-                lane.result()  # raises what stopped the daemon
-                raise SimError("the lane daemon stopped before it took the centre's status list")
-            if stop.is_set():
-                return
-            if time.monotonic() > deadline:
-                if executor is not None and getattr(executor.machine.status, "version", None) == version:
-                    raise SimError(f"the lane uses status list version {version}, but its health still reports "
-                                   f"status_list_missing after {STATUS_LIST_WAIT_S:.0f} s: see the laned.health lines "
-                                   "in laned.log")
-                raise SimError(f"the lane did not take status list version {version} from the simulated centre within "
-                               f"{STATUS_LIST_WAIT_S:.0f} s: see laned.log for the uplink's connection and "
-                               "list_update_refused lines")
-            await asyncio.sleep(STEP_S)
 
     async def _wait_ready(self, lane: asyncio.Task[Any], stop: asyncio.Event) -> None:
         """Until the daemon initialised the RSU (C0, C1) and read the IO module once."""
