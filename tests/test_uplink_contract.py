@@ -707,3 +707,17 @@ def test_what_a_signature_covers_does_not_change_when_the_callers_dict_does(doc)
     value = m.CommandRequest.from_dict(payload)
     payload["args"]["reason"] = "changed afterwards"
     _example_public_key(doc).verify(value.signature, value.signed_bytes())
+
+
+@pytest.mark.parametrize(("message", "member"), [("TxAck", "lane_id"), ("Transaction", "tx_uuid"),
+                                                 ("Transaction", "card_network")])
+def test_a_value_with_a_trailing_newline_is_refused_as_json_schema_patterns_mean(contract, message, member):
+    """JSON Schema patterns are ECMA-262: "$" is the end of the string. Python's "$" also
+    matches before a final newline, which would let "G0001-01\\n" through as a lane id."""
+    payload = dict(next(example for name, _, example in EXAMPLES if name == message and member in example))
+    payload[member] = str(payload[member]) + "\n"
+    with pytest.raises(ContractError) as err:
+        contract.validate(message, payload)
+    assert err.value.path == f"$.{member}"
+    payload[member] = payload[member][:-1]
+    contract.validate(message, payload)

@@ -160,6 +160,18 @@ def _sort_key(error: ValidationError) -> tuple[int, str]:
     return (len(error.absolute_path), _json_path(error.absolute_path))
 
 
+def _ecma_end(pattern: str) -> str:
+    """``pattern`` with its final end anchor as JSON Schema means it. Its patterns are
+    ECMA-262, where the dollar matches only at the end of the string; Python's (which
+    jsonschema searches with) also matches before a final newline, so ``^[0-9]{4}$`` would
+    take "3701" followed by a newline: a lane id or a card network with a line break in it.
+    The dollar becomes Python's end of string, ``\\Z``."""
+    backslashes = len(pattern[:-1]) - len(pattern[:-1].rstrip("\\"))
+    if pattern.endswith("$") and backslashes % 2 == 0:
+        return pattern[:-1] + r"\Z"
+    return pattern
+
+
 def _fast_schema(schema: Any, patterns: set[str]) -> Any:
     """``schema`` (inlined, see :meth:`Contract._inline`) as the fast check compiles it, without
     the keywords of :data:`_FAST_DROPPED`; None if it holds anything outside what draft-07
@@ -325,6 +337,8 @@ class Contract:
                 continue
             if key in _SCHEMA_MAPS and isinstance(value, Mapping):  # names -> schemas, not keywords
                 out[key] = {name: self._inline(s, within) for name, s in value.items()}
+            elif key == "pattern" and isinstance(value, str):
+                out[key] = _ecma_end(value)
             elif key in _VALUES:  # data, not schemas: taken as written
                 out[key] = value
             else:
