@@ -12,6 +12,8 @@ import datetime as dt
 import pytest
 
 from laned.journal import B5Result, Journal, ReconcileOutcome, TransactionIntent, TxKind, TxState
+from laned.lane.events import ClearAlarm, RaiseAlarm
+from laned.uplink.reporting import backlog_alarms
 from laned.uplink.outbox import (
     BACKLOG_HYSTERESIS_PCT, OutboxWindow, backlog_level, reconcile_window, transaction_window,
 )
@@ -223,3 +225,12 @@ def test_a_window_or_capacity_of_nothing_is_refused():
         transaction_window(0)
     with pytest.raises(ValueError, match="capacity"):
         backlog_level(1, 0)
+
+
+def test_the_backlog_alarms_raise_the_level_reached_and_clear_the_others():
+    level = backlog_level(115_000, 140_000)  # 82 %
+    actions = backlog_alarms(level, "115000 of 140000 rows unacknowledged")
+    assert level == 80
+    assert [(type(a), a.code) for a in actions] == [(ClearAlarm, "uplink_backlog_50"), (RaiseAlarm, "uplink_backlog_80"),
+                                                     (ClearAlarm, "uplink_backlog_95")]
+    assert all(type(a) is ClearAlarm for a in backlog_alarms(None, "drained"))

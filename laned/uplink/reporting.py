@@ -12,7 +12,6 @@ import laned
 from laned.health.checks import CheckResult, CheckStatus, HealthChecker, LaneSnapshot
 from laned.lane.events import ClearAlarm, Device, RaiseAlarm
 from laned.uplink.messages import ActiveAlarm, Check, ClosedBy, HealthSnapshot, LaneState, LaneStatus, OutboxState
-from laned.uplink.outbox import BACKLOG_LEVELS
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,5 +72,7 @@ def health_snapshot(lane_id: str, monitor: Any, lane: LaneView, at: dt.datetime,
 def backlog_alarms(level: int | None, detail: str) -> list[RaiseAlarm | ClearAlarm]:
     """The ``uplink_backlog_*`` alarms for a backlog level (None: below them all): one level
     at a time, the highest reached raised, the others cleared."""
-    return [RaiseAlarm(f"uplink_backlog_{n}", detail) if level == n else ClearAlarm(f"uplink_backlog_{n}", detail)
-            for n in BACKLOG_LEVELS]
+    # The codes spelt out: tests/test_alarms.py finds every code laned raises in the source.
+    return [RaiseAlarm("uplink_backlog_50", detail) if level == 50 else ClearAlarm("uplink_backlog_50", detail),
+            RaiseAlarm("uplink_backlog_80", detail) if level == 80 else ClearAlarm("uplink_backlog_80", detail),
+            RaiseAlarm("uplink_backlog_95", detail) if level == 95 else ClearAlarm("uplink_backlog_95", detail)]
