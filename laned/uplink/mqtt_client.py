@@ -30,8 +30,6 @@ class SlicedClient(aiomqtt.Client):
     """:class:`aiomqtt.Client` whose socket reader handles at most :data:`READ_SLICE`
     packets per loop callback (see the module docstring)."""
 
-    reads = 0  # reader callbacks run (tests: a burst takes several)
-
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:  # noqa: ANN401
         super()._on_socket_open(client, userdata, sock)
         # aiomqtt installs its reader through call_soon_threadsafe (paho may call this from
@@ -39,7 +37,6 @@ class SlicedClient(aiomqtt.Client):
         self._loop.call_soon_threadsafe(self._loop.add_reader, sock.fileno(), self._read_slice, client, sock)
 
     def _read_slice(self, client: mqtt.Client, sock: Any) -> None:  # noqa: ANN401
-        self.reads += 1
         try:
             for _ in range(READ_SLICE):
                 if client._sock is not sock:  # noqa: SLF001 - closed (or replaced) meanwhile
