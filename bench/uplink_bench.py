@@ -67,13 +67,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "hil_tests"))  # the test broker and PKI
 
+from lane_fixtures import prefill_backlog  # noqa: E402
 from mosquitto_broker import MosquittoBroker  # noqa: E402
 from mqtt_pki import CENTRE, Pki, make_pki  # noqa: E402
 from turnaround_bench import (  # noqa: E402
     FEE_TABLE, Lane, cpu_seconds, lane_obu, percentile, run_block, stop_child,
 )
 
-from laned.journal.records import B5Result, TransactionIntent  # noqa: E402
 from laned.journal.store import Journal  # noqa: E402
 from laned.sim.rsu_emulator import EmulatorSettings, RsuEmulator, RsuState  # noqa: E402
 from laned.uplink.messages import TransactionMsg  # noqa: E402
@@ -176,26 +176,6 @@ def serve_laned(config: str, ticks: str) -> int:
 
 
 # -- set-up -----------------------------------------------------------------------------------
-
-def prefill(db: Path, rows: int) -> None:
-    """``rows`` final rows in one commit: one in five a charge, the rest lane events."""
-    journal = Journal.open(db, LANE_ID, now=wall())
-    try:
-        with journal.batch("the bench's backlog"):
-            for n in range(rows):
-                if n % 5 == 4:
-                    intent = TransactionIntent(amount=3500, purchase_time=wall().replace(tzinfo=None, microsecond=0),
-                                               obu_id=bytes.fromhex("a1fe0033"), plate="鲁A12345",
-                                               card_network="3701", card_number=f"2399{n:012d}", vehicle_class=1,
-                                               fee=3500)
-                    entry = journal.record_intent(intent, wall())
-                    journal.complete_charge(entry.seq, B5Result(tac=bytes.fromhex("674030a0"), balance_after=96500,
-                                                                trans_time=intent.purchase_time), wall())
-                else:
-                    journal.record_event("follow_car", wall(), reason="follow_car")
-    finally:
-        journal.close()
-
 
 def payload_lines(db: Path, rows: int) -> bytes:
     """The backlog's rows as the lane publishes them (TransactionMsg JSON), one per line."""
@@ -309,7 +289,7 @@ async def measure(n: int, window: int, workdir: Path | None = None) -> None:
         await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
         pki = make_pki(folder / "pki", lanes=(LANE_ID,))
         journal_db, centre_db, ticks = folder / "journal.db", folder / "centre.db", folder / "ticks.json"
-        await asyncio.to_thread(prefill, journal_db, n)
+        await asyncio.to_thread(prefill_backlog, journal_db, LANE_ID, n, wall)
         lines = await asyncio.to_thread(payload_lines, journal_db, n)
         quiet = EmulatorSettings(heartbeat_interval=None, redetect_interval=3600.0)
         async with BenchBroker(folder, pki) as broker, \

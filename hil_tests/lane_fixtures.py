@@ -33,6 +33,7 @@ from laned.config import DEFAULT_TIMEZONE, Config, parse_config
 from laned.executor import LaneExecutor, Observation
 from laned.health.alarms import CATALOGUE, AlarmKind, AlarmRegistry
 from laned.health.monitor import HealthMonitor
+from laned.journal import B5Result, Journal, TransactionIntent
 from laned.lane.status_list import StatusList, card_key, obu_key
 from laned.sim.lane_model import LaneModel
 from laned.sim.modbus_devices import EmulatedFeeDisplay, EmulatedIoModule, ModbusDeviceServer
@@ -119,6 +120,27 @@ def write_status_list(path: Path, *, obus: Iterable[bytes] = (), cards: Iterable
     status.load_full(1, entries)
     status.save(path)
     return path
+
+
+def prefill_backlog(db: Path, lane_id: str, rows: int, wall: Callable[[], dt.datetime]) -> None:
+    """``rows`` final rows in the journal in one commit, as a lane's backlog after an outage:
+    one in five a charge (each with its own card), the rest lane events."""
+    journal = Journal.open(db, lane_id, now=wall())
+    try:
+        with journal.batch("a backlog"):
+            for n in range(rows):
+                if n % 5 == 4:
+                    intent = TransactionIntent(amount=3500, purchase_time=wall().replace(tzinfo=None, microsecond=0),
+                                               obu_id=bytes.fromhex("a1fe0033"), plate="鲁A12345",
+                                               card_network="3701", card_number=f"2399{n:012d}", vehicle_class=1,
+                                               fee=3500)
+                    entry = journal.record_intent(intent, wall())
+                    journal.complete_charge(entry.seq, B5Result(tac=bytes.fromhex("674030a0"), balance_after=96500,
+                                                                trans_time=intent.purchase_time), wall())
+                else:
+                    journal.record_event("follow_car", wall(), reason="follow_car")
+    finally:
+        journal.close()
 
 
 def read_journal(path: Path) -> list[dict[str, Any]]:

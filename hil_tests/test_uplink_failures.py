@@ -35,7 +35,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from lane_fixtures import LanedProcess, config_data, read_journal, to_toml
+from lane_fixtures import LanedProcess, config_data, read_journal, to_toml, prefill_backlog
 from mosquitto_broker import TOPIC_ROOT, MosquittoBroker
 from mqtt_pki import CENTRE, Pki, make_pki
 from tcp_proxy import TcpProxy
@@ -43,7 +43,6 @@ from laned.centre import BrokerSettings, Centre, CentreSettings, Ledger
 from laned.config import load_config
 from laned.journal import JournalWriter
 from laned.journal.records import B5Result, TransactionIntent
-from laned.journal.store import Journal
 from laned.sim.rsu_emulator import EmulatorSettings, RsuEmulator
 from laned.uplink.link import LinkSettings
 from laned.uplink.reporting import LaneView
@@ -163,23 +162,6 @@ def _intent() -> TransactionIntent:
     return TransactionIntent(amount=3500, purchase_time=wall().replace(tzinfo=None, microsecond=0),
                              obu_id=bytes.fromhex("a1fe0033"), plate="鲁A12345", card_network="3701",
                              card_number="2301000012345678", vehicle_class=1, fee=3500)
-
-
-def prefill(db: Path, rows: int) -> None:
-    """``rows`` final rows in the journal at once (one commit), as a lane's backlog after an outage."""
-    journal = Journal.open(db, LANE, now=wall())
-    try:
-        with journal.batch("a backlog for the test"):
-            for n in range(rows):
-                if n % 5 == 4:
-                    intent = _intent()
-                    entry = journal.record_intent(intent, wall())
-                    journal.complete_charge(entry.seq, B5Result(tac=bytes.fromhex("674030a0"), balance_after=96500,
-                                                                trans_time=intent.purchase_time), wall())
-                else:
-                    journal.record_event("follow_car", wall(), reason="follow_car")
-    finally:
-        journal.close()
 
 
 @pytest.fixture
@@ -339,7 +321,7 @@ BACKLOG_ROWS = 3000
 async def test_laned_killed_while_draining_its_backlog_resumes_on_the_same_journal_and_loses_nothing(
         tmp_path: Path, pki: Pki, broker: MosquittoBroker, net: TcpProxy) -> None:
     db = tmp_path / "journal.db"
-    prefill(db, BACKLOG_ROWS)
+    prefill_backlog(db, LANE, BACKLOG_ROWS, wall)
     creds = pki.client(LANE)
     data = config_data(db, "", log={"level": "info"})
     data["uplink"] = {"host": "127.0.0.1", "port": net.port, "ca": str(pki.ca_cert), "cert": str(creds.cert),
