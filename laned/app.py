@@ -404,6 +404,10 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
         if cfg.uplink is not None:
             from laned.uplink.reporting import LaneView, RecordingChecker
             from laned.uplink.service import UplinkService
+            from laned.uplink.contract import contract
+
+            # Read and compiled here, at start (~0.25 s), not on the loop at the first connect.
+            contract().warm()
 
             # The health snapshot to the centre carries the checks' latest results.
             monitor.checker = RecordingChecker(monitor.settings)

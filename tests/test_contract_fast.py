@@ -347,3 +347,10 @@ def test_the_other_keywords_the_fast_check_compiles_agree_with_jsonschema(schema
     assert c.fast_check("M") is not None
     for value in ODD_VALUES:
         assert c.fast_accepts("M", value) is (c.problems("M", value) == []), value
+
+
+def test_warming_the_contract_builds_every_check_once_so_none_compiles_later():
+    c = Contract.load(CONTRACT_FILE).warm()
+    built = {m: (c.validator(m), c.fast_check(m)) for m in c.messages}
+    assert all(fast is not None for _, fast in built.values())  # every message of today's contract has one
+    assert all(c.validator(m) is v and c.fast_check(m) is f for m, (v, f) in built.items())

@@ -386,6 +386,15 @@ class Contract:
         self._fast[message] = check
         return check
 
+    def warm(self) -> Contract:
+        """Build every message's validator and fast check now (~0.1 s): the daemon calls this
+        at start, so that the first ack or command received does not compile its schema on
+        the event loop."""
+        for message in self.messages:
+            self.validator(message)
+            self.fast_check(message)
+        return self
+
     def fast_accepts(self, message: str, payload: Any) -> bool | None:
         """The fast check's verdict: True (conforms), False (does not), None (no verdict: the
         message has no fast check, or the payload holds something other than JSON values)."""
