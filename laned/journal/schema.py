@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
+import operator
+import sys
+import types
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from laned.journal.errors import JournalError
@@ -30,20 +35,21 @@ def to_db(name: str, value: Any) -> Any:
     return value
 
 
+# How a stored value comes back, by column; the other columns are stored as they are.
+_PARSERS: Mapping[str, Callable[[Any], Any]] = types.MappingProxyType({
+    **dict.fromkeys(_BYTES, bytes.fromhex),
+    **dict.fromkeys(_DATES, dt.date.fromisoformat),
+    **dict.fromkeys(_DATETIMES, dt.datetime.fromisoformat),
+    "state": TxState,
+    "reconciled": bool,
+})
+
+
 def from_db(name: str, value: Any) -> Any:
     if value is None:
         return None
-    if name in _BYTES:
-        return bytes.fromhex(value)
-    if name in _DATES:
-        return dt.date.fromisoformat(value)
-    if name in _DATETIMES:
-        return dt.datetime.fromisoformat(value)
-    if name == "state":
-        return TxState(value)
-    if name == "reconciled":
-        return bool(value)
-    return value
+    parse = _PARSERS.get(name)
+    return value if parse is None else parse(value)
 
 
 _SCHEMA_V1 = f"""
@@ -143,7 +149,64 @@ MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
-def entry_from_row(names: list[str], row: tuple[Any, ...]) -> JournalEntry:
+RowReader = Callable[[Sequence[Any]], JournalEntry]
+
+
+def entry_from_row(names: Sequence[str], row: Sequence[Any]) -> JournalEntry:
+    return row_reader(names)(row)
+
+
+def row_reader(names: Sequence[str]) -> RowReader:
+    """What turns a row with these columns into a :class:`JournalEntry`, as :func:`from_db`
+    reads each value. Which columns need parsing and where the B5 result lies are worked out
+    once per column list, not on every row of an outbox scan."""
+    return _row_reader(tuple(names))
+
+
+@functools.lru_cache(maxsize=16)
+def _row_reader(columns: tuple[str, ...]) -> RowReader:
+    # Interned, the names are the very objects a class's __init__ names its parameters with:
+    # Python matches keywords by identity first and otherwise compares the text with every
+    # parameter's (SQLite's column names are new strings each query).
+    names = tuple(sys.intern(n) for n in columns)
+    if len(set(names)) != len(names) or not set(B5_FIELDS) <= set(names) or "b5" in names:
+        return functools.partial(_entry_from_cells, names)
+    width = len(names)
+    parsed = tuple((i, _PARSERS[n]) for i, n in enumerate(names) if n in _PARSERS)
+    tac = names.index("tac")
+    make_b5 = _maker(B5Result, names, B5_FIELDS)
+    # The entry is made from the row's cells with the B5 result appended as a last cell.
+    with_b5 = (*names, "b5")
+    make_entry = _maker(JournalEntry, with_b5, tuple(n for n in with_b5 if n not in B5_FIELDS))
+
+    def read(row: Sequence[Any]) -> JournalEntry:
+        if len(row) != width:
+            return _entry_from_cells(names, row)
+        cells = list(row)
+        for i, parse in parsed:  # in column order, as from_db: the first bad value is the one named
+            if cells[i] is not None:
+                cells[i] = parse(cells[i])
+        cells.append(None if cells[tac] is None else make_b5(cells))
+        entry: JournalEntry = make_entry(cells)
+        return entry
+    return read
+
+
+def _maker(cls: type, names: tuple[str, ...], keys: tuple[str, ...]) -> Callable[[list[Any]], Any]:
+    """``cls(**{k: cells[names.index(k)] for k in keys})`` as one precomputed step."""
+    pick = _picker(tuple(names.index(k) for k in keys))
+    return lambda cells: cls(**dict(zip(keys, pick(cells))))
+
+
+def _picker(indexes: tuple[int, ...]) -> Callable[[list[Any]], tuple[Any, ...]]:
+    if len(indexes) == 1:  # itemgetter of one index gives the item, not a 1-tuple
+        (only,) = indexes
+        return lambda cells: (cells[only],)
+    return operator.itemgetter(*indexes)
+
+
+def _entry_from_cells(names: Sequence[str], row: Sequence[Any]) -> JournalEntry:
+    """Any shape of row (a column twice, a B5 column missing, a short row): value by value."""
     values = {n: from_db(n, v) for n, v in zip(names, row)}
     result = {n: values.pop(n) for n in B5_FIELDS}
     return JournalEntry(**values, b5=B5Result(**result) if result["tac"] is not None else None)
