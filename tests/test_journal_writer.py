@@ -465,6 +465,29 @@ def test_not_charged_is_one_commit_and_all_or_nothing(db):
         assert j.get(kept).state is TxState.INTENT
 
 
+def synchronous(j: Journal) -> int:
+    return int(j._con.execute("PRAGMA synchronous").fetchone()[0])  # noqa: SLF001 - the setting under test
+
+
+def test_delivery_marks_commit_without_an_fsync_and_every_other_write_still_fsyncs(db):
+    with Journal.open(db, LANE, now=T0) as j:
+        seq = j.record_event("follow_car", at(0)).seq
+        assert synchronous(j) == 2  # FULL: every commit fsyncs the WAL
+        with j.batch("marking acked rows delivered", durable=False):
+            assert synchronous(j) == 1  # NORMAL for this transaction only
+            assert j.outbox_ack(seq, seq, at(1)) == 1
+        assert synchronous(j) == 2
+        with pytest.raises(RuntimeError):
+            with j.batch("marks abandoned", durable=False):
+                raise RuntimeError("the caller gives up")
+        assert synchronous(j) == 2  # restored whatever ends the transaction
+        with j.batch():  # durable inside: the outer transaction decides, and it fsyncs
+            with j.batch("marks in a durable batch", durable=False):
+                assert synchronous(j) == 2
+    with Journal.open(db, LANE, now=T0) as j:
+        assert j.outbox_backlog().count == 0  # the mark was committed
+
+
 def test_a_batch_is_one_commit_and_a_failed_write_inside_leaves_the_others(db):
     with Journal.open(db, LANE, now=T0) as j:
         event = j.record_event("alarm", at(0)).seq

@@ -2,7 +2,7 @@
 
 * the file: created ``0600`` (card numbers and plates in full), an exclusive ``flock`` on
   ``<file>.lock`` (one lane, one process), WAL mode, ``synchronous=FULL`` (the WAL is
-  fsynced at every commit), foreign keys on;
+  fsynced at every commit but a ``batch(durable=False)``'s), foreign keys on;
 * writes: one ``BEGIN IMMEDIATE … COMMIT`` per write, or one per :meth:`batch` with a
   savepoint per write inside; SQLite errors become :class:`JournalStorageError` (the disk)
   or :class:`JournalError` (the data);
@@ -101,8 +101,16 @@ class JournalConnection:
         return self._lock_fd is not None and self._con.in_transaction
 
     @contextlib.contextmanager
-    def batch(self, what: str = "writing a batch") -> Iterator[Self]:
+    def batch(self, what: str = "writing a batch", *, durable: bool = True) -> Iterator[Self]:
         """Several writes in one transaction: one commit, one fsync, durable when the block ends.
+
+        ``durable=False``: committed without an fsync (``synchronous=NORMAL`` for this one
+        transaction; WAL mode keeps the file consistent), for writes whose loss in a power
+        cut costs nothing but repeating work — the uplink's delivery marks: a row whose mark
+        is lost goes up once more and the centre de-duplicates it. The next durable commit
+        (a vehicle's intent) fsyncs the WAL, this transaction with it. A vehicle's intent
+        queued behind such a commit no longer waits for a second fsync (5–30 ms on eMMC).
+        Inside another batch it is part of that batch, durable or not as the outer one.
 
         Every write method called inside runs in its own savepoint: one that raises (a
         refused transition, a bad value) is undone alone and the block may carry on; an
@@ -111,11 +119,11 @@ class JournalConnection:
         I/O error), every later write in the block and the block's end raise
         :class:`JournalStorageError`: nothing of the block is on disk then.
         """
-        with self._writing(what):
+        with self._writing(what, durable=durable):
             yield self
 
     @contextlib.contextmanager
-    def _writing(self, what: str) -> Iterator[sqlite3.Connection]:
+    def _writing(self, what: str, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction, durable when the outermost block ends without an exception.
 
         Nested inside another (:meth:`batch`), it is a savepoint of that transaction.
@@ -128,8 +136,11 @@ class JournalConnection:
             return
         con = self._con
         try:
+            if not durable:  # outside a transaction: SQLite takes the setting at the next commit
+                con.execute("PRAGMA synchronous=NORMAL")
             con.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as err:
+            self._restore_sync(durable, what)
             raise self._failed(what, err) from err
         self._depth = 1
         try:
@@ -141,7 +152,7 @@ class JournalConnection:
             if con.total_changes == changes:
                 con.execute("COMMIT")  # nothing written: nothing to fsync, nothing to count
             else:
-                self._commit(con, what)
+                self._commit(con, what, durable=durable)
         except BaseException as err:
             with contextlib.suppress(sqlite3.Error):
                 if con.in_transaction:
@@ -151,6 +162,17 @@ class JournalConnection:
             raise
         finally:
             self._depth = 0
+            self._restore_sync(durable, what)
+
+    def _restore_sync(self, durable: bool, what: str) -> None:
+        """Every later commit fsyncs again; if that cannot be set, no write may follow."""
+        if durable:
+            return
+        try:
+            self._con.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as err:
+            raise JournalStorageError(f"journal {self.path}: after {what}: could not set synchronous=FULL "
+                                      f"again: {err}") from err
 
     def _failed(self, what: str, err: sqlite3.Error) -> JournalError:
         """A SQLite error as a JournalError: a storage failure unless the data was at fault."""
@@ -159,9 +181,9 @@ class JournalConnection:
             return JournalError(message)
         return JournalStorageError(message)
 
-    def _commit(self, con: sqlite3.Connection, what: str) -> None:
+    def _commit(self, con: sqlite3.Connection, what: str, *, durable: bool = True) -> None:
         started = time.perf_counter()
-        if self.commit_delay_s > 0:
+        if self.commit_delay_s > 0 and durable:  # the knob stands for a slow fsync: none here
             time.sleep(self.commit_delay_s)
         if self.commit_hook is not None:
             self.commit_hook(what)
