@@ -467,3 +467,43 @@ def test_a_mistyped_database_is_refused_not_created(tmp_path: Path) -> None:
         assert done.exit_code == 2, (command, done.output)
         assert f"no centre database at {missing}" in done.output
     assert not missing.exists()
+
+
+# -- several transactions per message (tx/batch) ----------------------------------------------------
+
+def batch_payload(*rows: dict[str, Any], lane: str = LANE) -> dict[str, Any]:
+    payload = {"lane_id": lane, "transactions": list(rows)}
+    validate("TransactionBatch", payload)
+    return payload
+
+
+async def test_a_batch_of_transactions_is_stored_row_by_row_and_acked_by_seq_with_singles_deduplicated(
+        broker: MosquittoBroker, pki: Pki, tmp_path: Path) -> None:
+    async with Centre(settings(broker, pki, tmp_path / "centre.db")) as centre, fake_lane(broker, pki) as lane:
+        await lane.publish("tx", tx_payload(2))  # went up alone first, then again in the backlog's batch
+        await lane.publish("tx/batch", batch_payload(*(tx_payload(seq) for seq in range(1, 6))))
+        await lane.acks_covering({1, 2, 3, 4, 5})
+        counts = centre.ledger.counts(LANE)
+        stored = centre.ledger.transaction(LANE, 4)
+    assert (counts.received, counts.stored, counts.duplicates_dropped, counts.invalid) == (6, 5, 1, 0)
+    # Each row is kept as the Transaction it is, not as a piece of the batch.
+    assert stored is not None and stored.to_dict() == tx_payload(4)
+
+
+async def test_a_batch_breaking_a_rule_is_dropped_whole_with_the_row_named_and_nothing_is_stored(
+        broker: MosquittoBroker, pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="laned.centre")
+    async with Centre(settings(broker, pki, tmp_path / "centre.db")) as centre, fake_lane(broker, pki) as lane:
+        await lane.publish("tx/batch", batch_payload(tx_payload(3), tx_payload(2)))  # seqs not ascending
+        await lane.publish("tx/batch", batch_payload(tx_payload(4), tx_payload(5, lane=OTHER_LANE)))
+        await lane.publish("tx/batch", {"lane_id": LANE, "transactions": [tx_payload(6) | {"seq": "6"}]})
+        await lane.publish("tx/batch", {"lane_id": LANE, "transactions": []})
+        await lane.publish("tx", tx_payload(1))  # the centre keeps going
+        await lane.acks_covering({1})
+        counts = centre.ledger.counts(LANE)
+        dropped = dict(centre.dropped)
+    assert dropped == {"txBatch": 4} and (counts.invalid, counts.stored) == (4, 1)
+    text = caplog.text
+    assert "$.transactions[1].seq: 2 does not ascend (the row before has seq 3)" in text
+    assert f"$.transactions[1].lane_id: '{OTHER_LANE}' in a batch of lane '{LANE}'" in text
+    assert "$.transactions[0].seq" in text and "$.transactions: [] should be non-empty" in text

@@ -363,18 +363,19 @@ class Seen:
 
 @contextlib.asynccontextmanager
 async def observed(broker: MosquittoBroker, pki: Pki) -> AsyncIterator[Seen]:
-    """An observer with the centre's certificate (clean session): every tx the broker takes."""
+    """An observer with the centre's certificate (clean session): every row the broker takes (tx, tx/batch)."""
     seen = Seen(set(), [])
     context = client_tls_context(pki.ca_cert, pki.client(CENTRE).cert, pki.client(CENTRE).key)
     async with aiomqtt.Client(broker.host, broker.port, tls_context=context, protocol=aiomqtt.ProtocolVersion.V5,
                               identifier="observer", timeout=3) as client:
-        await client.subscribe(f"{TOPIC_ROOT}/{LANE}/tx", qos=1)
+        await client.subscribe([(f"{TOPIC_ROOT}/{LANE}/tx", 1), (f"{TOPIC_ROOT}/{LANE}/tx/batch", 1)])
 
         async def read() -> None:
             async for message in client.messages:
                 assert isinstance(message.payload, bytes)
                 seen.payloads.append(message.payload)
-                seen.seqs.add(int(json.loads(message.payload)["seq"]))
+                payload = json.loads(message.payload)
+                seen.seqs.update(int(row["seq"]) for row in payload.get("transactions", [payload]))
 
         async with running(read()):
             yield seen
@@ -385,7 +386,7 @@ REPLAYS = 2  # every lane publish reaches the centre 1 + REPLAYS times
 
 async def replay_every_publish(broker: MosquittoBroker, pki: Pki) -> None:
     """A second publisher with the lane's own certificate (the ACL lets the lane's CN write its
-    ``tx``) that republishes every lane publish REPLAYS times, marked so it is not replayed again."""
+    ``tx`` and ``tx/batch``) that republishes every lane publish REPLAYS times, marked so it is not replayed again."""
     centre, lane = pki.client(CENTRE), pki.client(LANE)
     listen_tls = client_tls_context(pki.ca_cert, centre.cert, centre.key)
     speak_tls = client_tls_context(pki.ca_cert, lane.cert, lane.key)
@@ -393,7 +394,7 @@ async def replay_every_publish(broker: MosquittoBroker, pki: Pki) -> None:
                               identifier="replay-listener", timeout=3) as listener, \
             aiomqtt.Client(broker.host, broker.port, tls_context=speak_tls, protocol=aiomqtt.ProtocolVersion.V5,
                            identifier=f"replay-{LANE}", timeout=3) as speaker:
-        await listener.subscribe(f"{TOPIC_ROOT}/{LANE}/tx", qos=1)
+        await listener.subscribe([(f"{TOPIC_ROOT}/{LANE}/tx", 1), (f"{TOPIC_ROOT}/{LANE}/tx/batch", 1)])
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.UserProperty = [("replayed", "1")]
         props.PayloadFormatIndicator = 1

@@ -441,8 +441,13 @@ class UplinkSection(_Model):
     cert: ConfigPath  # the lane's client certificate; its subject CN must be lane.lane_id
     key: Annotated[Path, AfterValidator(_config_path), AfterValidator(_private_key)]
     keepalive_s: int = Field(30, ge=5, le=600)  # the contract's server binding says 30
-    # Transactions published and not yet acknowledged by the centre (tx/ack) at once.
-    window: int = Field(256, ge=1, le=10_000)
+    # Transactions published and not yet acknowledged by the centre (tx/ack) at once. Rows,
+    # not messages: 2048 rows in batches of 64 are 32 messages in the broker's queue for the
+    # centre, and two of the centre's 500-row commits in flight, so acks keep the window open.
+    window: int = Field(2048, ge=1, le=10_000)
+    # Rows per message when several are ready at once (a backlog): on tx/batch, each acked
+    # by its seq as on tx. 1: every row alone on tx (a centre that does not read tx/batch).
+    batch_max: int = Field(64, ge=1, le=256)
     # A row in flight this long without a tx/ack is published again (the centre de-duplicates).
     ack_timeout_s: float = Field(30.0, gt=0, le=3600)
     reconnect_min_s: float = Field(1.0, gt=0, le=600)  # back-off after a failed connection, doubling …

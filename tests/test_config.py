@@ -285,7 +285,8 @@ def test_the_documented_uplink_section_loads_with_the_lanes_certificate(tmp_path
     cfg = load_config(write(tmp_path, text[:text.index("# [uplink]")] + uncommented))
     up = cfg.uplink
     assert up is not None and (up.host, up.port, up.cert, up.key) == ("mqtt.toll-centre.example", 8883, cert, key)
-    assert (up.window, up.ack_timeout_s, up.backlog_capacity, up.session_expiry_s) == (256, 30, 140_000, 86_400)
+    assert (up.window, up.batch_max, up.ack_timeout_s, up.backlog_capacity, up.session_expiry_s) == (2048, 64, 30, 140_000,
+                                                                                                86_400)
 
 
 def test_uplink_defaults_and_relative_paths(tmp_path):
@@ -321,6 +322,8 @@ def test_a_certificate_made_out_to_another_lane_is_refused(tmp_path):
 @pytest.mark.parametrize(("extra", "fragment"), [
     ("reconnect_min_s = 10\nreconnect_max_s = 5\n", "uplink.reconnect_max_s = 5: 5 s is below reconnect_min_s"),
     ("window = 0\n", "uplink.window = 0"),
+    ("batch_max = 0\n", "uplink.batch_max = 0"),
+    ("batch_max = 257\n", "uplink.batch_max = 257"),  # past the contract's maxItems
     ("ack_timeout_s = 0\n", "uplink.ack_timeout_s = 0"),
     ("port = 70000\n", "uplink.port = 70000"),
     ("backlog = 5\n", "uplink.backlog is not a known setting"),

@@ -182,6 +182,7 @@ def test_the_topic_table(contract):
              for ch in contract.channels for d in [contract.delivery(ch)]}
     assert table == {
         "tx": ("send", 1, False),
+        "tx/batch": ("send", 1, False),
         "tx/ack": ("receive", 1, False),
         "reconcile": ("receive", 1, False),
         "reconcile/result": ("send", 1, False),

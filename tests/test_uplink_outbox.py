@@ -234,3 +234,27 @@ def test_the_backlog_alarms_raise_the_level_reached_and_clear_the_others():
     assert [(type(a), a.code) for a in actions] == [(ClearAlarm, "uplink_backlog_50"), (RaiseAlarm, "uplink_backlog_80"),
                                                      (ClearAlarm, "uplink_backlog_95")]
     assert all(type(a) is ClearAlarm for a in backlog_alarms(None, "drained"))
+
+
+def test_rows_sent_at_different_times_come_due_in_sending_order_and_a_resent_row_goes_to_the_back(journal):
+    rows = events(journal, 4)
+    window = transaction_window(8)
+    window.connected()
+    window.take(journal.outbox_after(0, 2), 0.0)  # rows 1-2 at 0 s
+    window.take(journal.outbox_after(rows[1], 2), 10.0)  # rows 3-4 at 10 s
+    assert [r.seq for r in window.overdue(ACK_TIMEOUT_S, ACK_TIMEOUT_S)] == rows[:2]
+    # Rows 1-2 were sent again at 30 s: rows 3-4 come due first now, then 1-2.
+    assert [r.seq for r in window.overdue(ACK_TIMEOUT_S + 10, ACK_TIMEOUT_S)] == rows[2:]
+    assert [r.seq for r in window.overdue(2 * ACK_TIMEOUT_S, ACK_TIMEOUT_S)] == rows[:2]
+
+
+@pytest.mark.parametrize("first, last", [(2, 3), (1, 10_000), (0, 4), (3, 3)])
+def test_an_ack_frees_exactly_the_rows_in_flight_in_its_range_narrow_or_wide(journal, first, last):
+    rows = events(journal, 6)
+    window = transaction_window(8)
+    window.connected()
+    window.take(journal.outbox_after(0, 8), 0.0)
+    window.acked(rows[4], rows[4])  # a hole in what is in flight
+    done = window.acked(first, last)
+    expected = [s for s in rows if first <= s <= last and s != rows[4]]
+    assert list(done) == expected and set(window.in_flight) == set(rows) - set(expected) - {rows[4]}

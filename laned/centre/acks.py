@@ -1,8 +1,8 @@
 """Application-level acknowledgements (``tx/ack``): which seqs, in which messages, and when.
 
 The centre stores what arrives in batches and acknowledges a batch only after its commit
-(an ack lets the lane forget the row). :class:`Batch` collects received messages until
-:data:`ACK_BATCH_MAX` of them or :data:`ACK_DELAY_S` after the first; :func:`acks` turns
+(an ack lets the lane forget the row). :class:`Batch` collects received messages until they hold
+:data:`ACK_BATCH_MAX` rows (a ``tx/batch`` message holds many) or :data:`ACK_DELAY_S` after the first; :func:`acks` turns
 the committed seqs of one lane and stream into as few :class:`TxAck` as there are
 contiguous runs. A lane draining a 100,000-row backlog in order thus gets one ack per
 500 rows instead of one per row. Sans-IO: ``now`` is passed in.
@@ -41,11 +41,13 @@ class Batch(Generic[M]):
     max_delay_s: float = ACK_DELAY_S
     items: list[M] = field(default_factory=list)
     opened_at: float | None = None  # when the first item came (monotonic seconds)
+    rows: int = 0  # what the items weigh: a message of several transactions counts them all
 
-    def add(self, item: M, now: float) -> None:
+    def add(self, item: M, now: float, rows: int = 1) -> None:
         if not self.items:
             self.opened_at = now
         self.items.append(item)
+        self.rows += rows
 
     def deadline(self) -> float | None:
         """When the batch must be committed at the latest; None while empty."""
@@ -53,8 +55,8 @@ class Batch(Generic[M]):
 
     def due(self, now: float) -> bool:
         deadline = self.deadline()
-        return deadline is not None and (len(self.items) >= self.max_items or now >= deadline)
+        return deadline is not None and (self.rows >= self.max_items or now >= deadline)
 
     def take(self) -> list[M]:
-        items, self.items, self.opened_at = self.items, [], None
+        items, self.items, self.opened_at, self.rows = self.items, [], None, 0
         return items

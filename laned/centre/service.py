@@ -12,7 +12,7 @@ answering (``laned centre run``, or in-process for tests and the simulator).
 What it does with each topic (every payload is checked against the contract first; one
 that breaks it is logged with its topic and the offending member, counted, and dropped):
 
-* ``tx`` / ``reconcile/result`` — batched (:mod:`laned.centre.acks`), stored in one commit,
+* ``tx`` / ``tx/batch`` / ``reconcile/result`` — checked (:mod:`laned.centre.intake`), batched (:mod:`laned.centre.acks`), stored in one commit,
   then acknowledged on ``tx/ack`` by contiguous ranges — duplicates and conflicts too, since
   both are durably held (a conflict in its own table, logged as an error for a person);
 * an unknown outcome — listed as pending; with ``auto_reconcile`` on, answered at once;
@@ -29,7 +29,6 @@ published meanwhile. Its tasks run in one TaskGroup per connection.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
 import datetime as dt
@@ -37,7 +36,6 @@ import functools
 import json
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -52,11 +50,12 @@ from laned.centre.acks import ACK_BATCH_MAX, ACK_DELAY_S, Batch, acks
 from laned.centre.broker import BrokerSettings, make_client, publish
 from laned.centre.commanding import DEFAULT_LIFETIME_S, build_command
 from laned.centre.errors import CentreError, CommandTimeout
+from laned.centre.intake import Inbound, Intake
 from laned.centre.ledger import Ledger, StoreOutcome
 from laned.centre.lists import ListVersion
 from laned.centre.outbound import publish_command, publish_list_version
 from laned.centre.reconcile import AutoReconcile, auto_answer
-from laned.uplink.contract import ContractError, route
+from laned.uplink.contract import route
 from laned.uplink.messages import (
     AckStream,
     AlarmMsg,
@@ -66,6 +65,7 @@ from laned.uplink.messages import (
     ListRequest,
     ListVersions,
     ReconcileResult,
+    TransactionBatch,
     TransactionMsg,
     UplinkMessage,
 )
@@ -75,14 +75,13 @@ T = TypeVar("T")
 M = TypeVar("M", bound=UplinkMessage)
 
 # What the centre subscribes to: every lane's lane→centre topics (QoS 1; health is QoS 0 at the lane).
-SUBSCRIPTIONS = ("etc/v1/+/tx", "etc/v1/+/reconcile/result", "etc/v1/+/state", "etc/v1/+/health",
+SUBSCRIPTIONS = ("etc/v1/+/tx", "etc/v1/+/tx/batch", "etc/v1/+/reconcile/result", "etc/v1/+/state", "etc/v1/+/health",
                  "etc/v1/+/alarm", "etc/v1/+/cmd/result", "etc/v1/+/list/request", "etc/v1/+/list/versions")
 # The message each lane→centre channel carries.
 INBOUND: Mapping[str, type[UplinkMessage]] = {
-    "tx": TransactionMsg, "reconcileResult": ReconcileResult, "state": LaneState, "health": HealthSnapshot,
+    "tx": TransactionMsg, "txBatch": TransactionBatch, "reconcileResult": ReconcileResult, "state": LaneState, "health": HealthSnapshot,
     "alarm": AlarmMsg, "cmdResult": CommandResult, "listRequest": ListRequest, "listVersions": ListVersions,
 }
-PERSONAL_MEMBERS = (".plate", ".card_number")  # masked in every log (laned/masking.py)
 ANSWER_REPEAT_S = 60.0  # the contract: "the centre repeats an answer until it has the result"
 ANSWER_POLL_S = 1.0  # how soon an operator's answer (written by `laned centre answer`) goes out
 RECONNECT_MIN_S = 0.5
@@ -92,16 +91,6 @@ COMMAND_WAIT_S = 10.0
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """A lane's message as received: its topic, the channel and lane the topic names, its bytes."""
-
-    topic: str
-    channel: str
-    lane_id: str
-    payload: Any  # bytes as delivered; anything else is refused as not a payload
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +131,8 @@ class Centre:
         self._runner: asyncio.Task[None] | None = None
         self._served_once = False
         self.connections = 0  # successful connections so far (a reconnect adds one)
-        self.dropped: collections.Counter[str] = collections.Counter()  # invalid payloads by channel
-        self._dropped_lock = threading.Lock()  # counted on the loop and in the database thread
+        self.intake = Intake(self.ledger.note_invalid)
+        self.dropped = self.intake.dropped  # invalid payloads by channel
 
     # -- lifetime -------------------------------------------------------------------------------------
 
@@ -270,18 +259,18 @@ class Centre:
         if found is None or cls is None:
             log.warning("centre: dropped a message on %s: not a lane→centre topic of the contract", topic)
             return
-        item = Inbound(topic=topic, channel=found[0], lane_id=found[1], payload=payload)
-        if cls is TransactionMsg:
+        item = Inbound.received(topic, found[0], found[1], payload)
+        if cls is TransactionMsg or cls is TransactionBatch:
             # Checked in the database thread with the rest of its batch: the loop only reads, so
             # the broker's queue for the centre drains as fast as the lanes fill it.
-            self._tx.add(item, time.monotonic())
+            self._tx.add(item, time.monotonic(), item.rows)
             self._received.set()
             return
         if cls is ReconcileResult:
             self._results.add(item, time.monotonic())
             self._received.set()
             return
-        msg = self._parse(cls, item)
+        msg = self.intake.parse(cls, item)
         now = self._clock()
         if msg is None:
             await self._db(self.ledger.note_invalid, item.lane_id, now)
@@ -300,49 +289,13 @@ class Centre:
         elif isinstance(msg, ListRequest):
             await self._list_request(client, msg)
 
-    def _parse(self, cls: type[M], item: Inbound) -> M | None:
-        """The message, checked against the contract; None (logged, counted) when it breaks it."""
-        try:
-            if not isinstance(item.payload, (bytes, bytearray, str)):
-                raise ContractError(cls.MESSAGE, [("$", f"an empty or non-text payload "
-                                                        f"({type(item.payload).__name__})")])
-            msg = cls.from_json(item.payload)
-            named = getattr(msg, "lane_id", item.lane_id)
-            if named != item.lane_id:
-                raise ContractError(cls.MESSAGE, [("$.lane_id", f"{named!r} on lane {item.lane_id}'s topic")])
-        except ContractError as err:
-            with self._dropped_lock:
-                self.dropped[item.channel] += 1
-            # The reason may quote the value: never a plate or a card number in a log line.
-            reason = "value not logged (personal data); it breaks the contract's rule for this member" \
-                if err.path.endswith(PERSONAL_MEMBERS) else err.reason
-            log.warning("centre: lane %s: dropped a %s on %s: %s: %s (the lane's software does not follow the "
-                        "uplink contract; the lane will re-send a transaction until it is acknowledged)",
-                        item.lane_id, cls.MESSAGE, item.topic, err.path, reason)
-            return None
-        return msg
-
-    def _parse_batch(self, cls: type[M], items: list[Inbound], now: dt.datetime) -> tuple[list[M], list[str]]:
-        """In the database thread: the valid messages of a batch and their text as received."""
-        msgs: list[M] = []
-        texts: list[str] = []
-        for item in items:
-            msg = self._parse(cls, item)
-            if msg is None:
-                self.ledger.note_invalid(item.lane_id, now)
-                continue
-            msgs.append(msg)
-            payload = item.payload
-            texts.append(payload if isinstance(payload, str) else bytes(payload).decode("utf-8"))
-        return msgs, texts
-
     def _store_transaction_batch(self, items: list[Inbound],
                                  now: dt.datetime) -> tuple[list[TransactionMsg], list[StoreOutcome]]:
-        msgs, texts = self._parse_batch(TransactionMsg, items, now)
+        msgs, texts = self.intake.transactions(items, now)
         return msgs, self.ledger.store_transactions(msgs, now, texts) if msgs else []
 
     def _store_result_batch(self, items: list[Inbound], now: dt.datetime) -> list[ReconcileResult]:
-        results, _ = self._parse_batch(ReconcileResult, items, now)
+        results, _ = self.intake.parse_all(ReconcileResult, items, now)
         if results:
             self.ledger.store_reconcile_results(results, now)
         return results
@@ -389,7 +342,7 @@ class Centre:
                 await self._received.wait()
             else:
                 delay = min(deadlines) - time.monotonic()
-                full = max(len(self._tx.items), len(self._results.items)) >= self.settings.ack_batch_max
+                full = max(self._tx.rows, self._results.rows) >= self.settings.ack_batch_max
                 if delay > 0 and not full:
                     with contextlib.suppress(TimeoutError):  # the batch's time is up: commit it
                         async with asyncio.timeout(delay):

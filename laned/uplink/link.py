@@ -47,7 +47,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from laned.uplink.contract import ContractError, contract
-from laned.uplink.messages import MESSAGE_CLASSES, LaneState, LaneStatus, UplinkMessage
+from laned.uplink.messages import MESSAGE_CLASSES, LaneState, LaneStatus, TransactionBatch, UplinkMessage
 from laned.uplink.mqtt_client import SlicedClient
 from laned.uplink.tls import TlsConfigError, check_client_certificate, client_tls_context
 
@@ -63,8 +63,9 @@ CLOSE_TIMEOUT_S = 2.0  # a clean close (offline state, DISCONNECT) waits no long
 PENDING_CALLS_MARGIN = 16  # state, health, alarms and the subscription besides the outbox windows
 
 
-# Publishes started per turn of the event loop by Session.publish_all (each costs ~0.1 ms
-# of the loop: JSON, paho's packet, the socket write); the RSU's answers come in between.
+# Rows published per turn of the event loop by Session.publish_all (a message costs ~0.1 ms
+# of the loop: JSON, paho's packet, the socket write; a batch's rows ~20 µs each); the
+# RSU's answers come in between.
 PUBLISH_SLICE = 16
 
 DISCONNECT_WITH_WILL = ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
@@ -100,7 +101,7 @@ class LinkSettings:
     key: Path
     keepalive_s: int = 30
     session_expiry_s: int = 86_400
-    max_inflight: int = 256  # the outbox window: rows of one stream published and not acked yet
+    max_inflight: int = 2048  # the outbox window: rows of one stream published and not acked yet
 
     @property
     def client_id(self) -> str:
@@ -243,7 +244,8 @@ class Session:
         c = contract()
         paho = self._client._client  # noqa: SLF001 - aiomqtt's publish always awaits the PUBACK
         routes: dict[str, tuple[str, int, bool, Properties]] = {}  # per message kind, looked up once
-        for n, msg in enumerate(messages, 1):
+        rows = 0
+        for msg in messages:
             route = routes.get(msg.MESSAGE)
             if route is None:
                 delivery = c.delivery(msg.MESSAGE)
@@ -253,9 +255,11 @@ class Session:
             info = paho.publish(topic, msg.to_json().encode("utf-8"), qos, retain, properties)
             if info.rc != MQTT_ERR_SUCCESS:
                 raise LinkDown(f"publish to {topic} refused by the MQTT client: {mqtt_error_string(info.rc)}")
-            if n % PUBLISH_SLICE == 0:
+            rows += len(msg.transactions) if isinstance(msg, TransactionBatch) else 1
+            if rows >= PUBLISH_SLICE:
                 # Let the loop run between slices: the RSU's frames must not wait behind a
-                # whole window being encoded.
+                # whole window being encoded (a batch of 64 rows is a slice by itself).
+                rows = 0
                 await asyncio.sleep(0)
 
     async def incoming(self) -> AsyncIterator[Incoming]:

@@ -182,6 +182,7 @@ class OutboxWindow(Generic[R]):
         flight = self._in_flight.get(key)
         if flight is not None and flight.version == version:
             return False  # already in flight in this connection
+        self._in_flight.pop(key, None)  # a changed row goes to the end: the dict stays in sending order
         self._in_flight[key] = _Flight(row, version, now)
         self.published += 1
         return True
@@ -193,21 +194,34 @@ class OutboxWindow(Generic[R]):
         Returns the keys that were in flight in the range with the version published (for
         the journal's ``outbox_ack(…, sent=…)``); keys not in flight are not returned.
         """
-        done = {key: self._in_flight.pop(key).version
-                for key in sorted(k for k in self._in_flight if first_seq <= k <= last_seq)}
-        return done
+        if last_seq - first_seq < len(self._in_flight):  # a run of a 500-row commit, or less
+            keys: Iterable[int] = (k for k in range(first_seq, last_seq + 1) if k in self._in_flight)
+        else:  # a wide range (a centre acking everything up to here): walk what is in flight
+            keys = sorted(k for k in self._in_flight if first_seq <= k <= last_seq)
+        return {key: self._in_flight.pop(key).version for key in list(keys)}
 
     def overdue(self, now: float, ack_timeout_s: float) -> list[R]:
         """In-flight rows with no ack after ``ack_timeout_s``: publish them again (the centre
         may have missed them while the lane stayed connected). Their clock restarts."""
         if ack_timeout_s <= 0:
             raise ValueError(f"ack_timeout_s is {ack_timeout_s!r}, expected more than 0 s")
-        late = [key for key, flight in sorted(self._in_flight.items()) if now - flight.sent_at >= ack_timeout_s]
+        # The in-flight dict is in sending order (a row sent again moves to its end), so the
+        # late rows are at its start: a window of thousands is not walked on every pump.
+        late: list[int] = []
+        for key, flight in self._in_flight.items():
+            if now - flight.sent_at < ack_timeout_s:
+                break
+            late.append(key)
+        late.sort()
+        rows = []
         for key in late:
-            self._in_flight[key].sent_at = now
+            flight = self._in_flight.pop(key)
+            flight.sent_at = now
+            self._in_flight[key] = flight
+            rows.append(flight.row)
         self.retransmissions += len(late)
         self.published += len(late)
-        return [self._in_flight[key].row for key in late]
+        return rows
 
     @property
     def in_flight(self) -> list[int]:

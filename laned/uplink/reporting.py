@@ -16,10 +16,12 @@ from laned.uplink.messages import ActiveAlarm, Check, ClosedBy, HealthSnapshot, 
 
 @dataclass(frozen=True, slots=True)
 class LaneView:
-    """What the uplink reads of the lane: whether ETC is open and what closes it."""
+    """What the uplink reads of the lane: whether ETC is open and what closes it, and whether
+    a vehicle's transaction is under way (the outbox gives way to it)."""
 
     etc_open: Callable[[], bool]
     closed_by: Callable[[], Mapping[Device, str]]
+    vehicle_busy: Callable[[], bool] = lambda: False
 
 
 class RecordingChecker(HealthChecker):

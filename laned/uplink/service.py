@@ -4,11 +4,11 @@
 :class:`~laned.uplink.link.CentreLink` session up (reconnecting with back-off) and, while
 connected:
 
-* publishes the journal's final rows (topic ``tx``) through an
-  :class:`~laned.uplink.outbox.OutboxWindow`: at most ``window`` rows in flight, new rows
-  first, then the backlog in seq order from the oldest unacknowledged row; rows whose ack
-  is overdue (``ack_timeout_s``) go up again. A row is marked delivered **only** when the
-  centre's ``tx/ack`` names it — a PUBACK only says the broker has it;
+* publishes the journal's final rows (topics ``tx`` and ``tx/batch``) through its
+  :class:`~laned.uplink.publisher.OutboxPublisher`: at most ``window`` rows in flight, new
+  rows first, then the backlog in seq order from the oldest unacknowledged row; rows whose
+  ack is overdue (``ack_timeout_s``) go up again. A row is marked delivered **only** when
+  the centre's ``tx/ack`` names it — a PUBACK only says the broker has it;
 * applies the centre's reconciliation answers (``reconcile``) to the journal
   (``settle_from_centre``) and publishes the results (``reconcile/result``), a second
   stream acked by ``tx/ack`` with ``stream: reconcile``;
@@ -44,7 +44,7 @@ from laned.uplink.messages import (
     AlarmMsg, AckStream, HealthSnapshot, LaneState, OutboxState, ReconcileAnswer, ReconcileOutcome, TxAck, UplinkMessage,
 )
 from laned.uplink.outbox import backlog_level
-from laned.uplink.streams import OutboxStream, reconcile_stream, tx_stream
+from laned.uplink.publisher import OutboxPublisher, PublishSettings, stop_if_cancelled
 from laned.uplink.reporting import LaneView, backlog_alarms, health_snapshot, lane_state
 
 if TYPE_CHECKING:
@@ -60,18 +60,14 @@ CommandHook = Callable[[Incoming, Session], Awaitable[None]]
 
 WATCH_S = 1.0  # lane state, alarm changes and health: looked at this often (the health cycle's pace)
 BACKLOG_CHECK_S = 5.0  # the backlog count (an index count) for the uplink_backlog_* alarms
-MAX_PUMP_WAIT_S = 5.0  # the outbox pump wakes at least this often to look for overdue rows
-LIVE_BATCH = 64  # new rows fetched per wake-up, ahead of the backlog
-# Backlog rows read per journal operation: the writer runs one background operation at a
-# time, and a vehicle's intent waits for the one running (64 rows: ~1 ms).
-SCAN_BATCH = 64
 
 
 @dataclass(frozen=True, slots=True)
 class UplinkSettings:
     """The delivery knobs of ``[uplink]`` (laned.config.UplinkSection)."""
 
-    window: int = 256
+    window: int = 2048
+    batch_max: int = 64
     ack_timeout_s: float = 30.0
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
@@ -96,10 +92,10 @@ class UplinkService:
         self.wall = wall
         self.monotonic = monotonic
         self.on_command = on_command or self._command_not_executed
-        self.tx = tx_stream(settings.window)
-        self.reconcile = reconcile_stream(settings.window)
+        self.outbox = OutboxPublisher(
+            PublishSettings(window=settings.window, batch_max=settings.batch_max, ack_timeout_s=settings.ack_timeout_s),
+            journal=self._journal, lane=lane, wall=wall, monotonic=monotonic, storage_trouble=self._storage_trouble)
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
-        self._newest = 0  # the highest tx seq fetched as new (live) in this connection
         self._backlog_level: int | None = None
         self._backlog: tuple[int, int | None] = (0, None)  # count, oldest seq
         self._alarm_index = 0
@@ -131,7 +127,7 @@ class UplinkService:
         link = LinkSettings(lane_id=lane_id, host=uplink.host, port=uplink.port, ca=uplink.ca, cert=uplink.cert,
                             key=uplink.key, keepalive_s=uplink.keepalive_s,
                             session_expiry_s=uplink.session_expiry_s, max_inflight=uplink.window)
-        settings = UplinkSettings(window=uplink.window, ack_timeout_s=uplink.ack_timeout_s,
+        settings = UplinkSettings(window=uplink.window, batch_max=uplink.batch_max, ack_timeout_s=uplink.ack_timeout_s,
                                   reconnect_min_s=uplink.reconnect_min_s, reconnect_max_s=uplink.reconnect_max_s,
                                   backlog_capacity=uplink.backlog_capacity,
                                   health_interval_s=uplink.health_interval_s)
@@ -149,13 +145,12 @@ class UplinkService:
 
     def in_flight(self, stream: AckStream = AckStream.TX) -> list[int]:
         """Seqs published on ``stream`` and not acknowledged yet."""
-        return (self.tx if stream is AckStream.TX else self.reconcile).window.in_flight
+        return self.outbox.stream(stream).window.in_flight
 
     def notify(self) -> None:
         """A journal operation finished (a row may have become final, or the lane may have
         settled an unknown row and recorded a result): look for new rows now."""
-        self.tx.wake.set()
-        self.reconcile.wake.set()
+        self.outbox.notify()
 
     def lane_state(self) -> LaneState:
         return lane_state(self.lane_id, self.lane, self.wall())
@@ -175,15 +170,15 @@ class UplinkService:
 
     async def _connect_loop(self) -> None:
         while True:
-            _stop_if_cancelled()
+            stop_if_cancelled()
             try:
                 async with self.link.session() as session:
-                    _stop_if_cancelled()  # a stop that came during the connect
+                    stop_if_cancelled()  # a stop that came during the connect
                     # Served in a task of its own: Python 3.11's TaskGroup leaves its parent's
                     # cancel count raised after a child failed, which would read as a stop here.
                     await asyncio.create_task(self._serve(session), name="uplink-session")
             except LinkDown as err:
-                _stop_if_cancelled(err)
+                stop_if_cancelled(err)
                 await self._link_down(err.reason)
             delay = self._backoff.next()
             log.debug("centre link: next attempt in %.1f s", delay)
@@ -214,28 +209,25 @@ class UplinkService:
         self._alarm(ClearAlarm("centre_link_down", "connected"))
 
     async def _serve(self, session: Session) -> None:
-        for stream in (self.tx, self.reconcile):
-            stream.window.connected()
-            stream.wake.set()
         # In the writer's order, not its background: a row journalled after this read goes up
         # live, one before it with the backlog — so rows go up in seq order from the start.
-        self._newest = await self.writer.submit_async(lambda mj: mj.journal.last_seq())
+        self.outbox.connected(await self.writer.submit_async(lambda mj: mj.journal.last_seq()))
         self._published_state = None
         self._alarm_index = len(self.monitor.changes) if self.monitor is not None else 0
         await self._link_up()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._receive(session), name="uplink-receive")
-                tg.create_task(self._pump(session, self.tx), name="uplink-tx")
-                tg.create_task(self._pump(session, self.reconcile), name="uplink-reconcile")
+                tg.create_task(self.outbox.mark_acked(), name="uplink-marks")
+                tg.create_task(self.outbox.pump(session, self.outbox.tx), name="uplink-tx")
+                tg.create_task(self.outbox.pump(session, self.outbox.reconcile), name="uplink-reconcile")
                 tg.create_task(self._watch(session), name="uplink-watch")
                 if self.lists is not None:
                     tg.create_task(self.lists.serve(session), name="uplink-list-requests")
         except* LinkDown as group:
             raise group.exceptions[0] from None
         finally:
-            for stream in (self.tx, self.reconcile):
-                stream.window.disconnected()
+            self.outbox.disconnected()
 
     def _journal(self, op: Callable[[Any], R]) -> asyncio.Future[R]:
         """A journal operation of the uplink's: in the writer's background, so that a
@@ -243,75 +235,12 @@ class UplinkService:
         future: asyncio.Future[R] = self.writer.submit_async(op, background=True)
         return future
 
-    # -- publishing the outbox --------------------------------------------------------------------
-    async def _pump(self, session: Session, stream: OutboxStream[Any]) -> None:
-        # Overdue rows are looked for at least this often: half the ack timeout, so a late
-        # row goes up again at most 1.5 timeouts after it was sent.
-        wait_s = min(self.settings.ack_timeout_s / 2, MAX_PUMP_WAIT_S)
-        last_sweep = self.monotonic()
-        while True:
-            _stop_if_cancelled()
-            stream.wake.clear()
-            try:
-                last_sweep = await self._pump_once(session, stream, last_sweep)
-            except JournalStorageError as err:
-                # The disk or SQLite failed (journal_not_writable says so): nothing is lost,
-                # the rows wait in the journal; try again after the wait below.
-                self._storage_trouble(f"reading the {stream.name} outbox", err)
-            else:
-                if stream.more:
-                    continue  # more backlog waits and there is room: go on at once
-            try:
-                async with asyncio.timeout(wait_s):
-                    await stream.wake.wait()
-            except TimeoutError:
-                pass  # time to look at overdue rows
-
-    async def _pump_once(self, session: Session, stream: OutboxStream[Any], last_sweep: float) -> float:
-        """Publish what the window has room for, and what is overdue; returns the last sweep's time."""
-        w = stream.window
-        if stream is self.tx and w.room():
-            await self._fetch_live()
-        room = w.room()
-        limit = min(room, SCAN_BATCH)
-        scanned: list[Any] = []
-        if limit:
-            after = w.next_scan_after()
-            scanned = await self._journal(stream.reader(after, limit))
-        rows = w.take(scanned, self.monotonic())
-        now = self.monotonic()
-        if now - last_sweep >= self.settings.ack_timeout_s and w.room():
-            # Rows that changed after the scan passed them (an unknown row settled by a
-            # C8 re-fetch) sit below the cursor: look from the oldest unacked row again.
-            # What is in flight in the same state is skipped by the window.
-            last_sweep = now
-            oldest = await self._journal(stream.reader(0, w.size))
-            rows += w.take(oldest, now)
-        late = w.overdue(now, self.settings.ack_timeout_s)
-        if late:
-            log.info("centre link: no %s ack for seqs %s within %g s; publishing them again (the centre "
-                     "de-duplicates)", stream.name, _seqs([stream.seq(r) for r in late]),
-                     self.settings.ack_timeout_s)
-        if rows or late:
-            await session.publish_all([stream.message(r) for r in rows + late])
-        stream.more = bool(limit) and len(scanned) == limit and w.room() > 0
-        return last_sweep
-
-    async def _fetch_live(self) -> None:
-        """New final rows (above the highest seen) go into the window ahead of the backlog."""
-        after = self._newest
-        rows: list[JournalEntry] = await self._journal(
-            lambda mj: mj.journal.outbox_after(after, LIVE_BATCH))
-        for row in rows:
-            self.tx.window.live(row)
-            self._newest = max(self._newest, row.seq)
-
     # -- what the centre sends ---------------------------------------------------------------------
     async def _receive(self, session: Session) -> None:
         async for item in session.incoming():
             msg = item.message
             if isinstance(msg, TxAck):
-                await self._on_ack(msg)
+                self.outbox.on_ack(msg)
             elif isinstance(msg, ReconcileAnswer):
                 await self._on_answer(msg)
             elif item.channel == "cmd":  # handed over as received: the hook answers even a malformed one
@@ -320,27 +249,6 @@ class UplinkService:
                 await self.lists.on_message(item, session)
             else:
                 log.debug("centre link: %s on %s ignored: no list downloads on this lane", item.channel, item.topic)
-
-    async def _on_ack(self, ack: TxAck) -> None:
-        stream: OutboxStream[Any] = self.tx if ack.stream is AckStream.TX else self.reconcile
-        sent = stream.window.acked(ack.first_seq, ack.last_seq)
-        if not sent:
-            log.info("centre link: %s ack for seqs %d…%d names nothing in flight (a repeat, or a copy sent "
-                     "before a reconnect); nothing marked, such rows go up again", ack.stream, ack.first_seq,
-                     ack.last_seq)
-            return
-        now = self.wall()
-        first, last = ack.first_seq, ack.last_seq
-        try:
-            marked = await self._journal(lambda mj: stream.mark(mj.journal, first, last, sent, now))
-        except JournalStorageError as err:
-            # Not marked: the rows stay waiting, go up again (the look-back from the oldest
-            # waiting row finds them) and are marked on the centre's next ack.
-            self._storage_trouble(f"marking {ack.stream} seqs {first}…{last} delivered", err)
-            return
-        stream.last_acked = max(sent) if stream.last_acked is None else max(stream.last_acked, max(sent))
-        log.debug("centre link: %s ack %d…%d: %d rows delivered", ack.stream, first, last, marked)
-        stream.wake.set()
 
     async def _on_answer(self, answer: ReconcileAnswer) -> None:
         b5 = answer.to_b5() if answer.outcome is ReconcileOutcome.CHARGED else None
@@ -359,10 +267,10 @@ class UplinkService:
         if record.result is ReconcileStatus.APPLIED:
             entry: JournalEntry = await self._journal(lambda mj: mj.journal.get(answer.seq))
             if entry.state is not TxState.INTENT:
-                self.tx.window.live(entry)  # the settled row goes up again (its ack was cleared)
-            self.tx.wake.set()
-        self.reconcile.window.live(record)
-        self.reconcile.wake.set()
+                self.outbox.tx.window.live(entry)  # the settled row goes up again (its ack was cleared)
+            self.outbox.tx.wake.set()
+        self.outbox.reconcile.window.live(record)
+        self.outbox.reconcile.wake.set()
 
     async def _command_not_executed(self, item: Incoming, session: Session) -> None:
         log.info("centre link: a command on %s received and not executed: this lane has no command execution "
@@ -371,8 +279,7 @@ class UplinkService:
     # -- for command execution (laned.uplink.command_exec) ------------------------------------------
     def resend_from(self, seq: int) -> None:
         """Rows from ``seq`` on wait again (the journal's acks were cleared): scan from there now."""
-        self.tx.window.rescan(seq - 1)
-        self.tx.wake.set()
+        self.outbox.resend_from(seq)
 
     async def publish_health(self, session: Session) -> None:
         """A health snapshot now (the centre's ``publish_health``)."""
@@ -382,7 +289,7 @@ class UplinkService:
     async def _watch(self, session: Session) -> None:
         next_health = self.monotonic()
         while True:
-            _stop_if_cancelled()
+            stop_if_cancelled()
             state = self.lane_state()
             if self._published_state is None or dataclasses.replace(state, at=None) != dataclasses.replace(
                     self._published_state, at=None):
@@ -420,13 +327,13 @@ class UplinkService:
     def _health(self) -> HealthSnapshot:
         count, oldest = self._backlog
         return health_snapshot(self.lane_id, self.monitor, self.lane, self.wall(),
-                               OutboxState(pending=count, oldest_pending_seq=oldest, last_acked_seq=self.tx.last_acked),
+                               OutboxState(pending=count, oldest_pending_seq=oldest, last_acked_seq=self.outbox.tx.last_acked),
                                uptime_s=int(self.monotonic() - self._started))
 
     async def _backlog_watch(self) -> None:
         """The backlog, connected or not: the uplink_backlog_* alarms and the health snapshot."""
         while True:
-            _stop_if_cancelled()
+            stop_if_cancelled()
             try:
                 backlog = await self._count_backlog()
             except JournalStorageError as err:
@@ -459,20 +366,3 @@ class UplinkService:
     def _alarm(self, action: RaiseAlarm | ClearAlarm) -> None:
         if self.monitor is not None:
             self.monitor.lane_alarm(action)
-
-
-def _stop_if_cancelled(err: BaseException | None = None) -> None:
-    """Raise CancelledError if this task is being cancelled. Python 3.11 can lose a
-    cancellation: TaskGroup raises a child's error instead of it, and asyncio.wait_for
-    (which aiomqtt awaits every PUBACK with) returns a result that came at the same moment.
-    The count stays, so each loop looks at it: a stopping daemon must not reconnect forever.
-    Only in tasks whose own TaskGroups end them when a child fails (the count is raised
-    then too, see _connect_loop)."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError from err
-
-
-def _seqs(seqs: list[int], limit: int = 10) -> str:
-    shown = ", ".join(map(str, seqs[:limit]))
-    return shown + (f" (+{len(seqs) - limit} more)" if len(seqs) > limit else "")

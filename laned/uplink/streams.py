@@ -11,10 +11,14 @@ from typing import Any, Generic, TypeVar
 
 from laned.journal.records import JournalEntry, ReconcileRecord
 from laned.journal.store import Journal
-from laned.uplink.messages import AckStream, ReconcileResult, TransactionMsg, UplinkMessage
+from laned.uplink.messages import AckStream, ReconcileResult, TransactionMsg, UplinkMessage, transaction_messages
 from laned.uplink.outbox import OutboxWindow, reconcile_window, transaction_window
 
 R = TypeVar("R")
+
+# Results in flight at once: each is an MQTT message the broker queues for the centre, and
+# Mosquitto's default queue per client is 1,000 messages (docs/centre.md).
+RECONCILE_WINDOW = 256
 
 
 class OutboxStream(Generic[R]):
@@ -23,16 +27,24 @@ class OutboxStream(Generic[R]):
     def __init__(self, name: AckStream, window: OutboxWindow[R], *,
                  scan: Callable[[Journal, int, int], list[R]],
                  mark: Callable[[Journal, int, int, dict[int, str], dt.datetime], int],
-                 message: Callable[[R], UplinkMessage], seq: Callable[[R], int]) -> None:
+                 message: Callable[[R], UplinkMessage], seq: Callable[[R], int],
+                 group: Callable[[list[R]], list[UplinkMessage]] | None = None,
+                 batch_max: int = 1) -> None:
         self.name = name
         self.window = window
         self.scan = scan
         self.mark = mark
         self.message = message
         self.seq = seq
+        self.group = group
+        self.batch_max = batch_max  # rows per message at most (1: every row alone)
         self.wake = asyncio.Event()
         self.last_acked: int | None = None
         self.more = False  # the last scan filled the room and there is room again: scan on at once
+
+    def messages(self, rows: list[R]) -> list[UplinkMessage]:
+        """The messages that carry ``rows``, in order (several rows per message where the stream batches)."""
+        return [self.message(r) for r in rows] if self.group is None else self.group(rows)
 
     def reader(self, after: int, limit: int) -> Callable[[Any], list[R]]:
         """The journal operation reading this stream from ``after`` (at most ``limit`` rows)."""
@@ -49,16 +61,22 @@ def _mark_reconcile(j: Journal, first: int, last: int, sent: dict[int, str], now
     return j.reconcile_ack(first, last, now, sent=sent)
 
 
-def tx_stream(window: int) -> OutboxStream[JournalEntry]:
-    """The journal's final rows, on ``tx``."""
+def tx_stream(window: int, batch_max: int = 1) -> OutboxStream[JournalEntry]:
+    """The journal's final rows: alone on ``tx``, or up to ``batch_max`` consecutive ones
+    per message on ``tx/batch`` (:func:`~laned.uplink.messages.transaction_messages`)."""
+    def group(rows: list[JournalEntry]) -> list[UplinkMessage]:
+        return list(transaction_messages([TransactionMsg.from_entry(e) for e in rows], batch_max))
+
     return OutboxStream(AckStream.TX, transaction_window(window), scan=lambda j, after, n: j.outbox_after(after, n),
-                        mark=_mark_tx, message=TransactionMsg.from_entry, seq=lambda e: e.seq)
+                        mark=_mark_tx, message=TransactionMsg.from_entry, seq=lambda e: e.seq, group=group,
+                        batch_max=batch_max)
 
 
 def reconcile_stream(window: int) -> OutboxStream[ReconcileRecord]:
-    """Reconciliation results, on ``reconcile/result``. On the wire a result carries its
-    transaction's seq, and the centre acks by it (ReconcileResult.from_record); the
-    journal scans results by their own seq."""
-    return OutboxStream(AckStream.RECONCILE, reconcile_window(window),
+    """Reconciliation results, on ``reconcile/result``, one per message. On the wire a result
+    carries its transaction's seq, and the centre acks by it (ReconcileResult.from_record);
+    the journal scans results by their own seq. Its window is at most
+    :data:`RECONCILE_WINDOW`: ``[uplink] window`` counts rows, and these rows are messages."""
+    return OutboxStream(AckStream.RECONCILE, reconcile_window(min(window, RECONCILE_WINDOW)),
                         scan=lambda j, after, n: j.reconcile_after(after, n), mark=_mark_reconcile,
                         message=ReconcileResult.from_record, seq=lambda r: r.tx_seq)

@@ -23,7 +23,7 @@ Sans-IO: no clock, no socket, no event loop. Times are passed in.
 Each part of the contract has a module holding its codes (enums) and its messages; every public
 name is importable from here (``from laned.uplink.messages import CommandRequest``):
 
-* :mod:`~laned.uplink.messages.transactions` — transactions (topic ``tx``), their
+* :mod:`~laned.uplink.messages.transactions` — transactions (topics ``tx`` and ``tx/batch``), their
   acknowledgements and reconciliation;
 * :mod:`~laned.uplink.messages.lane_state` — lane state (with the last will), health, alarms;
 * :mod:`~laned.uplink.messages.commands` — the centre's commands, their arguments and results
@@ -51,8 +51,10 @@ from laned.uplink.messages.transactions import (
     ReconcileResult,
     ReconcileStatus,
     SettledBy,
+    TransactionBatch,
     TransactionMsg,
     TxAck,
+    transaction_messages,
 )
 from laned.uplink.messages.lane_state import (
     LAST_WILL_REASON,
@@ -94,7 +96,7 @@ from laned.uplink.messages.lists import (
 )
 
 MESSAGE_CLASSES: Mapping[str, type[UplinkMessage]] = types.MappingProxyType({
-    cls.MESSAGE: cls for cls in (TransactionMsg, TxAck, ReconcileAnswer, ReconcileResult, LaneState, HealthSnapshot,
+    cls.MESSAGE: cls for cls in (TransactionMsg, TransactionBatch, TxAck, ReconcileAnswer, ReconcileResult, LaneState, HealthSnapshot,
                                  AlarmMsg, CommandRequest, CommandResult, ListManifest, ListChunk, ListRequest,
                                  ListVersions)
 })
@@ -142,8 +144,10 @@ __all__ = [
     "SettledBy",
     "ShowMessageArgs",
     "StatusListVersion",
+    "TransactionBatch",
     "TransactionMsg",
     "TxAck",
     "UplinkMessage",
     "canonical_json",
+    "transaction_messages",
 ]

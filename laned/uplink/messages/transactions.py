@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import ClassVar
 
 from laned.journal.records import B5Result, JournalEntry, ReconcileRecord, TxState
@@ -110,6 +111,52 @@ class TransactionMsg(UplinkMessage):
 
     def _check(self) -> None:
         _check_uuid(self.tx_uuid, "$.tx_uuid")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransactionBatch(UplinkMessage):
+    """Consecutive journal rows in one message (topic ``tx/batch``): what the outbox sends
+    when more than one row is ready at once. Each row is acked by its own ``seq`` as on
+    ``tx``; the batch only saves the per-message cost (a backlog of 100,000 rows)."""
+
+    MESSAGE: ClassVar[str] = "TransactionBatch"
+    MAX_ROWS: ClassVar[int] = 256  # the contract's maxItems
+
+    lane_id: str
+    transactions: tuple[TransactionMsg, ...]
+
+    def __repr__(self) -> str:
+        seqs = [t.seq for t in self.transactions]
+        return (f"TransactionBatch(lane_id={self.lane_id!r}, rows={len(seqs)}, "
+                f"seqs={seqs[0] if seqs else None}…{seqs[-1] if seqs else None})")
+
+    def _check(self) -> None:
+        previous = 0
+        for i, row in enumerate(self.transactions):
+            where = f"$.transactions[{i}]"
+            if row.lane_id != self.lane_id:
+                raise _Invalid(f"{where}.lane_id", f"{row.lane_id!r} in a batch of lane {self.lane_id!r}")
+            if row.seq <= previous:
+                raise _Invalid(f"{where}.seq", f"{row.seq} does not ascend (the row before has seq {previous})")
+            previous = row.seq
+            _check_uuid(row.tx_uuid, f"{where}.tx_uuid")
+
+
+def transaction_messages(rows: Sequence[TransactionMsg], batch_max: int) -> list[TransactionMsg | TransactionBatch]:
+    """``rows`` as they go out, in the same order: each run of ascending seqs in batches of
+    at most ``batch_max`` rows, a run of one row alone (on ``tx``). Live rows ahead of the
+    backlog end a run, so they are not held back behind it."""
+    if not 1 <= batch_max <= TransactionBatch.MAX_ROWS:
+        raise ValueError(f"batch_max is {batch_max!r}, expected 1–{TransactionBatch.MAX_ROWS} rows")
+    runs: list[list[TransactionMsg]] = []
+    for row in rows:
+        run = runs[-1] if runs else None
+        if run is None or len(run) >= batch_max or row.seq <= run[-1].seq or row.lane_id != run[-1].lane_id:
+            runs.append([row])
+        else:
+            run.append(row)
+    return [run[0] if len(run) == 1 else TransactionBatch(lane_id=run[0].lane_id, transactions=tuple(run))
+            for run in runs]
 
 
 def _absolute(iso: str, unix: float) -> dt.datetime:

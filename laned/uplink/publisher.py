@@ -1,0 +1,253 @@
+"""Publishing the journal's outbox over one broker connection: the two streams' pumps, the
+centre's acks freeing their windows, and the journal's delivery marks.
+
+:class:`OutboxPublisher` is the part of the uplink task (``laned.uplink.service``) that
+moves rows: for each stream (``tx`` with ``tx/batch``, ``reconcile/result``) a pump reads
+what the window has room for from the journal, in the writer's background, and publishes
+it — several transaction rows per message where several are ready; a ``tx/ack`` frees the
+window at once, and the rows are marked delivered in the journal after, in one commit per
+burst of acks. It gives way to a vehicle's transaction (``LaneView.vehicle_busy``), so a
+C6 never waits behind a batch being read and encoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from laned.journal.errors import JournalStorageError
+from laned.journal.records import JournalEntry
+from laned.uplink.link import Session
+from laned.uplink.messages import AckStream, TxAck
+from laned.uplink.reporting import LaneView
+from laned.uplink.streams import OutboxStream, reconcile_stream, tx_stream
+
+log = logging.getLogger("laned.uplink")
+
+R = TypeVar("R")
+
+MAX_PUMP_WAIT_S = 5.0  # the outbox pump wakes at least this often to look for overdue rows
+LIVE_BATCH = 64  # new rows fetched per wake-up, ahead of the backlog
+# Backlog rows read per journal operation: the writer runs one background operation at a
+# time, and a vehicle's intent waits for the one running (64 rows: ~1 ms).
+SCAN_BATCH = 64
+# The outbox waits for a vehicle's transaction (LaneView.vehicle_busy) at most this long,
+# looking every GIVE_WAY_POLL_S: a B2-to-B5 exchange takes tens of milliseconds.
+GIVE_WAY_MAX_S = 0.2
+GIVE_WAY_POLL_S = 0.002
+
+
+@dataclass(frozen=True, slots=True)
+class PublishSettings:
+    """The outbox's knobs of ``[uplink]``."""
+
+    window: int = 2048
+    batch_max: int = 64
+    ack_timeout_s: float = 30.0
+
+
+# An ack whose window is freed and whose rows wait to be marked: (stream, first, last, sent, at).
+_Mark = tuple[OutboxStream[Any], int, int, dict[int, str], dt.datetime]
+
+
+class OutboxPublisher:
+    """The outbox streams and how they are published (see the module docstring).
+
+    ``journal`` runs an operation in the journal writer's background; ``storage_trouble``
+    reports a journal failure once (the rows wait in the journal, nothing is lost).
+    """
+
+    def __init__(self, settings: PublishSettings, *, journal: Callable[[Callable[[Any], Any]], asyncio.Future[Any]],
+                 lane: LaneView, wall: Callable[[], dt.datetime], monotonic: Callable[[], float],
+                 storage_trouble: Callable[[str, JournalStorageError], None]) -> None:
+        self.settings = settings
+        self._journal = journal
+        self.lane = lane
+        self.wall = wall
+        self.monotonic = monotonic
+        self._storage_trouble = storage_trouble
+        self.tx = tx_stream(settings.window, settings.batch_max)
+        self.reconcile = reconcile_stream(settings.window)
+        self._newest = 0  # the highest tx seq fetched as new (live) in this connection
+        self._live_due = True  # a lane operation finished since the last look for new rows
+        # The centre's acks, their window already freed, on their way to the journal's marks
+        # (mark_acked): a mark's commit never holds up the next ack or the next publish.
+        self._marks: asyncio.Queue[_Mark] = asyncio.Queue()
+
+    @property
+    def streams(self) -> tuple[OutboxStream[Any], OutboxStream[Any]]:
+        return self.tx, self.reconcile
+
+    def stream(self, name: AckStream) -> OutboxStream[Any]:
+        return self.tx if name is AckStream.TX else self.reconcile
+
+    def notify(self) -> None:
+        """A lane journal operation finished: look for new rows now."""
+        self._live_due = True
+        for stream in self.streams:
+            stream.wake.set()
+
+    def connected(self, newest: int) -> None:
+        """A new connection: nothing is assumed delivered; rows above ``newest`` (the
+        journal's last seq, read in the writer's order) go up live, the rest with the backlog."""
+        for stream in self.streams:
+            stream.window.connected()
+            stream.wake.set()
+        self._newest = newest
+        self._live_due = True
+
+    def disconnected(self) -> None:
+        for stream in self.streams:
+            stream.window.disconnected()
+
+    def resend_from(self, seq: int) -> None:
+        """Rows from ``seq`` on wait again (the journal's acks were cleared): scan from there now."""
+        self.tx.window.rescan(seq - 1)
+        self.tx.wake.set()
+
+    # -- publishing ----------------------------------------------------------------------------------
+    async def pump(self, session: Session, stream: OutboxStream[Any]) -> None:
+        """Publish ``stream`` over ``session`` until cancelled or the link drops."""
+        # Overdue rows are looked for at least this often: half the ack timeout, so a late
+        # row goes up again at most 1.5 timeouts after it was sent.
+        wait_s = min(self.settings.ack_timeout_s / 2, MAX_PUMP_WAIT_S)
+        last_sweep = self.monotonic()
+        while True:
+            stop_if_cancelled()
+            await self.give_way()
+            stream.wake.clear()
+            try:
+                last_sweep = await self._pump_once(session, stream, last_sweep)
+            except JournalStorageError as err:
+                # The disk or SQLite failed (journal_not_writable says so): nothing is lost,
+                # the rows wait in the journal; try again after the wait below.
+                self._storage_trouble(f"reading the {stream.name} outbox", err)
+            else:
+                if stream.more:
+                    continue  # more backlog waits and there is room: go on at once
+            try:
+                async with asyncio.timeout(wait_s):
+                    await stream.wake.wait()
+            except TimeoutError:
+                pass  # time to look at overdue rows
+
+    async def give_way(self) -> None:
+        """While a vehicle's transaction is under way (B2 to its end), publish nothing new: its
+        C6 must not wait behind a batch being read and encoded. For at most GIVE_WAY_MAX_S at
+        a time, so that a lane with a queue of vehicles still drains its backlog."""
+        waited = 0.0
+        while waited < GIVE_WAY_MAX_S and self.lane.vehicle_busy():
+            await asyncio.sleep(GIVE_WAY_POLL_S)
+            waited += GIVE_WAY_POLL_S
+
+    async def _pump_once(self, session: Session, stream: OutboxStream[Any], last_sweep: float) -> float:
+        """Publish what the window has room for, and what is overdue; returns the last sweep's time."""
+        w = stream.window
+        if stream is self.tx and w.room() and self._live_due:
+            self._live_due = False
+            await self._fetch_live()
+        # Scan until a whole batch is in hand (each scan a journal operation of its own, so
+        # a vehicle's intent can slip in between), the room is used or the backlog ends.
+        rows: list[Any] = []
+        want = min(w.room(), stream.batch_max)
+        limit = 0
+        scanned: list[Any] = []
+        while len(rows) < want:
+            limit = min(w.room(), SCAN_BATCH)
+            if not limit:
+                break
+            if rows:
+                await self.give_way()
+            scanned = await self._journal(stream.reader(w.next_scan_after(), limit))
+            rows += w.take(scanned, self.monotonic())
+            if len(scanned) < limit:
+                break
+        now = self.monotonic()
+        if now - last_sweep >= self.settings.ack_timeout_s and w.room():
+            # Rows that changed after the scan passed them (an unknown row settled by a
+            # C8 re-fetch) sit below the cursor: look from the oldest unacked row again.
+            # What is in flight in the same state is skipped by the window.
+            last_sweep = now
+            oldest = await self._journal(stream.reader(0, w.size))
+            rows += w.take(oldest, now)
+        late = w.overdue(now, self.settings.ack_timeout_s)
+        if late:
+            log.info("centre link: no %s ack for seqs %s within %g s; publishing them again (the centre "
+                     "de-duplicates)", stream.name, _seqs([stream.seq(r) for r in late]),
+                     self.settings.ack_timeout_s)
+        if rows or late:
+            await self.give_way()
+            await session.publish_all(stream.messages(rows + late))
+        stream.more = bool(limit) and len(scanned) == limit and w.room() > 0
+        return last_sweep
+
+    async def _fetch_live(self) -> None:
+        """New final rows (above the highest seen) go into the window ahead of the backlog."""
+        after = self._newest
+        rows: list[JournalEntry] = await self._journal(
+            lambda mj: mj.journal.outbox_after(after, LIVE_BATCH))
+        for row in rows:
+            self.tx.window.live(row)
+            self._newest = max(self._newest, row.seq)
+
+    # -- acks ----------------------------------------------------------------------------------------
+    def on_ack(self, ack: TxAck) -> None:
+        stream = self.stream(ack.stream)
+        sent = stream.window.acked(ack.first_seq, ack.last_seq)
+        if not sent:
+            log.info("centre link: %s ack for seqs %d…%d names nothing in flight (a repeat, or a copy sent "
+                     "before a reconnect); nothing marked, such rows go up again", ack.stream, ack.first_seq,
+                     ack.last_seq)
+            return
+        # The window has room again: publish on while the journal marks the rows.
+        stream.wake.set()
+        self._marks.put_nowait((stream, ack.first_seq, ack.last_seq, sent, self.wall()))
+
+    async def mark_acked(self) -> None:
+        """Mark acked rows delivered in the journal, in ack order, every ack waiting at that
+        moment in one journal operation (one commit, without an fsync). An ack not marked
+        when the session ends is marked in the next; one whose mark fails leaves its rows
+        waiting: they go up again (the look-back from the oldest waiting row finds them) and
+        the centre's next ack marks them."""
+        while True:
+            acks = [await self._marks.get()]
+            await self.give_way()  # a vehicle's intent goes first; the acks waiting meanwhile share the commit
+            while not self._marks.empty():
+                acks.append(self._marks.get_nowait())
+
+            def mark(mj: Any, acks: list[_Mark] = acks) -> list[int]:
+                # Not fsynced: a mark lost in a power cut only sends its rows once more.
+                with mj.journal.batch("marking acked rows delivered", durable=False):
+                    return [stream.mark(mj.journal, first, last, sent, now) for stream, first, last, sent, now in acks]
+
+            try:
+                marked = await self._journal(mark)
+            except JournalStorageError as err:
+                self._storage_trouble(f"marking {len(acks)} acked ranges delivered (the first {acks[0][0].name} "
+                                      f"seqs {acks[0][1]}…{acks[0][2]})", err)
+                continue
+            for (stream, first, last, sent, _), count in zip(acks, marked):
+                top = max(sent)
+                stream.last_acked = top if stream.last_acked is None else max(stream.last_acked, top)
+                log.debug("centre link: %s ack %d…%d: %d rows delivered", stream.name, first, last, count)
+
+
+def stop_if_cancelled(err: BaseException | None = None) -> None:
+    """Raise CancelledError if this task is being cancelled. Python 3.11 can lose a
+    cancellation: TaskGroup raises a child's error instead of it, and asyncio.wait_for
+    (which aiomqtt awaits every PUBACK with) returns a result that came at the same moment.
+    The count stays, so each loop looks at it: a stopping daemon must not reconnect forever.
+    Only in tasks whose own TaskGroups end them when a child fails (the count is raised
+    then too, see UplinkService._connect_loop)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from err
+
+
+def _seqs(seqs: list[int], limit: int = 10) -> str:
+    shown = ", ".join(map(str, seqs[:limit]))
+    return shown + (f" (+{len(seqs) - limit} more)" if len(seqs) > limit else "")
