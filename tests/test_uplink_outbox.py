@@ -258,3 +258,14 @@ def test_an_ack_frees_exactly_the_rows_in_flight_in_its_range_narrow_or_wide(jou
     done = window.acked(first, last)
     expected = [s for s in rows if first <= s <= last and s != rows[4]]
     assert list(done) == expected and set(window.in_flight) == set(rows) - set(expected) - {rows[4]}
+
+
+def test_an_acked_row_whose_mark_is_pending_is_not_sent_again_by_a_look_back_until_settled(journal):
+    rows = events(journal, 3)
+    window = transaction_window(8)
+    window.connected()
+    window.take(journal.outbox_after(0, 8), 0.0)
+    window.acked(rows[0], rows[1])  # the journal's mark runs after: both rows still wait there
+    assert [r.seq for r in window.take(journal.outbox_after(0, 8), 1.0)] == []  # the look-back from the oldest
+    window.settled(rows[:2])  # the mark failed: the rows still wait, and now go up again
+    assert [r.seq for r in window.take(journal.outbox_after(0, 8), 2.0)] == rows[:2]

@@ -93,6 +93,9 @@ class OutboxWindow(Generic[R]):
         self._cursor = 0
         self._in_flight: dict[int, _Flight[R]] = {}
         self._live: dict[int, R] = {}  # by key, oldest first; a newer row for a key replaces the older
+        # Acked, not yet marked in the journal (key -> version acked): a scan that finds such
+        # a row still waiting there must not send it again (settled() ends this).
+        self._settling: dict[int, str] = {}
         self.published = 0  # rows handed out to publish, retransmissions included
         self.retransmissions = 0  # rows published again because their ack was overdue
 
@@ -110,6 +113,7 @@ class OutboxWindow(Generic[R]):
     def _reset(self) -> None:
         self._in_flight.clear()
         self._live.clear()  # still in the journal: the scan from 0 finds them, in order
+        self._settling.clear()
         self._cursor = 0
 
     def rescan(self, after: int) -> None:
@@ -182,6 +186,8 @@ class OutboxWindow(Generic[R]):
         flight = self._in_flight.get(key)
         if flight is not None and flight.version == version:
             return False  # already in flight in this connection
+        if self._settling.get(key) == version:
+            return False  # acked: the journal's mark is on its way
         self._in_flight.pop(key, None)  # a changed row goes to the end: the dict stays in sending order
         self._in_flight[key] = _Flight(row, version, now)
         self.published += 1
@@ -198,7 +204,14 @@ class OutboxWindow(Generic[R]):
             keys: Iterable[int] = (k for k in range(first_seq, last_seq + 1) if k in self._in_flight)
         else:  # a wide range (a centre acking everything up to here): walk what is in flight
             keys = sorted(k for k in self._in_flight if first_seq <= k <= last_seq)
-        return {key: self._in_flight.pop(key).version for key in list(keys)}
+        done = {key: self._in_flight.pop(key).version for key in list(keys)}
+        self._settling.update(done)
+        return done
+
+    def settled(self, keys: Iterable[int]) -> None:
+        """The journal has marked these acked keys (or failed to: then a later scan sends them again)."""
+        for key in keys:
+            self._settling.pop(key, None)
 
     def overdue(self, now: float, ack_timeout_s: float) -> list[R]:
         """In-flight rows with no ack after ``ack_timeout_s``: publish them again (the centre

@@ -229,6 +229,10 @@ class OutboxPublisher:
             except JournalStorageError as err:
                 self._storage_trouble(f"marking {len(acks)} acked ranges delivered (the first {acks[0][0].name} "
                                       f"seqs {acks[0][1]}…{acks[0][2]})", err)
+                marked = None
+            for stream, _, _, sent, _ in acks:
+                stream.window.settled(sent)  # unmarked after a failure: the look-back sends them again
+            if marked is None:
                 continue
             for (stream, first, last, sent, _), count in zip(acks, marked):
                 top = max(sent)
