@@ -11,7 +11,7 @@ Issue 10, item 10. One run, all on this machine:
   script (``--serve-laned CONFIG TICKS``: what ``laned run --config`` does, plus a ticker
   task on the daemon's event loop that records every wake-up later than 1 ms), with an
   ``[uplink]`` section at the defaults of docs/uplink.md (ack timeout 30 s, keep-alive
-  30 s; window 256 unless ``--window``). Its journal holds ``--transactions`` final rows (one in five a charge,
+  30 s; window 2048 and batch_max 64 unless ``--window``, ``--batch-max``). Its journal holds ``--transactions`` final rows (one in five a charge,
   the rest lane events) journalled before it starts: the backlog of a lane whose link
   was down.
 
@@ -21,8 +21,10 @@ While the lane drains its backlog, vehicles pay back to back on the emulated RSU
 Metrics (one JSON object per line, ``{"bench": "uplink", "metric", "value", "unit"}``):
 
 * ``drain_tx_per_s`` — rows of the backlog acknowledged per second: from the first row
-  stored at the centre to the moment the journal's outbox backlog is 0 (every row marked
-  delivered by the centre's ``tx/ack``, not by a PUBACK);
+  stored at the centre (the ledger's ``received_at``) to the last row of the backlog marked
+  delivered by the centre's ``tx/ack`` (the journal's ``acked_unix``; never by a PUBACK).
+  The lane publishes them as it does in service: several per message on ``tx/batch``
+  (``[uplink] batch_max``);
 * ``mosquitto_pub_msgs_per_s`` — the same payloads published by ``mosquitto_pub -l``
   (one process, one TLS connection with the lane's certificate, one message per stdin
   line, QoS 1, MQTT 5) to the lane's ``tx`` topic, with the centre subscribed: the
@@ -40,7 +42,7 @@ Metrics (one JSON object per line, ``{"bench": "uplink", "metric", "value", "uni
 * ``c6_p99_ms`` / ``c6_p50_ms`` — the C6 turnaround (the emulator's figure: last byte of
   B4 written to first byte of C6 read) of the vehicles that paid during the drain, and
   ``c6_samples`` their number;
-* ``drain_s`` — the drain's duration, and ``lane_cpu_s``, ``centre_cpu_s``, ``broker_cpu_s``
+* ``drain_s`` — the drain's duration (as ``drain_tx_per_s`` times it), and ``lane_cpu_s``, ``centre_cpu_s``, ``broker_cpu_s``
   the CPU each process used meanwhile (all threads; the lane's includes the vehicles):
   the one near ``drain_s`` is the bottleneck;
 * ``transactions`` — the backlog's rows.
@@ -196,7 +198,8 @@ class BenchBroker(MosquittoBroker):
         return super().config_text() + "\nmax_queued_messages 1000000\nmax_queued_bytes 0\nmax_inflight_messages 0\n"
 
 
-def write_config(folder: Path, pty: str, broker: MosquittoBroker, pki: Pki, window: int) -> Path:
+def write_config(folder: Path, pty: str, broker: MosquittoBroker, pki: Pki, window: int | None,
+                 batch_max: int | None) -> Path:
     creds = pki.client(LANE_ID)
     path = folder / "laned.toml"
     path.write_text(f"""log_level = "warning"
@@ -226,8 +229,8 @@ port = {broker.port}
 ca = "{pki.ca_cert}"
 cert = "{creds.cert}"
 key = "{creds.key}"
-window = {window}
-""")
+""" + (f"window = {window}\n" if window is not None else "") + (f"batch_max = {batch_max}\n" if batch_max is not None
+                                                                 else ""))
     return path
 
 
@@ -250,6 +253,26 @@ def lane_backlog(db: Path) -> int:
 
 def centre_stored(db: Path) -> int:
     return count(db, "SELECT COUNT(*) FROM transactions WHERE lane_id = ?", LANE_ID) if db.exists() else 0
+
+
+def drain_seconds(journal_db: Path, centre_db: Path, n: int) -> float:
+    """From the first row stored at the centre (its ledger's received_at) to the last of the
+    backlog's rows marked delivered at the lane (its journal's acked_unix): both written by
+    the processes themselves, so a backlog that drains between two polls of this script is
+    timed all the same."""
+    con = sqlite3.connect(f"file:{centre_db}?mode=ro", uri=True, timeout=5)
+    try:
+        first = dt.datetime.fromisoformat(con.execute(
+            "SELECT MIN(received_at) FROM transactions WHERE lane_id = ?", (LANE_ID,)).fetchone()[0]).timestamp()
+    finally:
+        con.close()
+    con = sqlite3.connect(f"file:{journal_db}?mode=ro", uri=True, timeout=5)
+    try:
+        last = float(con.execute("SELECT MAX(acked_unix) FROM transactions WHERE lane_id = ? AND seq <= ?",
+                                 (LANE_ID, n)).fetchone()[0])
+    finally:
+        con.close()
+    return last - first
 
 
 async def wait(condition: Callable[[], bool], what: str, timeout: float) -> None:
@@ -283,7 +306,7 @@ async def mosquitto_pub_rate(broker: MosquittoBroker, pki: Pki, lines: bytes, n:
     return n / took
 
 
-async def measure(n: int, window: int, workdir: Path | None = None) -> None:
+async def measure(n: int, window: int | None, batch_max: int | None, workdir: Path | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="uplink-bench-") as tmp:
         folder = Path(workdir or tmp)
         await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
@@ -308,7 +331,7 @@ async def measure(n: int, window: int, workdir: Path | None = None) -> None:
                            "the centre to connect", STARTUP_TIMEOUT_S)
                 if centre.returncode is not None:
                     raise RuntimeError(f"the centre exited:\n{(folder / 'centre.log').read_text()[-2000:]}")
-                config = write_config(folder, emu.path, broker, pki, window)
+                config = write_config(folder, emu.path, broker, pki, window, batch_max)
                 lane_log = await asyncio.to_thread((folder / "laned.log").open, "wb")
                 with lane_log:
                     daemon = await asyncio.create_subprocess_exec(
@@ -319,7 +342,7 @@ async def measure(n: int, window: int, workdir: Path | None = None) -> None:
                 if daemon.returncode is not None:
                     raise RuntimeError(f"laned exited:\n{(folder / 'laned.log').read_text()[-2000:]}")
                 await wait(lambda: centre_stored(centre_db) > 0, "the first row at the centre", STARTUP_TIMEOUT_S)
-                t0, c0 = time.monotonic(), await asyncio.to_thread(centre_stored, centre_db)
+                t0 = time.monotonic()
                 lane = Lane("laned", emu, lane_obu, pid=daemon.pid)
                 cpu0 = cpu_seconds(daemon.pid)
                 broker_pid = broker.pid
@@ -342,7 +365,7 @@ async def measure(n: int, window: int, workdir: Path | None = None) -> None:
                 c6 = list(lane.samples["B4"])
                 await wait(lambda: lane_backlog(journal_db) == 0, "the vehicles' rows delivered too", 60)
                 backlog = lane_backlog(journal_db)
-                drain = (n - c0) / (t1 - t0)
+                span = await asyncio.to_thread(drain_seconds, journal_db, centre_db, n)
             finally:
                 if daemon is not None:
                     await stop_child(daemon)
@@ -353,6 +376,7 @@ async def measure(n: int, window: int, workdir: Path | None = None) -> None:
         gc_passes = [took for at, took, _ in recorded["gc"] if t0 <= at <= t1]
         late = [gap for gap, _ in ticked]
         busy = [cpu for _, cpu in ticked]
+        drain = n / span
         emit("drain_tx_per_s", drain, "tx/s")
         emit("mosquitto_pub_msgs_per_s", pub, "msgs/s")
         emit("drain_ratio", drain / pub, "ratio")
@@ -364,7 +388,7 @@ async def measure(n: int, window: int, workdir: Path | None = None) -> None:
         emit("c6_p50_ms", percentile(c6, 50) * 1e3, "ms")
         emit("c6_p99_ms", percentile(c6, 99) * 1e3, "ms")
         emit("c6_samples", len(c6), "transactions")
-        emit("drain_s", t1 - t0, "s")
+        emit("drain_s", span, "s")
         emit("lane_cpu_s", lane_cpu, "s")
         emit("centre_cpu_s", centre_cpu, "s")
         emit("broker_cpu_s", broker_cpu, "s")
@@ -374,8 +398,8 @@ async def measure(n: int, window: int, workdir: Path | None = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--transactions", type=int, default=100_000, help="rows in the lane's backlog")
-    parser.add_argument("--window", type=int, default=256,
-                        help="[uplink] window: rows in flight (default 256, laned's default)")
+    parser.add_argument("--window", type=int, help="[uplink] window: rows in flight (default: laned's, 2048)")
+    parser.add_argument("--batch-max", type=int, help="[uplink] batch_max: rows per message (default: laned's, 64)")
     parser.add_argument("--workdir", type=Path, help="keep the databases and logs here (default: a temporary folder)")
     parser.add_argument("--serve-laned", nargs=2, metavar=("CONFIG", "TICKS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -383,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve_laned(*args.serve_laned)
     if args.transactions < 1:
         parser.error("--transactions must be 1 or more")
-    asyncio.run(measure(args.transactions, args.window, args.workdir))
+    asyncio.run(measure(args.transactions, args.window, args.batch_max, args.workdir))
     return 0
 
 
