@@ -384,9 +384,11 @@ async def observed(broker: MosquittoBroker, pki: Pki) -> AsyncIterator[Seen]:
 REPLAYS = 2  # every lane publish reaches the centre 1 + REPLAYS times
 
 
-async def replay_every_publish(broker: MosquittoBroker, pki: Pki) -> None:
+async def replay_every_publish(broker: MosquittoBroker, pki: Pki, subscribed: asyncio.Event) -> None:
     """A second publisher with the lane's own certificate (the ACL lets the lane's CN write its
-    ``tx`` and ``tx/batch``) that republishes every lane publish REPLAYS times, marked so it is not replayed again."""
+    ``tx`` and ``tx/batch``) that republishes every lane publish REPLAYS times, marked so it is
+    not replayed again. ``subscribed`` is set once it listens: what the lane publishes before
+    would never be replayed."""
     centre, lane = pki.client(CENTRE), pki.client(LANE)
     listen_tls = client_tls_context(pki.ca_cert, centre.cert, centre.key)
     speak_tls = client_tls_context(pki.ca_cert, lane.cert, lane.key)
@@ -395,6 +397,7 @@ async def replay_every_publish(broker: MosquittoBroker, pki: Pki) -> None:
             aiomqtt.Client(broker.host, broker.port, tls_context=speak_tls, protocol=aiomqtt.ProtocolVersion.V5,
                            identifier=f"replay-{LANE}", timeout=3) as speaker:
         await listener.subscribe([(f"{TOPIC_ROOT}/{LANE}/tx", 1), (f"{TOPIC_ROOT}/{LANE}/tx/batch", 1)])
+        subscribed.set()
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.UserProperty = [("replayed", "1")]
         props.PayloadFormatIndicator = 1
@@ -410,12 +413,15 @@ async def replay_every_publish(broker: MosquittoBroker, pki: Pki) -> None:
 
 async def test_a_path_that_delivers_every_publish_three_times_is_stored_once_and_counted_as_duplicates(
         tmp_path: Path, pki: Pki, broker: MosquittoBroker, net: TcpProxy) -> None:
+    subscribed = asyncio.Event()
     async with Centre(centre_settings(broker, pki, tmp_path / "centre.db")) as centre, \
-            running(replay_every_publish(broker, pki)), lane_uplink(tmp_path, pki, net) as lane:
-        for n in range(150):
-            await (lane.charge() if n % 5 == 0 else lane.event())
-        await until(lambda: in_step(centre.ledger, lane.db) and centre.ledger.counts(LANE).received >= 450,
-                    "every row and its replays at the centre")
+            running(replay_every_publish(broker, pki, subscribed)):
+        await asyncio.wait_for(subscribed.wait(), T)
+        async with lane_uplink(tmp_path, pki, net) as lane:
+            for n in range(150):
+                await (lane.charge() if n % 5 == 0 else lane.event())
+            await until(lambda: in_step(centre.ledger, lane.db) and centre.ledger.counts(LANE).received >= 450,
+                        "every row and its replays at the centre")
         figures = assert_ledger_is_the_journal(centre.ledger, lane.db)
         counts = centre.ledger.counts(LANE)
     assert figures["rows"] == 150 and counts.updated == 0
