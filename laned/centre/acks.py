@@ -1,11 +1,11 @@
 """Application-level acknowledgements (``tx/ack``): which seqs, in which messages, and when.
 
 The centre stores what arrives in batches and acknowledges a batch only after its commit
-(an ack lets the lane forget the row). :class:`Batch` collects received messages until they hold
-:data:`ACK_BATCH_MAX` rows (a ``tx/batch`` message holds many) or :data:`ACK_DELAY_S` after the first; :func:`acks` turns
-the committed seqs of one lane and stream into as few :class:`TxAck` as there are
-contiguous runs. A lane draining a 100,000-row backlog in order thus gets one ack per
-500 rows instead of one per row. Sans-IO: ``now`` is passed in.
+(an ack lets the lane forget the row). :class:`Batch` collects received messages until
+they hold :data:`ACK_BATCH_MAX` rows (a ``tx/batch`` message holds many) or
+:data:`ACK_DELAY_S` after the first; :func:`acks` turns the committed seqs of one lane and
+stream into as few :class:`TxAck` as there are contiguous runs. A lane draining a
+100,000-row backlog in order thus gets one ack per 500 rows instead of one per row. Sans-IO: ``now`` is passed in.
 """
 
 from __future__ import annotations

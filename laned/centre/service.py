@@ -12,9 +12,10 @@ answering (``laned centre run``, or in-process for tests and the simulator).
 What it does with each topic (every payload is checked against the contract first; one
 that breaks it is logged with its topic and the offending member, counted, and dropped):
 
-* ``tx`` / ``tx/batch`` / ``reconcile/result`` — checked (:mod:`laned.centre.intake`), batched (:mod:`laned.centre.acks`), stored in one commit,
-  then acknowledged on ``tx/ack`` by contiguous ranges — duplicates and conflicts too, since
-  both are durably held (a conflict in its own table, logged as an error for a person);
+* ``tx`` / ``tx/batch`` / ``reconcile/result`` — checked (:mod:`laned.centre.intake`),
+  batched (:mod:`laned.centre.acks`), stored in one commit, then acknowledged on ``tx/ack``
+  by contiguous ranges — duplicates and conflicts too, since both are durably held (a
+  conflict in its own table, logged as an error for a person);
 * an unknown outcome — listed as pending; with ``auto_reconcile`` on, answered at once;
   every answer is repeated every ``answer_repeat_s`` until the lane reports its result;
 * ``state``, ``health``, ``alarm``, ``list/versions`` — the last one kept per lane;
@@ -75,12 +76,14 @@ T = TypeVar("T")
 M = TypeVar("M", bound=UplinkMessage)
 
 # What the centre subscribes to: every lane's lane→centre topics (QoS 1; health is QoS 0 at the lane).
-SUBSCRIPTIONS = ("etc/v1/+/tx", "etc/v1/+/tx/batch", "etc/v1/+/reconcile/result", "etc/v1/+/state", "etc/v1/+/health",
-                 "etc/v1/+/alarm", "etc/v1/+/cmd/result", "etc/v1/+/list/request", "etc/v1/+/list/versions")
+SUBSCRIPTIONS = ("etc/v1/+/tx", "etc/v1/+/tx/batch", "etc/v1/+/reconcile/result", "etc/v1/+/state",
+                 "etc/v1/+/health", "etc/v1/+/alarm", "etc/v1/+/cmd/result", "etc/v1/+/list/request",
+                 "etc/v1/+/list/versions")
 # The message each lane→centre channel carries.
 INBOUND: Mapping[str, type[UplinkMessage]] = {
-    "tx": TransactionMsg, "txBatch": TransactionBatch, "reconcileResult": ReconcileResult, "state": LaneState, "health": HealthSnapshot,
-    "alarm": AlarmMsg, "cmdResult": CommandResult, "listRequest": ListRequest, "listVersions": ListVersions,
+    "tx": TransactionMsg, "txBatch": TransactionBatch, "reconcileResult": ReconcileResult, "state": LaneState,
+    "health": HealthSnapshot, "alarm": AlarmMsg, "cmdResult": CommandResult, "listRequest": ListRequest,
+    "listVersions": ListVersions,
 }
 ANSWER_REPEAT_S = 60.0  # the contract: "the centre repeats an answer until it has the result"
 ANSWER_POLL_S = 1.0  # how soon an operator's answer (written by `laned centre answer`) goes out

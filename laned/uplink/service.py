@@ -41,7 +41,8 @@ from laned.lane.events import ClearAlarm, RaiseAlarm
 from laned.uplink.contract import ContractError, validate
 from laned.uplink.link import Backoff, CentreLink, Incoming, LinkDown, LinkSettings, LinkState, Session
 from laned.uplink.messages import (
-    AlarmMsg, AckStream, HealthSnapshot, LaneState, OutboxState, ReconcileAnswer, ReconcileOutcome, TxAck, UplinkMessage,
+    AlarmMsg, AckStream, HealthSnapshot, LaneState, OutboxState, ReconcileAnswer, ReconcileOutcome, TxAck,
+    UplinkMessage,
 )
 from laned.uplink.outbox import backlog_level
 from laned.uplink.publisher import OutboxPublisher, PublishSettings, stop_if_cancelled
@@ -327,7 +328,8 @@ class UplinkService:
     def _health(self) -> HealthSnapshot:
         count, oldest = self._backlog
         return health_snapshot(self.lane_id, self.monitor, self.lane, self.wall(),
-                               OutboxState(pending=count, oldest_pending_seq=oldest, last_acked_seq=self.outbox.tx.last_acked),
+                               OutboxState(pending=count, oldest_pending_seq=oldest,
+                                           last_acked_seq=self.outbox.tx.last_acked),
                                uptime_s=int(self.monotonic() - self._started))
 
     async def _backlog_watch(self) -> None:

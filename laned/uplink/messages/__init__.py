@@ -96,9 +96,9 @@ from laned.uplink.messages.lists import (
 )
 
 MESSAGE_CLASSES: Mapping[str, type[UplinkMessage]] = types.MappingProxyType({
-    cls.MESSAGE: cls for cls in (TransactionMsg, TransactionBatch, TxAck, ReconcileAnswer, ReconcileResult, LaneState, HealthSnapshot,
-                                 AlarmMsg, CommandRequest, CommandResult, ListManifest, ListChunk, ListRequest,
-                                 ListVersions)
+    cls.MESSAGE: cls for cls in (TransactionMsg, TransactionBatch, TxAck, ReconcileAnswer, ReconcileResult, LaneState,
+                                 HealthSnapshot, AlarmMsg, CommandRequest, CommandResult, ListManifest, ListChunk,
+                                 ListRequest, ListVersions)
 })
 
 __all__ = [
