@@ -365,6 +365,7 @@ def test_after_resend_from_the_uplink_window_scans_again_from_that_seq(
     assert [e.seq for e in sent] == seqs
     acked = window.acked(seqs[0], seqs[-1])
     w.call(lambda mj: mj.journal.outbox_ack(seqs[0], seqs[-1], NOW, sent=acked))
+    window.settled(acked)  # what the publisher's mark task does once the journal has marked them
     assert window.next_scan_after() == seqs[-1]
     assert w.call(lambda mj: mj.journal.outbox_resend_from(seqs[3])) == 2  # what resend_from does in the journal
     window.rescan(seqs[3] - 1)  # what UplinkService.resend_from does

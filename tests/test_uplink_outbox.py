@@ -269,3 +269,13 @@ def test_an_acked_row_whose_mark_is_pending_is_not_sent_again_by_a_look_back_unt
     assert [r.seq for r in window.take(journal.outbox_after(0, 8), 1.0)] == []  # the look-back from the oldest
     window.settled(rows[:2])  # the mark failed: the rows still wait, and now go up again
     assert [r.seq for r in window.take(journal.outbox_after(0, 8), 2.0)] == rows[:2]
+
+
+def test_rows_the_centre_asks_for_again_go_up_even_while_their_acks_marks_are_on_the_way(journal):
+    rows = events(journal, 3)
+    window = transaction_window(8)
+    window.connected()
+    window.take(journal.outbox_after(0, 8), 0.0)
+    window.acked(rows[0], rows[-1])  # not marked yet: the rows still wait in the journal
+    window.rescan(0)  # resend_from(1)
+    assert [r.seq for r in window.take(journal.outbox_after(window.next_scan_after(), 8), 1.0)] == rows

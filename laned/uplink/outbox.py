@@ -118,8 +118,10 @@ class OutboxWindow(Generic[R]):
 
     def rescan(self, after: int) -> None:
         """Scan the journal again from positions above ``after`` (the centre asked for rows
-        again, ``resend_from``): what is in flight stays; the scan skips nothing that waits."""
+        again, ``resend_from``): what is in flight stays; the scan skips nothing that waits —
+        not even a row whose ack's mark is still on its way (the centre asks for it now)."""
         self._cursor = min(self._cursor, after)
+        self._settling.clear()
 
     @property
     def is_connected(self) -> bool:
