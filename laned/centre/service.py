@@ -57,6 +57,7 @@ from laned.centre.lists import ListVersion
 from laned.centre.outbound import publish_command, publish_list_version
 from laned.centre.reconcile import AutoReconcile, auto_answer
 from laned.uplink.contract import route
+from laned.uplink.publisher import stop_if_cancelled
 from laned.uplink.messages import (
     AckStream,
     AlarmMsg,
@@ -202,6 +203,9 @@ class Centre:
         delay = self.settings.reconnect_min_s
         while True:
             failure = await self._serve_until_lost()
+            # Being stopped: Python 3.11's TaskGroup may have raised the receive task's
+            # "Disconnected" instead of the cancellation, which must not read as a lost link.
+            stop_if_cancelled(failure)
             if self._served_once:  # it was up: start the backoff afresh
                 delay = self.settings.reconnect_min_s
             self._served_once = False
