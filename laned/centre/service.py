@@ -219,7 +219,9 @@ class Centre:
     async def _serve_until_lost(self) -> BaseException:
         """Serve one connection; return the MQTT error that ended it (anything else is raised)."""
         try:
-            await self._serve()
+            # In a task of its own: Python 3.11's TaskGroup leaves its parent's cancel count
+            # raised after a child failed (a lost link), which run() would read as a stop.
+            await asyncio.create_task(self._serve(), name="centre-session")
         except aiomqtt.MqttError as err:
             return err
         except BaseExceptionGroup as group:
