@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from laned.strict_json import reject_constant
 from laned.uplink.contract import ContractError
-from laned.uplink.messages import TransactionBatch, TransactionMsg, UplinkMessage
+from laned.uplink.messages import TransactionBatch, TransactionMsg, UplinkMessage, compact_json
 
 log = logging.getLogger("laned.centre")
 M = TypeVar("M", bound=UplinkMessage)
@@ -57,11 +57,6 @@ class Inbound:
         rows = data.get("transactions") if isinstance(data, dict) and channel == "txBatch" else None
         return cls(topic, channel, lane_id, payload, rows=max(1, len(rows)) if isinstance(rows, list) else 1,
                    data=data)
-
-
-def compact_json(data: Any) -> str:
-    """A payload's JSON as laned writes it (``UplinkMessage.to_json``): compact, UTF-8 kept."""
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 class Intake:

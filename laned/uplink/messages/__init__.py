@@ -43,6 +43,7 @@ from laned.uplink.messages.codec import (
     NOT_JSON,
     UplinkMessage,
     canonical_json,
+    compact_json,
 )
 from laned.uplink.messages.transactions import (
     AckStream,
@@ -149,5 +150,6 @@ __all__ = [
     "TxAck",
     "UplinkMessage",
     "canonical_json",
+    "compact_json",
     "transaction_messages",
 ]

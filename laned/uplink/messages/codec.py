@@ -244,6 +244,12 @@ def _decode_fields(cls: type, data: Mapping[str, Any], path: str) -> Any:
     return cls(**kwargs)
 
 
+def compact_json(payload: Any) -> str:
+    """A payload as laned publishes it: compact, UTF-8 kept, members in their order. The
+    centre keeps each transaction in this form too, however it came."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def canonical_json(payload: Mapping[str, Any]) -> bytes:
     """RFC 8785 (JCS) form of a payload without floats: sorted keys, no white space, UTF-8."""
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
@@ -263,7 +269,7 @@ class UplinkMessage:
 
     def to_json(self) -> str:
         """Compact UTF-8 JSON text, as published."""
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return compact_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Any) -> Self:
