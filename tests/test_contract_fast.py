@@ -293,6 +293,7 @@ def _one_message_contract(schema: dict[str, Any]) -> Contract:
     ({"type": "object", "dependencies": {"a": ["b"]}}, {"a": 1}, []),  # not a 2020-12 keyword: ignored
     ({"type": "number", "multipleOf": 0.5}, 1.5, 1.2),  # float arithmetic differs between the two
     ({"type": "object", "properties": {"a-b": {"type": "integer"}}}, {"a-b": 1}, {"a-b": "x"}),
+    ({"const": 1, "enum": [1, 2]}, 1, 2),  # const is compiled as an enum: not beside another
 ])
 def test_a_schema_the_fast_check_cannot_read_as_2020_12_is_left_to_jsonschema(schema, valid, invalid):
     c = _one_message_contract(schema)
@@ -325,7 +326,8 @@ def test_the_fast_check_does_not_touch_the_payload(contract):
 ODD_VALUES: list[Any] = [None, True, False, 0, 1, 1.0, 2.5, 5, 10, -1, "", "ab", "abc", "ab\n", [], [1], [1, 1], [1, True],
                          [1, 1.0], [0, False], ["a", None], [{"k": [1]}], [{"k": [True]}], [{"k": [1]}, {"k": [1.0]}], {},
                          {"a": 1}, {"a": True}, {"b": True}, {"a": [1, True]}, {"a": [1, 1]}, {"a": [True, 1]},
-                         {"a": 1, "b": 2, "c": 3}]
+                         {"a": 1, "b": 2, "c": 3}, {"s": "x"}, {"s": "x", "n": 1}, {"s": "y", "n": 1}, {"n": 0},
+                         {"n": False}]
 
 
 @pytest.mark.parametrize("schema", [
@@ -337,6 +339,12 @@ ODD_VALUES: list[Any] = [None, True, False, 0, 1, 1.0, 2.5, 5, 10, -1, "", "ab",
     {"type": "array", "uniqueItems": True, "maxItems": 2},
     {"not": {"required": ["a"]}, "additionalProperties": {"type": "boolean"}},
     {"const": {"a": [1, True]}},
+    {"const": True},
+    {"const": 1},
+    {"const": None},
+    {"type": "object", "properties": {"s": {"const": "x"}, "n": {"type": "integer"}},
+     "if": {"properties": {"s": {"const": "x"}}, "required": ["s"]}, "then": {"required": ["n"]},
+     "else": {"properties": {"n": {"const": 0}}}},
     {"enum": [0, False, "", [], {}]},
     {"if": {"type": "integer"}, "then": {"minimum": 2}, "else": {"type": "array"}},
     {"type": "number", "minimum": 1, "maximum": 5},
