@@ -47,7 +47,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from laned.uplink.contract import ContractError, contract
-from laned.uplink.messages import MESSAGE_CLASSES, LaneState, LaneStatus, TransactionBatch, UplinkMessage
+from laned.uplink.messages import MESSAGE_CLASSES, LaneState, LaneStatus, UplinkMessage
 from laned.uplink.mqtt_client import SlicedClient
 from laned.uplink.tls import TlsConfigError, check_client_certificate, client_tls_context
 
@@ -255,7 +255,7 @@ class Session:
             info = paho.publish(topic, msg.to_json().encode("utf-8"), qos, retain, properties)
             if info.rc != MQTT_ERR_SUCCESS:
                 raise LinkDown(f"publish to {topic} refused by the MQTT client: {mqtt_error_string(info.rc)}")
-            rows += len(msg.transactions) if isinstance(msg, TransactionBatch) else 1
+            rows += msg.rows()
             if rows >= PUBLISH_SLICE:
                 # Let the loop run between slices: the RSU's frames must not wait behind a
                 # whole window being encoded (a batch of 64 rows is a slice by itself).

@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar
 
 from laned.journal.records import JournalEntry, ReconcileRecord
 from laned.journal.store import Journal
-from laned.uplink.messages import AckStream, ReconcileResult, TransactionMsg, UplinkMessage, transaction_messages
+from laned.uplink.messages import AckStream, ReconcileResult, TransactionMsg, UplinkMessage, outbox_messages
 from laned.uplink.outbox import OutboxWindow, reconcile_window, transaction_window
 
 R = TypeVar("R")
@@ -63,9 +63,10 @@ def _mark_reconcile(j: Journal, first: int, last: int, sent: dict[int, str], now
 
 def tx_stream(window: int, batch_max: int = 1) -> OutboxStream[JournalEntry]:
     """The journal's final rows: alone on ``tx``, or up to ``batch_max`` consecutive ones
-    per message on ``tx/batch`` (:func:`~laned.uplink.messages.transaction_messages`)."""
+    per message on ``tx/batch``, each row encoded straight from the journal
+    (:func:`~laned.uplink.messages.outbox_messages`)."""
     def group(rows: list[JournalEntry]) -> list[UplinkMessage]:
-        return list(transaction_messages([TransactionMsg.from_entry(e) for e in rows], batch_max))
+        return list(outbox_messages(rows, batch_max))
 
     return OutboxStream(AckStream.TX, transaction_window(window), scan=lambda j, after, n: j.outbox_after(after, n),
                         mark=_mark_tx, message=TransactionMsg.from_entry, seq=lambda e: e.seq, group=group,

@@ -56,6 +56,14 @@ from laned.uplink.messages.transactions import (
     TransactionMsg,
     TxAck,
     transaction_messages,
+    transaction_runs,
+)
+from laned.uplink.messages.outgoing import (
+    EncodedRows,
+    TransactionBatchOut,
+    TransactionOut,
+    outbox_messages,
+    transaction_payload,
 )
 from laned.uplink.messages.lane_state import (
     LAST_WILL_REASON,
@@ -121,6 +129,7 @@ __all__ = [
     "CommandRequest",
     "CommandResult",
     "Compression",
+    "EncodedRows",
     "FeeTableVersion",
     "FetchListArgs",
     "HealthSnapshot",
@@ -146,10 +155,15 @@ __all__ = [
     "ShowMessageArgs",
     "StatusListVersion",
     "TransactionBatch",
+    "TransactionBatchOut",
     "TransactionMsg",
+    "TransactionOut",
     "TxAck",
     "UplinkMessage",
     "canonical_json",
     "compact_json",
+    "outbox_messages",
     "transaction_messages",
+    "transaction_payload",
+    "transaction_runs",
 ]

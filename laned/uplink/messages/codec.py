@@ -294,6 +294,10 @@ class UplinkMessage:
     def _check(self) -> None:
         """Rules that span members (JSON Schema cannot say them); raise _Invalid."""
 
+    def rows(self) -> int:
+        """The outbox rows the message carries (a batch of transactions carries several)."""
+        return 1
+
 
 # -- checks and signatures the message modules share -----------------------------------------------
 

@@ -8,7 +8,7 @@ import datetime as dt
 import enum
 from dataclasses import dataclass, field
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Protocol, TypeVar
 
 from laned.journal.records import B5Result, JournalEntry, ReconcileRecord, TxState
 from laned.journal.records import ReconcileOutcome as ReconcileOutcome
@@ -141,22 +141,41 @@ class TransactionBatch(UplinkMessage):
             previous = row.seq
             _check_uuid(row.tx_uuid, f"{where}.tx_uuid")
 
+    def rows(self) -> int:
+        return len(self.transactions)
 
-def transaction_messages(rows: Sequence[TransactionMsg], batch_max: int) -> list[TransactionMsg | TransactionBatch]:
-    """``rows`` as they go out, in the same order: each run of ascending seqs in batches of
-    at most ``batch_max`` rows, a run of one row alone (on ``tx``). Live rows ahead of the
-    backlog end a run, so they are not held back behind it."""
+
+class _Row(Protocol):
+    @property
+    def seq(self) -> int: ...
+    @property
+    def lane_id(self) -> str: ...
+
+
+RowT = TypeVar("RowT", bound=_Row)
+
+
+def transaction_runs(rows: Sequence[RowT], batch_max: int) -> list[list[RowT]]:
+    """``rows`` in the messages they go out in, in the same order: each run of ascending
+    seqs of one lane cut into batches of at most ``batch_max`` rows (a run of one row goes
+    alone, on ``tx``). Live rows ahead of the backlog end a run, so they are not held back
+    behind it."""
     if not 1 <= batch_max <= TransactionBatch.MAX_ROWS:
         raise ValueError(f"batch_max is {batch_max!r}, expected 1–{TransactionBatch.MAX_ROWS} rows")
-    runs: list[list[TransactionMsg]] = []
+    runs: list[list[RowT]] = []
     for row in rows:
         run = runs[-1] if runs else None
         if run is None or len(run) >= batch_max or row.seq <= run[-1].seq or row.lane_id != run[-1].lane_id:
             runs.append([row])
         else:
             run.append(row)
+    return runs
+
+
+def transaction_messages(rows: Sequence[TransactionMsg], batch_max: int) -> list[TransactionMsg | TransactionBatch]:
+    """``rows`` as they go out (:func:`transaction_runs`): a batch per run, a run of one alone."""
     return [run[0] if len(run) == 1 else TransactionBatch(lane_id=run[0].lane_id, transactions=tuple(run))
-            for run in runs]
+            for run in transaction_runs(rows, batch_max)]
 
 
 def _absolute(iso: str, unix: float) -> dt.datetime:
