@@ -47,6 +47,7 @@ from typing import Any, Self, TypeVar
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from laned.cancellation import stop_if_cancelled
 from laned.centre.acks import ACK_BATCH_MAX, ACK_DELAY_S, Batch, acks
 from laned.centre.broker import BrokerSettings, make_client, publish
 from laned.centre.commanding import DEFAULT_LIFETIME_S, build_command
@@ -57,7 +58,6 @@ from laned.centre.lists import ListVersion
 from laned.centre.outbound import publish_command, publish_list_version
 from laned.centre.reconcile import AutoReconcile, auto_answer
 from laned.uplink.contract import route
-from laned.uplink.publisher import stop_if_cancelled
 from laned.uplink.messages import (
     AckStream,
     AlarmMsg,

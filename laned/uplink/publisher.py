@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from laned.cancellation import stop_if_cancelled
 from laned.journal.errors import JournalStorageError
 from laned.journal.records import JournalEntry
 from laned.uplink.link import Session
@@ -238,18 +239,6 @@ class OutboxPublisher:
                 top = max(sent)
                 stream.last_acked = top if stream.last_acked is None else max(stream.last_acked, top)
                 log.debug("centre link: %s ack %d…%d: %d rows delivered", stream.name, first, last, count)
-
-
-def stop_if_cancelled(err: BaseException | None = None) -> None:
-    """Raise CancelledError if this task is being cancelled. Python 3.11 can lose a
-    cancellation: TaskGroup raises a child's error instead of it, and asyncio.wait_for
-    (which aiomqtt awaits every PUBACK with) returns a result that came at the same moment.
-    The count stays, so each loop looks at it: a stopping daemon must not reconnect forever.
-    Only in tasks whose own TaskGroups end them when a child fails (the count is raised
-    then too, see UplinkService._connect_loop)."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError from err
 
 
 def _seqs(seqs: list[int], limit: int = 10) -> str:

@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from laned.cancellation import stop_if_cancelled
 from laned.health.alarms import AlarmChange
 from laned.journal.errors import JournalError, JournalStorageError
 from laned.journal.records import Backlog, JournalEntry, ReconcileRecord, ReconcileStatus, TxState
@@ -45,7 +46,7 @@ from laned.uplink.messages import (
     UplinkMessage,
 )
 from laned.uplink.outbox import backlog_level
-from laned.uplink.publisher import OutboxPublisher, PublishSettings, stop_if_cancelled
+from laned.uplink.publisher import OutboxPublisher, PublishSettings
 from laned.uplink.reporting import LaneView, backlog_alarms, health_snapshot, lane_state
 
 if TYPE_CHECKING:
