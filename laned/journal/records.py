@@ -81,7 +81,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True, kw_only=True, repr=False)
+@dataclass(frozen=True, kw_only=True, repr=False, slots=True)
 class Observed:
     """What B2–B4 said about the OBU, the vehicle and the card, and how the lane priced it."""
 
@@ -131,7 +131,7 @@ class Observed:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in first + rest)})"
 
 
-@dataclass(frozen=True, kw_only=True, repr=False)
+@dataclass(frozen=True, kw_only=True, repr=False, slots=True)
 class TransactionIntent(Observed):
     """A C6 about to be sent: journalled durably first."""
 
@@ -141,7 +141,7 @@ class TransactionIntent(Observed):
     tx_id: str | None = None  # the lane machine's transaction id; a new UUID if None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class B5Result:
     """A successful B5 (or the B5 answering a C8 TAC re-fetch)."""
 
@@ -154,7 +154,7 @@ class B5Result:
     trans_time: dt.datetime | None = None
 
 
-@dataclass(frozen=True, kw_only=True, repr=False)
+@dataclass(frozen=True, kw_only=True, repr=False, slots=True)
 class JournalEntry(Observed):
     """One row of the journal, as stored."""
 
