@@ -1,0 +1,92 @@
+"""The centre's acks marked in the journal (OutboxPublisher.mark_acked): in parts of at most
+MARK_ROWS rows, so that a vehicle's intent never waits behind one long mark."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from laned.journal.errors import JournalStorageError
+from laned.journal.store import Journal
+from laned.uplink.messages import AckStream, TxAck
+from laned.uplink.publisher import MARK_ROWS, OutboxPublisher, PublishSettings, mark_pieces
+from laned.uplink.reporting import LaneView
+
+LANE = "G0001-0201-03"
+T0 = dt.datetime(2024, 11, 22, 9, 30, tzinfo=dt.UTC)
+
+
+def test_a_large_ack_is_cut_into_parts_of_at_most_the_limit_each_naming_only_its_own_seqs():
+    big = {seq: "event" for seq in range(1, 601)}
+    small = {seq: "charged" for seq in (700, 702, 703)}
+    tx, rec = object(), object()
+    pieces = mark_pieces([(tx, 1, 600, big, T0), (rec, 700, 703, small, T0)], 256)  # type: ignore[list-item]
+    assert [sum(len(sent) for *_, sent, _ in p) for p in pieces] == [256, 256, 91]
+    parts = [part for p in pieces for part in p]
+    assert [(stream is tx, first, last) for stream, first, last, _, _ in parts] == [
+        (True, 1, 256), (True, 257, 512), (True, 513, 600), (False, 700, 703)]
+    assert [seq for *_, sent, _ in parts for seq in sent] == [*big, *small]  # each once, in order
+    assert parts[-1][3] == small  # the states go with their seqs
+
+
+class Scene:
+    """A publisher over a real journal of ``rows`` final rows, all published and in flight."""
+
+    def __init__(self, path: Any, rows: int) -> None:
+        self.journal = Journal.open(path, LANE, now=T0)
+        with self.journal.batch("a backlog"):
+            for _ in range(rows):
+                self.journal.record_event("follow_car", T0)
+        self.operations: list[int] = []  # rows each journal operation marked
+        self.fail = False
+        self.troubles: list[str] = []
+        self.busy = False
+        self.publisher = OutboxPublisher(
+            PublishSettings(window=2048), journal=self._run, lane=LaneView(lambda: True, dict, lambda: self.busy),
+            wall=lambda: T0, monotonic=lambda: 0.0, storage_trouble=lambda what, err: self.troubles.append(what))
+        window = self.publisher.tx.window
+        window.connected()
+        window.take(self.journal.outbox_after(0, rows), 0.0)
+
+    def _run(self, op: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.fail:
+            future.set_exception(JournalStorageError("disk I/O error"))
+            return future
+        before = self.journal.outbox_backlog().count
+        future.set_result(op(SimpleNamespace(journal=self.journal)))
+        self.operations.append(before - self.journal.outbox_backlog().count)
+        return future
+
+    async def ack(self, first: int, last: int) -> None:
+        self.publisher.on_ack(TxAck(lane_id=LANE, stream=AckStream.TX, first_seq=first, last_seq=last))
+        task = asyncio.create_task(self.publisher.mark_acked())
+        for _ in range(100):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_an_ack_of_a_whole_window_is_marked_in_parts_and_every_row_is_delivered(tmp_path):
+    scene = Scene(tmp_path / "j.db", 700)
+    await scene.ack(1, 700)
+    assert scene.operations == [MARK_ROWS, MARK_ROWS, 700 - 2 * MARK_ROWS]
+    assert scene.journal.outbox_backlog().count == 0
+    assert scene.publisher.tx.last_acked == 700
+    assert scene.publisher.tx.window.in_flight == []
+
+
+async def test_a_journal_failure_while_marking_leaves_every_part_waiting_and_is_reported_once(tmp_path):
+    scene = Scene(tmp_path / "j.db", 700)
+    scene.fail = True
+    await scene.ack(1, 700)
+    assert scene.journal.outbox_backlog().count == 700  # sent again and acked again later
+    assert len(scene.troubles) == 1 and "seqs 1…256" in scene.troubles[0]
+    # None is remembered as acked-but-being-marked: the look-back sends every one again.
+    window = scene.publisher.tx.window
+    assert len(window.take(scene.journal.outbox_after(0, 700), 1.0)) == 700
