@@ -47,6 +47,13 @@ Metrics (one JSON object per line, ``{"bench": "uplink", "metric", "value", "uni
   the one near ``drain_s`` is the bottleneck;
 * ``transactions`` — the backlog's rows.
 
+For diagnosis, ``UPLINK_BENCH_C6=FILE`` times laned's own path from each B4 to its C6 (the
+daemon's methods wrapped, :func:`time_c6_path`) and adds ``c6_stage_*_p50_ms``/``_p99_ms``
+for the vehicles of the drain: ``total``, ``machine`` (B4 to the intent's submission),
+``queue`` (waiting for the journal writer), ``insert_commit`` (the INSERT and its commit's
+fsync) and ``back`` (to the C6 written). ``UPLINK_BENCH_SLOW=FILE`` lists the event loop's
+slowest callbacks, ``UPLINK_BENCH_PROFILE=FILE`` profiles the daemon's loop thread.
+
     .venv/bin/python bench/uplink_bench.py [--transactions 100000]
 """
 
@@ -54,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import cProfile
 import datetime as dt
 import gc
@@ -64,6 +72,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,6 +161,9 @@ def serve_laned(config: str, ticks: str) -> int:
 
         asyncio.events.Handle._run = timed_run  # type: ignore[method-assign, assignment]
 
+    c6_to = os.environ.get("UPLINK_BENCH_C6")  # where laned's own B4-to-C6 times go, for diagnosis
+    c6_path = time_c6_path() if c6_to else None
+
     async def main() -> None:
         task = asyncio.create_task(ticker())
         try:
@@ -171,10 +183,84 @@ def serve_laned(config: str, ticks: str) -> int:
             profiler.dump_stats(profile_to)
         # After the loop: the daemon has stopped.
         Path(ticks).write_text(json.dumps({"late": late, "gc": collections}))
+        if c6_to and c6_path is not None:
+            Path(c6_to).write_text(json.dumps(c6_path))
         if slow_to:
             Path(slow_to).write_text("\n".join(f"{took * 1e3:7.2f} ms (cpu {cpu * 1e3:6.2f}) {what}"
                                                for took, cpu, what in sorted(slow, reverse=True)))
     return 0
+
+
+def time_c6_path() -> dict[str, list[Any]]:
+    """Times along laned's B4-to-C6 path, recorded by wrapping its methods (diagnosis only,
+    ``UPLINK_BENCH_C6``): each B4's arrival, each intent's submission to the journal
+    writer, the start and end of its ``record_intent`` (INSERT and the commit with its
+    fsync) and its result back, and each C6 written. :func:`c6_stages` pairs them."""
+    from laned.drivers.rsu import RsuLink
+    from laned.executor import LaneExecutor
+
+    times: dict[str, list[Any]] = {"b4": [], "c6": [], "intents": [], "ops": []}
+    deliver, send = RsuLink._deliver, LaneExecutor._send
+    journal_intent, record_intent = LaneExecutor._journal_intent, Journal.record_intent
+
+    def timed_deliver(self: Any, item: Any, arrived_at: float) -> None:
+        if getattr(getattr(item, "message", None), "type_name", "") == "B4":
+            times["b4"].append(arrived_at)
+        deliver(self, item, arrived_at)
+
+    def timed_send(self: Any, action: Any, now: float) -> None:
+        send(self, action, now)
+        if action.message.type_name == "C6":
+            times["c6"].append(time.monotonic())
+
+    def timed_journal_intent(self: Any, a: Any) -> None:
+        submitted, answer = time.monotonic(), self._answer
+
+        def timed_answer(fut: Any, done: Any) -> None:
+            fut.add_done_callback(lambda f: times["intents"].append((submitted, time.monotonic())))
+            answer(fut, done)
+        self._answer = timed_answer
+        try:
+            journal_intent(self, a)
+        finally:
+            del self._answer
+
+    def timed_record_intent(self: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        try:
+            return record_intent(self, *args, **kwargs)
+        finally:
+            times["ops"].append((started, time.monotonic()))
+
+    RsuLink._deliver = timed_deliver  # type: ignore[method-assign]
+    LaneExecutor._send = timed_send  # type: ignore[method-assign]
+    LaneExecutor._journal_intent = timed_journal_intent  # type: ignore[method-assign]
+    Journal.record_intent = timed_record_intent  # type: ignore[method-assign]
+    return times
+
+
+def c6_stages(times: dict[str, list[Any]], since: float, until: float) -> dict[str, list[float]]:
+    """Seconds per stage for each B4 answered: B4 to C6 in all, and of it the lane machine
+    (B4 to the intent's submission), the wait in the journal writer's queue, the INSERT
+    with its commit (fsync), and the way back to the C6 written."""
+    c6 = sorted(times["c6"])
+    intents = sorted(times["intents"])
+    ops = sorted(times["ops"])
+    submits, starts = [s for s, _ in intents], [s for s, _ in ops]
+    out: dict[str, list[float]] = {k: [] for k in ("total", "machine", "queue", "insert_commit", "back")}
+    for b4 in (t for t in times["b4"] if since <= t <= until):
+        i, j = bisect.bisect_left(c6, b4), bisect.bisect_left(submits, b4)
+        if i == len(c6) or j == len(intents):
+            continue
+        submitted, done = intents[j]
+        k = bisect.bisect_left(starts, submitted)
+        if k == len(ops) or ops[k][1] > done:
+            continue
+        started, ended = ops[k]
+        for key, value in (("total", c6[i] - b4), ("machine", submitted - b4), ("queue", started - submitted),
+                           ("insert_commit", ended - started), ("back", c6[i] - ended)):
+            out[key].append(value)
+    return out
 
 
 # -- set-up -----------------------------------------------------------------------------------
@@ -393,6 +479,12 @@ async def measure(n: int, window: int | None, batch_max: int | None, workdir: Pa
         emit("centre_cpu_s", centre_cpu, "s")
         emit("broker_cpu_s", broker_cpu, "s")
         emit("transactions", n, "transactions")
+        c6_to = os.environ.get("UPLINK_BENCH_C6")
+        if c6_to:  # diagnosis: where laned's own B4-to-C6 time went, for the vehicles of the drain
+            recorded_c6 = json.loads(await asyncio.to_thread(Path(c6_to).read_text))
+            for stage, values in c6_stages(recorded_c6, t0, t1).items():
+                emit(f"c6_stage_{stage}_p50_ms", percentile(values, 50) * 1e3, "ms")
+                emit(f"c6_stage_{stage}_p99_ms", percentile(values, 99) * 1e3, "ms")
 
 
 def main(argv: list[str] | None = None) -> int:
