@@ -148,6 +148,10 @@ class OutboxWindow(Generic[R]):
             return 0
         return max(0, self.size - len(self._in_flight))
 
+    def position(self, row: R) -> int:
+        """Where ``row`` lies in the journal's scan order (what a scan continues after)."""
+        return self._position(row)
+
     def next_scan_after(self) -> int:
         """Where the journal's scan continues: rows with a position above this."""
         return self._cursor

@@ -1,5 +1,6 @@
-"""The centre's acks marked in the journal (OutboxPublisher.mark_acked): in parts of at most
-MARK_ROWS rows, so that a vehicle's intent never waits behind one long mark."""
+"""The outbox publisher's journal operations: the centre's acks marked in parts of at most
+MARK_ROWS rows, the look-back read SCAN_BATCH rows at a time, so that a vehicle's intent
+never waits behind one long operation of the journal writer."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from laned.journal.errors import JournalStorageError
 from laned.journal.store import Journal
 from laned.uplink.messages import AckStream, TxAck
-from laned.uplink.publisher import MARK_ROWS, OutboxPublisher, PublishSettings, mark_pieces
+from laned.uplink.publisher import MARK_ROWS, SCAN_BATCH, OutboxPublisher, PublishSettings, mark_pieces
 from laned.uplink.reporting import LaneView
 
 LANE = "G0001-0201-03"
@@ -36,21 +37,23 @@ def test_a_large_ack_is_cut_into_parts_of_at_most_the_limit_each_naming_only_its
 class Scene:
     """A publisher over a real journal of ``rows`` final rows, all published and in flight."""
 
-    def __init__(self, path: Any, rows: int) -> None:
+    def __init__(self, path: Any, rows: int, *, window: int = 2048, in_flight: bool = True) -> None:
         self.journal = Journal.open(path, LANE, now=T0)
         with self.journal.batch("a backlog"):
             for _ in range(rows):
                 self.journal.record_event("follow_car", T0)
         self.operations: list[int] = []  # rows each journal operation marked
+        self.read: list[int] = []  # rows each journal operation returned (scans)
         self.fail = False
         self.troubles: list[str] = []
         self.busy = False
         self.publisher = OutboxPublisher(
-            PublishSettings(window=2048), journal=self._run, lane=LaneView(lambda: True, dict, lambda: self.busy),
+            PublishSettings(window=window), journal=self._run, lane=LaneView(lambda: True, dict, lambda: self.busy),
             wall=lambda: T0, monotonic=lambda: 0.0, storage_trouble=lambda what, err: self.troubles.append(what))
         window = self.publisher.tx.window
         window.connected()
-        window.take(self.journal.outbox_after(0, rows), 0.0)
+        if in_flight:
+            window.take(self.journal.outbox_after(0, rows), 0.0)
 
     def _run(self, op: Any) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -58,8 +61,12 @@ class Scene:
             future.set_exception(JournalStorageError("disk I/O error"))
             return future
         before = self.journal.outbox_backlog().count
-        future.set_result(op(SimpleNamespace(journal=self.journal)))
-        self.operations.append(before - self.journal.outbox_backlog().count)
+        result = op(SimpleNamespace(journal=self.journal))
+        future.set_result(result)
+        if isinstance(result, list) and all(hasattr(r, "seq") for r in result):
+            self.read.append(len(result))
+        else:
+            self.operations.append(before - self.journal.outbox_backlog().count)
         return future
 
     async def ack(self, first: int, last: int) -> None:
@@ -90,3 +97,15 @@ async def test_a_journal_failure_while_marking_leaves_every_part_waiting_and_is_
     # None is remembered as acked-but-being-marked: the look-back sends every one again.
     window = scene.publisher.tx.window
     assert len(window.take(scene.journal.outbox_after(0, 700), 1.0)) == 700
+
+
+async def test_the_look_back_reads_what_waits_a_scan_batch_at_a_time_up_to_the_room(tmp_path):
+    scene = Scene(tmp_path / "j.db", 200, in_flight=False)
+    rows = await scene.publisher._look_back(scene.publisher.tx, 0.0)
+    assert [r.seq for r in rows] == list(range(1, 201))
+    assert scene.read == [SCAN_BATCH, SCAN_BATCH, SCAN_BATCH, 200 - 3 * SCAN_BATCH]
+
+    small = Scene(tmp_path / "k.db", 200, window=100, in_flight=False)
+    rows = await small.publisher._look_back(small.publisher.tx, 0.0)
+    assert [r.seq for r in rows] == list(range(1, 101))  # the window's room, no more
+    assert small.read == [SCAN_BATCH, 100 - SCAN_BATCH]
