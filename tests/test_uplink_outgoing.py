@@ -109,3 +109,10 @@ def test_an_encoded_message_never_shows_a_plate_or_card_in_its_repr(tmp_path):
     for m in outbox_messages(rows, 64) + outbox_messages(rows[:1], 64):
         text = repr(m)
         assert "鲁A12345" not in text and "2301000012345678" not in text and str(rows[0].seq) in text
+
+
+def test_an_encoded_message_is_only_sent_and_cannot_be_decoded_as_one(tmp_path):
+    (single,) = outbox_messages(_journal_rows(tmp_path)[:1], 64)
+    with pytest.raises(TypeError, match="only sent"):
+        TransactionOut.from_json(single.to_json())
+    assert TransactionMsg.from_json(single.to_json()).seq == single.seqs()[0]  # what a receiver does

@@ -14,7 +14,7 @@ import dataclasses
 import datetime as dt
 import operator
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from laned.journal.records import JournalEntry, Observed, TxState
 from laned.uplink.messages.codec import UplinkMessage, _iso
@@ -90,6 +90,11 @@ class EncodedRows(UplinkMessage):
 
     lane_id: str
     payloads: tuple[dict[str, Any], ...]
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Self:
+        raise TypeError(f"{cls.__name__} is only sent: a receiver decodes {TransactionMsg.__name__} "
+                        f"or {TransactionBatch.__name__}")
 
     def rows(self) -> int:
         return len(self.payloads)
