@@ -27,8 +27,10 @@ Metrics (one JSON object per line, ``{"bench": "uplink", "metric", "value", "uni
   (``[uplink] batch_max``);
 * ``mosquitto_pub_msgs_per_s`` — the same payloads published by ``mosquitto_pub -l``
   (one process, one TLS connection with the lane's certificate, one message per stdin
-  line, QoS 1, MQTT 5) to the lane's ``tx`` topic, with the centre subscribed: the
-  count over the process's wall time, start to exit (TLS handshake included);
+  line, QoS 1, MQTT 5) to the lane's ``tx`` topic and received by ``mosquitto_sub`` with
+  the centre's certificate (the centre stopped by then): the count over the time from
+  the publisher's start to the subscriber having every message (TLS handshake included;
+  see :func:`mosquitto_pub_rate` for why not to the publisher's exit);
 * ``drain_ratio`` — ``drain_tx_per_s / mosquitto_pub_msgs_per_s``;
 * ``backlog`` — the journal's outbox backlog at the end (0: everything delivered);
 * ``max_loop_block_ms`` — the longest the daemon's event loop was late for its 1 ms
@@ -378,18 +380,47 @@ def emit(metric: str, value: float, unit: str) -> None:
 
 
 async def mosquitto_pub_rate(broker: MosquittoBroker, pki: Pki, lines: bytes, n: int) -> float:
-    """``mosquitto_pub -l`` publishing ``lines`` at QoS 1 with the lane's certificate: messages per second."""
-    command = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-V", "mqttv5", "-q", "1", "-l",
-               "-i", f"bench-pub-{LANE_ID}", "-t", f"etc/v1/{LANE_ID}/tx", "--cafile", str(pki.ca_cert),
-               "--cert", str(pki.client(LANE_ID).cert), "--key", str(pki.client(LANE_ID).key)]
-    start = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(*command, stdin=asyncio.subprocess.PIPE,
-                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    _, err = await proc.communicate(lines)
-    took = time.monotonic() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"mosquitto_pub exited with {proc.returncode}: {err.decode(errors='replace')}")
-    return n / took
+    """``mosquitto_pub -l`` publishing ``lines`` at QoS 1 with the lane's certificate, received
+    by ``mosquitto_sub`` with the centre's: messages per second from the publisher's start
+    until the subscriber has every one.
+
+    The publisher's stdin stays open until then. At the end of its input ``mosquitto_pub``
+    2.0.11 (Debian 12) exits without sending what it still has queued: of 100,000 lines,
+    ~34,000 reached a subscriber, so the time to its exit counted messages never sent."""
+    topic, port = f"etc/v1/{LANE_ID}/tx", str(broker.port)
+    centre, lane = pki.client(CENTRE), pki.client(LANE_ID)
+    sub = await asyncio.create_subprocess_exec(
+        "stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-V", "mqttv5", "-q", "1", "-t", topic,
+        "-i", f"bench-sub-{LANE_ID}", "-C", str(n), "-d", "--cafile", str(pki.ca_cert), "--cert", str(centre.cert),
+        "--key", str(centre.key), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert sub.stdout is not None
+    pub = None
+    try:
+        async with asyncio.timeout(STARTUP_TIMEOUT_S):  # -d: its log says when it is subscribed
+            while b"received SUBACK" not in (line := await sub.stdout.readline()):
+                if not line:
+                    raise RuntimeError(f"mosquitto_sub exited: {(await sub.stderr.read()).decode(errors='replace')}"
+                                       if sub.stderr else "mosquitto_sub exited")
+        start = time.monotonic()
+        pub = await asyncio.create_subprocess_exec(
+            "mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-V", "mqttv5", "-q", "1", "-l", "-i", f"bench-pub-{LANE_ID}",
+            "-t", topic, "--cafile", str(pki.ca_cert), "--cert", str(lane.cert), "--key", str(lane.key),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        assert pub.stdin is not None
+        pub.stdin.write(lines)
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            while await sub.stdout.read(1 << 16):  # its log and the payloads, until -C n makes it exit
+                pass
+            await sub.wait()
+        took = time.monotonic() - start
+        if sub.returncode != 0:
+            raise RuntimeError(f"mosquitto_sub exited with {sub.returncode}")
+        return n / took
+    finally:
+        for proc in (pub, sub):
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
 
 
 async def measure(n: int, window: int | None, batch_max: int | None, workdir: Path | None = None) -> None:
@@ -455,8 +486,9 @@ async def measure(n: int, window: int | None, batch_max: int | None, workdir: Pa
             finally:
                 if daemon is not None:
                     await stop_child(daemon)
-            pub = await mosquitto_pub_rate(broker, pki, lines, n)
+            # The transport alone: the centre stopped, a C subscriber counting.
             await stop_child(centre)
+            pub = await mosquitto_pub_rate(broker, pki, lines, n)
         recorded = json.loads(ticks.read_text())
         ticked = [(gap, cpu) for at, gap, cpu in recorded["late"] if t0 <= at <= t1]
         gc_passes = [took for at, took, _ in recorded["gc"] if t0 <= at <= t1]
