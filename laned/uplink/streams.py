@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar
 
 from laned.journal.records import JournalEntry, ReconcileRecord
 from laned.journal.store import Journal
-from laned.uplink.messages import AckStream, ReconcileResult, TransactionMsg, UplinkMessage, outbox_messages
+from laned.uplink.messages import AckStream, ReconcileResult, UplinkMessage, outbox_messages
 from laned.uplink.outbox import OutboxWindow, reconcile_window, transaction_window
 
 R = TypeVar("R")
@@ -22,21 +22,19 @@ RECONCILE_WINDOW = 256
 
 
 class OutboxStream(Generic[R]):
-    """One outbox stream: its window, how to read it from the journal, mark it and send a row."""
+    """One outbox stream: its window, how to read it from the journal, mark it and send its rows."""
 
     def __init__(self, name: AckStream, window: OutboxWindow[R], *,
                  scan: Callable[[Journal, int, int], list[R]],
                  mark: Callable[[Journal, int, int, dict[int, str], dt.datetime], int],
-                 message: Callable[[R], UplinkMessage], seq: Callable[[R], int],
-                 group: Callable[[list[R]], list[UplinkMessage]] | None = None,
+                 messages: Callable[[list[R]], list[UplinkMessage]], seq: Callable[[R], int],
                  batch_max: int = 1) -> None:
         self.name = name
         self.window = window
         self.scan = scan
         self.mark = mark
-        self.message = message
+        self._messages = messages
         self.seq = seq
-        self.group = group
         self.batch_max = batch_max  # rows per message at most (1: every row alone)
         self.wake = asyncio.Event()
         self.last_acked: int | None = None
@@ -44,7 +42,7 @@ class OutboxStream(Generic[R]):
 
     def messages(self, rows: list[R]) -> list[UplinkMessage]:
         """The messages that carry ``rows``, in order (several rows per message where the stream batches)."""
-        return [self.message(r) for r in rows] if self.group is None else self.group(rows)
+        return self._messages(rows)
 
     def reader(self, after: int, limit: int) -> Callable[[Any], list[R]]:
         """The journal operation reading this stream from ``after`` (at most ``limit`` rows)."""
@@ -65,12 +63,11 @@ def tx_stream(window: int, batch_max: int = 1) -> OutboxStream[JournalEntry]:
     """The journal's final rows: alone on ``tx``, or up to ``batch_max`` consecutive ones
     per message on ``tx/batch``, each row encoded straight from the journal
     (:func:`~laned.uplink.messages.outbox_messages`)."""
-    def group(rows: list[JournalEntry]) -> list[UplinkMessage]:
+    def messages(rows: list[JournalEntry]) -> list[UplinkMessage]:
         return list(outbox_messages(rows, batch_max))
 
     return OutboxStream(AckStream.TX, transaction_window(window), scan=lambda j, after, n: j.outbox_after(after, n),
-                        mark=_mark_tx, message=TransactionMsg.from_entry, seq=lambda e: e.seq, group=group,
-                        batch_max=batch_max)
+                        mark=_mark_tx, messages=messages, seq=lambda e: e.seq, batch_max=batch_max)
 
 
 def reconcile_stream(window: int) -> OutboxStream[ReconcileRecord]:
@@ -80,4 +77,5 @@ def reconcile_stream(window: int) -> OutboxStream[ReconcileRecord]:
     :data:`RECONCILE_WINDOW`: ``[uplink] window`` counts rows, and these rows are messages."""
     return OutboxStream(AckStream.RECONCILE, reconcile_window(min(window, RECONCILE_WINDOW)),
                         scan=lambda j, after, n: j.reconcile_after(after, n), mark=_mark_reconcile,
-                        message=ReconcileResult.from_record, seq=lambda r: r.tx_seq)
+                        messages=lambda rows: [ReconcileResult.from_record(r) for r in rows],
+                        seq=lambda r: r.tx_seq)

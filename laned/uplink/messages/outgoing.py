@@ -2,8 +2,8 @@
 
 A backlog after an outage is 100,000 rows and more, and every row is encoded on the lane's
 event loop while vehicles pay. Building a :class:`TransactionMsg` per row and encoding it
-member by member cost ~20 µs a row; :func:`transaction_payload` writes the same JSON object
-straight from the journal row in about a third of that. It is exactly
+member by member cost ~34 µs a row; :func:`transaction_payload` writes the same JSON object
+straight from the journal row in ~10 µs. It is exactly
 ``TransactionMsg.from_entry(entry).to_dict()`` (the tests compare the two on every kind of
 row): a row holding anything the short way does not know goes the long way.
 """
@@ -52,7 +52,8 @@ def _member(out: dict[str, Any], name: str, value: Any) -> None:
 def transaction_payload(entry: JournalEntry) -> dict[str, Any]:
     """``TransactionMsg.from_entry(entry).to_dict()``, without building the message."""
     state = entry.state
-    if state is TxState.INTENT or type(entry.kind) is not str or type(entry.reconciled) is not bool:
+    if (state is TxState.INTENT or type(entry.kind) is not str or type(entry.reconciled) is not bool
+            or type(entry.lane_id) is not str or type(entry.seq) is not int or type(entry.uuid) is not str):
         return TransactionMsg.from_entry(entry).to_dict()  # refused there, or encoded the long way
     created = _iso(_absolute(entry.created_iso, entry.created_unix))
     updated = (created if entry.updated_iso == entry.created_iso and entry.updated_unix == entry.created_unix
@@ -63,8 +64,6 @@ def transaction_payload(entry: JournalEntry) -> dict[str, Any]:
         "created_at": created, "updated_at": updated,
     }
     try:
-        if type(entry.lane_id) is not str or type(entry.seq) is not int or type(entry.uuid) is not str:
-            raise _LongWay("lane_id")
         for name, value in zip(_ROW_MEMBERS, _row_values(entry)):
             if value is not None:
                 _member(out, name, value)
