@@ -15,8 +15,11 @@ Issue 10, item 10. One run, all on this machine:
   the rest lane events) journalled before it starts: the backlog of a lane whose link
   was down.
 
-While the lane drains its backlog, vehicles pay back to back on the emulated RSU (as in
-``turnaround_bench.py``), so the lane machine answers B4 with C6 while it publishes.
+While the lane drains its backlog, vehicles pay on the emulated RSU, one every
+``--vehicle-gap-ms`` (default 20 ms) after the previous transaction ended, so the lane
+machine answers B4 with C6 while it publishes; ``--vehicle-gap-ms 0`` runs them back to
+back (as ``turnaround_bench.py`` does), where a vehicle's intent often waits for the
+previous vehicle's charge still being committed.
 
 Metrics (one JSON object per line, ``{"bench": "uplink", "metric", "value", "unit"}``):
 
@@ -43,17 +46,20 @@ Metrics (one JSON object per line, ``{"bench": "uplink", "metric", "value", "uni
   (``gc.callbacks``; it runs in whichever thread allocates, the loop's or the journal's);
 * ``c6_p99_ms`` / ``c6_p50_ms`` — the C6 turnaround (the emulator's figure: last byte of
   B4 written to first byte of C6 read) of the vehicles that paid during the drain, and
-  ``c6_samples`` their number;
+  ``c6_samples`` their number; ``c6_idle_p99_ms`` / ``c6_idle_p50_ms`` the same number of
+  vehicles after the drain, in the same way, with nothing but their own rows to send: the
+  difference is what the drain costs a C6;
 * ``drain_s`` — the drain's duration (as ``drain_tx_per_s`` times it), and ``lane_cpu_s``, ``centre_cpu_s``, ``broker_cpu_s``
   the CPU each process used meanwhile (all threads; the lane's includes the vehicles):
   the one near ``drain_s`` is the bottleneck;
-* ``transactions`` — the backlog's rows.
+* ``transactions`` — the backlog's rows; ``vehicle_gap_ms`` the pause between vehicles.
 
 For diagnosis, ``UPLINK_BENCH_C6=FILE`` times laned's own path from each B4 to its C6 (the
 daemon's methods wrapped, :func:`time_c6_path`) and adds ``c6_stage_*_p50_ms``/``_p99_ms``
 for the vehicles of the drain: ``total``, ``machine`` (B4 to the intent's submission),
 ``queue`` (waiting for the journal writer), ``insert_commit`` (the INSERT and its commit's
-fsync) and ``back`` (to the C6 written). ``UPLINK_BENCH_SLOW=FILE`` lists the event loop's
+fsync), ``insert_commit_runq`` (of that, the writer thread runnable but waiting for a core,
+from ``/proc/thread-self/schedstat``) and ``back`` (to the C6 written). ``UPLINK_BENCH_SLOW=FILE`` lists the event loop's
 slowest callbacks, ``UPLINK_BENCH_PROFILE=FILE`` profiles the daemon's loop thread.
 
     .venv/bin/python bench/uplink_bench.py [--transactions 100000]
@@ -99,6 +105,11 @@ POLL_S = 0.05  # how often the bench reads the centre's and the lane's databases
 STARTUP_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 3600.0  # only stops a hung run
 C6_BLOCK = 10  # vehicles per block while the drain runs
+# The pause between one vehicle's transaction ending and the next arriving. A busy ETC lane
+# sees a vehicle every 2–3 s; 20 ms (up to ~40 vehicles a second) is far denser, and still
+# lets the previous vehicle's charge reach the journal first, so that a C6 measures what the
+# drain costs it, not the wait for the vehicle before. 0: back to back (records before 2026-12-07 06:00).
+VEHICLE_GAP_MS = 20.0
 # Targets (issue 10, item 10).
 TARGET_DRAIN_TX_PER_S = 3000
 TARGET_RATIO = 0.3
@@ -197,11 +208,17 @@ def time_c6_path() -> dict[str, list[Any]]:
     """Times along laned's B4-to-C6 path, recorded by wrapping its methods (diagnosis only,
     ``UPLINK_BENCH_C6``): each B4's arrival, each intent's submission to the journal
     writer, the start and end of its ``record_intent`` (INSERT and the commit with its
-    fsync) and its result back, and each C6 written. :func:`c6_stages` pairs them."""
+    fsync, and how long of it the writer thread waited for a core) and its result back, and
+    each C6 written. :func:`c6_stages` pairs them."""
     from laned.drivers.rsu import RsuLink
     from laned.executor import LaneExecutor
 
     times: dict[str, list[Any]] = {"b4": [], "c6": [], "intents": [], "ops": []}
+
+    def run_queue_wait() -> float:
+        """Seconds this thread has spent runnable but waiting for a core (the kernel's schedstat)."""
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
     deliver, send = RsuLink._deliver, LaneExecutor._send
     journal_intent, record_intent = LaneExecutor._journal_intent, Journal.record_intent
 
@@ -228,11 +245,11 @@ def time_c6_path() -> dict[str, list[Any]]:
             del self._answer
 
     def timed_record_intent(self: Any, *args: Any, **kwargs: Any) -> Any:
-        started = time.monotonic()
+        started, waited = time.monotonic(), run_queue_wait()
         try:
             return record_intent(self, *args, **kwargs)
         finally:
-            times["ops"].append((started, time.monotonic()))
+            times["ops"].append((started, time.monotonic(), run_queue_wait() - waited))
 
     RsuLink._deliver = timed_deliver  # type: ignore[method-assign]
     LaneExecutor._send = timed_send  # type: ignore[method-assign]
@@ -244,12 +261,14 @@ def time_c6_path() -> dict[str, list[Any]]:
 def c6_stages(times: dict[str, list[Any]], since: float, until: float) -> dict[str, list[float]]:
     """Seconds per stage for each B4 answered: B4 to C6 in all, and of it the lane machine
     (B4 to the intent's submission), the wait in the journal writer's queue, the INSERT
-    with its commit (fsync), and the way back to the C6 written."""
+    with its commit (fsync) and, of that, the writer thread's wait for a core
+    (``insert_commit_runq``), and the way back to the C6 written."""
     c6 = sorted(times["c6"])
     intents = sorted(times["intents"])
     ops = sorted(times["ops"])
-    submits, starts = [s for s, _ in intents], [s for s, _ in ops]
-    out: dict[str, list[float]] = {k: [] for k in ("total", "machine", "queue", "insert_commit", "back")}
+    submits, starts = [s for s, _ in intents], [op[0] for op in ops]
+    out: dict[str, list[float]] = {k: [] for k in ("total", "machine", "queue", "insert_commit",
+                                                   "insert_commit_runq", "back")}
     for b4 in (t for t in times["b4"] if since <= t <= until):
         i, j = bisect.bisect_left(c6, b4), bisect.bisect_left(submits, b4)
         if i == len(c6) or j == len(intents):
@@ -258,9 +277,9 @@ def c6_stages(times: dict[str, list[Any]], since: float, until: float) -> dict[s
         k = bisect.bisect_left(starts, submitted)
         if k == len(ops) or ops[k][1] > done:
             continue
-        started, ended = ops[k]
+        started, ended, runq = ops[k]
         for key, value in (("total", c6[i] - b4), ("machine", submitted - b4), ("queue", started - submitted),
-                           ("insert_commit", ended - started), ("back", c6[i] - ended)):
+                           ("insert_commit", ended - started), ("insert_commit_runq", runq), ("back", c6[i] - ended)):
             out[key].append(value)
     return out
 
@@ -334,9 +353,11 @@ def count(db: Path, sql: str, *args: object) -> int:
         con.close()
 
 
-def lane_backlog(db: Path) -> int:
+def lane_backlog(db: Path, up_to: int | None = None) -> int:
+    """Rows waiting for the centre's ack; with ``up_to``, only those with seq ≤ ``up_to`` (the backlog's)."""
+    where = "" if up_to is None else f" AND seq <= {int(up_to)}"
     return count(db, "SELECT COUNT(*) FROM transactions WHERE lane_id = ? AND acked_unix IS NULL AND "
-                     "state != 'intent'", LANE_ID)
+                     f"state != 'intent'{where}", LANE_ID)
 
 
 def centre_stored(db: Path) -> int:
@@ -423,7 +444,18 @@ async def mosquitto_pub_rate(broker: MosquittoBroker, pki: Pki, lines: bytes, n:
                 await proc.wait()
 
 
-async def measure(n: int, window: int | None, batch_max: int | None, workdir: Path | None = None) -> None:
+async def vehicles(lane: Lane, gap_s: float) -> None:
+    """One block of C6_BLOCK vehicles, measured: back to back, or ``gap_s`` apart."""
+    if gap_s <= 0:
+        await run_block(lane, C6_BLOCK, measure=True)
+        return
+    for _ in range(C6_BLOCK):
+        await run_block(lane, 1, measure=True, settle_s=0.0)
+        await asyncio.sleep(gap_s)
+
+
+async def measure(n: int, window: int | None, batch_max: int | None, workdir: Path | None = None,
+                  gap_ms: float = VEHICLE_GAP_MS) -> None:
     with tempfile.TemporaryDirectory(prefix="uplink-bench-") as tmp:
         folder = Path(workdir or tmp)
         await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
@@ -467,14 +499,16 @@ async def measure(n: int, window: int | None, batch_max: int | None, workdir: Pa
                 centre_cpu0, broker_cpu0 = cpu_seconds(centre.pid), cpu_seconds(broker_pid)
 
                 async def drain_watch() -> float:
-                    await wait(lambda: lane_backlog(journal_db) == 0, "the backlog drained", DRAIN_TIMEOUT_S)
+                    # The prefilled rows: the vehicles' own rows keep coming while they pay.
+                    await wait(lambda: lane_backlog(journal_db, n) == 0, "the backlog drained", DRAIN_TIMEOUT_S)
                     return time.monotonic()
 
                 watcher = asyncio.create_task(drain_watch())
                 while True:  # at least one block: a small backlog (the smoke test) may drain before it
-                    await run_block(lane, C6_BLOCK, measure=True)
+                    await vehicles(lane, gap_ms / 1e3)
                     if watcher.done():
                         break
+                vehicles_end = time.monotonic()  # the C6 samples are those of every block run, the last one whole
                 t1 = await watcher
                 lane_cpu = cpu_seconds(daemon.pid) - cpu0
                 centre_cpu = cpu_seconds(centre.pid) - centre_cpu0
@@ -482,6 +516,11 @@ async def measure(n: int, window: int | None, batch_max: int | None, workdir: Pa
                 c6 = list(lane.samples["B4"])
                 await wait(lambda: lane_backlog(journal_db) == 0, "the vehicles' rows delivered too", 60)
                 backlog = lane_backlog(journal_db)
+                # The same vehicles again with nothing to drain (the link up, the centre acking
+                # each vehicle's rows): what the drain costs a C6 is the difference.
+                while len(lane.samples["B4"]) < 2 * len(c6):
+                    await vehicles(lane, gap_ms / 1e3)
+                c6_idle = lane.samples["B4"][len(c6):]
                 span = await asyncio.to_thread(drain_seconds, journal_db, centre_db, n)
             finally:
                 if daemon is not None:
@@ -506,15 +545,18 @@ async def measure(n: int, window: int | None, batch_max: int | None, workdir: Pa
         emit("c6_p50_ms", percentile(c6, 50) * 1e3, "ms")
         emit("c6_p99_ms", percentile(c6, 99) * 1e3, "ms")
         emit("c6_samples", len(c6), "transactions")
+        emit("c6_idle_p50_ms", percentile(c6_idle, 50) * 1e3, "ms")
+        emit("c6_idle_p99_ms", percentile(c6_idle, 99) * 1e3, "ms")
         emit("drain_s", span, "s")
         emit("lane_cpu_s", lane_cpu, "s")
         emit("centre_cpu_s", centre_cpu, "s")
         emit("broker_cpu_s", broker_cpu, "s")
         emit("transactions", n, "transactions")
+        emit("vehicle_gap_ms", gap_ms, "ms")
         c6_to = os.environ.get("UPLINK_BENCH_C6")
         if c6_to:  # diagnosis: where laned's own B4-to-C6 time went, for the vehicles of the drain
             recorded_c6 = json.loads(await asyncio.to_thread(Path(c6_to).read_text))
-            for stage, values in c6_stages(recorded_c6, t0, t1).items():
+            for stage, values in c6_stages(recorded_c6, t0, vehicles_end).items():
                 emit(f"c6_stage_{stage}_p50_ms", percentile(values, 50) * 1e3, "ms")
                 emit(f"c6_stage_{stage}_p99_ms", percentile(values, 99) * 1e3, "ms")
 
@@ -525,13 +567,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, help="[uplink] window: rows in flight (default: laned's, 2048)")
     parser.add_argument("--batch-max", type=int, help="[uplink] batch_max: rows per message (default: laned's, 64)")
     parser.add_argument("--workdir", type=Path, help="keep the databases and logs here (default: a temporary folder)")
+    parser.add_argument("--vehicle-gap-ms", type=float, default=VEHICLE_GAP_MS,
+                        help=f"pause after each vehicle before the next (default {VEHICLE_GAP_MS:g}; 0: back to back)")
     parser.add_argument("--serve-laned", nargs=2, metavar=("CONFIG", "TICKS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_laned:
         return serve_laned(*args.serve_laned)
     if args.transactions < 1:
         parser.error("--transactions must be 1 or more")
-    asyncio.run(measure(args.transactions, args.window, args.batch_max, args.workdir))
+    if args.vehicle_gap_ms < 0:
+        parser.error("--vehicle-gap-ms must be 0 or more")
+    asyncio.run(measure(args.transactions, args.window, args.batch_max, args.workdir, args.vehicle_gap_ms))
     return 0
 
 

@@ -8,6 +8,7 @@ except that the backlog ends at 0 (every row acknowledged by the centre).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,21 +16,36 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "uplink_bench.py"
 METRICS = {"drain_tx_per_s": "tx/s", "mosquitto_pub_msgs_per_s": "msgs/s", "drain_ratio": "ratio", "backlog": "rows",
            "max_loop_block_ms": "ms", "max_loop_busy_ms": "ms", "loop_blocks_over_10ms": "ticks", "max_gc_ms": "ms", "c6_p50_ms": "ms", "c6_p99_ms": "ms", "c6_samples": "transactions",
-           "drain_s": "s", "lane_cpu_s": "s", "centre_cpu_s": "s", "broker_cpu_s": "s", "transactions": "transactions"}
+           "c6_idle_p50_ms": "ms", "c6_idle_p99_ms": "ms",
+           "drain_s": "s", "lane_cpu_s": "s", "centre_cpu_s": "s", "broker_cpu_s": "s", "transactions": "transactions",
+           "vehicle_gap_ms": "ms"}
+# With UPLINK_BENCH_C6: laned's own B4-to-C6 path, stage by stage, p50 and p99 of each.
+STAGES = ("total", "machine", "queue", "insert_commit", "insert_commit_runq", "back")
 
 
-def test_the_uplink_bench_drains_a_small_backlog_to_zero_and_prints_every_metric_once() -> None:
+def test_the_uplink_bench_drains_a_small_backlog_to_zero_and_prints_every_metric_once(tmp_path: Path) -> None:
+    env = {**os.environ, "UPLINK_BENCH_C6": str(tmp_path / "c6.json")}
     done = subprocess.run([sys.executable, str(BENCH), "--transactions", "300"], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert all(set(r) == {"bench", "metric", "value", "unit"} and r["bench"] == "uplink" for r in rows), rows
-    units = {r["metric"]: r["unit"] for r in rows}
-    assert units == METRICS and len(rows) == len(METRICS), "a metric missing or printed twice"
+    stages = {f"c6_stage_{stage}_{p}_ms" for stage in STAGES for p in ("p50", "p99")}
+    units = {r["metric"]: r["unit"] for r in rows if r["metric"] not in stages}
+    assert units == METRICS and len(rows) == len(METRICS) + len(stages), "a metric missing or printed twice"
     values = {r["metric"]: r["value"] for r in rows}
-    assert values["backlog"] == 0 and values["transactions"] == 300
+    assert stages <= set(values), "a C6 stage missing"
+    assert values["c6_stage_insert_commit_runq_p99_ms"] <= values["c6_stage_insert_commit_p99_ms"]
+    assert values["backlog"] == 0 and values["transactions"] == 300 and values["vehicle_gap_ms"] == 20
     assert all(isinstance(v, (int, float)) for v in values.values())
-    for name in ("drain_tx_per_s", "mosquitto_pub_msgs_per_s", "drain_ratio", "max_loop_block_ms", "c6_p50_ms",
+    for name in ("drain_tx_per_s", "mosquitto_pub_msgs_per_s", "drain_ratio", "max_loop_block_ms", "c6_p50_ms", "c6_idle_p50_ms",
                  "c6_samples"):
         assert values[name] > 0, (name, values)
     assert values["c6_p99_ms"] >= values["c6_p50_ms"]
+
+
+def test_a_negative_vehicle_gap_is_refused_naming_the_option() -> None:
+    done = subprocess.run([sys.executable, str(BENCH), "--vehicle-gap-ms", "-5"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and "--vehicle-gap-ms must be 0 or more" in done.stderr, done.stderr
+    assert done.stdout == ""
