@@ -219,6 +219,7 @@ def time_c6_path() -> dict[str, list[Any]]:
         """Seconds this thread has spent runnable but waiting for a core (the kernel's schedstat)."""
         with open("/proc/thread-self/schedstat") as f:
             return int(f.read().split()[1]) / 1e9
+
     deliver, send = RsuLink._deliver, LaneExecutor._send
     journal_intent, record_intent = LaneExecutor._journal_intent, Journal.record_intent
 
@@ -355,9 +356,10 @@ def count(db: Path, sql: str, *args: object) -> int:
 
 def lane_backlog(db: Path, up_to: int | None = None) -> int:
     """Rows waiting for the centre's ack; with ``up_to``, only those with seq ≤ ``up_to`` (the backlog's)."""
-    where = "" if up_to is None else f" AND seq <= {int(up_to)}"
-    return count(db, "SELECT COUNT(*) FROM transactions WHERE lane_id = ? AND acked_unix IS NULL AND "
-                     f"state != 'intent'{where}", LANE_ID)
+    sql = "SELECT COUNT(*) FROM transactions WHERE lane_id = ? AND acked_unix IS NULL AND state != 'intent'"
+    if up_to is None:
+        return count(db, sql, LANE_ID)
+    return count(db, sql + " AND seq <= ?", LANE_ID, up_to)
 
 
 def centre_stored(db: Path) -> int:
