@@ -77,7 +77,7 @@ async def test_a_vehicle_with_too_little_balance_is_refused_and_not_charged(tmp_
 
 
 def test_display_and_io_on_one_modbus_gateway_share_one_bus_scheduler(tmp_path):
-    from laned.app import Buses, make_display, make_io
+    from laned.device_setup import Buses, make_display, make_io
 
     cfg = parse_config({
         "lane": {"lane_id": "L1", "network": "3701", "station": "0201", "lane_number": 3, "direction": "exit"},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from laned.app import Buses, make_display, make_io, warn_shared_bus
+from laned.device_setup import Buses, make_display, make_io, warn_shared_bus
 from laned.config import parse_config
 
 
