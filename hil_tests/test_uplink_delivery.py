@@ -328,6 +328,7 @@ async def lane(tmp_path: Path, pki: Pki, relay: Relay, monitor: HealthMonitor) -
                                   lane=LaneView(etc_open=lambda: True, closed_by=dict,
                                                 vehicle_busy=lambda: lane.vehicle_busy), wall=wall)
     lane = Lane(writer, service, service.link)
+    writer.hold_background(lambda: lane.vehicle_busy)  # as the daemon does (laned/app.py)
     yield lane
     await writer.aclose()
 

@@ -311,6 +311,11 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
         wall0, mono0 = clock(), time.monotonic()
         recent = await writer.submit_async(lambda mj: mj.recent_paid(settings.redetect_window, wall0, mono0))
         machine = LaneMachine(settings, cfg.dialect(), fees=fees, status=status, recent=recent)
+
+        def vehicle_busy() -> bool:  # B2 to the end of the transaction; also read on the journal's thread
+            return machine.tx is not None
+
+        writer.hold_background(vehicle_busy)
         rsu = make_rsu(cfg)
         buses = Buses()
         io = make_io(cfg, buses)
@@ -345,13 +350,19 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
             uplink = UplinkService.from_config(
                 cfg.uplink, settings.lane_id, writer=writer, monitor=monitor,
                 lane=LaneView(etc_open=lambda: not machine.modes.closed, closed_by=lambda: machine.modes.closed_by,
-                              vehicle_busy=lambda: machine.tx is not None),
+                              vehicle_busy=vehicle_busy),
                 wall=lambda: clock().astimezone(zone))
             journal_port = NotifyingJournal(writer, uplink.notify, loop)
             uplink.lists = make_list_service(cfg, cfg.uplink, machine, monitor, status_in_use, fees,
                                              post=lambda ev: executor.post(ev), wall=lambda: clock().astimezone(zone))
+
+        def vehicle_gone() -> None:  # what gave way to the vehicle goes on at once, not at its next look
+            writer.vehicle_gone()
+            if uplink is not None:
+                uplink.vehicle_gone()
+
         executor = LaneExecutor(machine, rsu, io, display, journal_port, wall=clock, observe=observe,
-                                on_alarm=monitor.lane_alarm)
+                                on_alarm=monitor.lane_alarm, vehicle_gone=vehicle_gone)
         executor.health = monitor
         if uplink is not None and cfg.uplink is not None:
             from laned.uplink.command_exec import CommandExecutor, LaneControl

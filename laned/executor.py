@@ -124,7 +124,8 @@ class LaneExecutor:
                  journal: JournalPort | JournalSubmit, *, monotonic: Callable[[], float] = time.monotonic,
                  wall: Callable[[], dt.datetime] = dt.datetime.now,
                  observe: Callable[[Observation], None] | None = None,
-                 on_alarm: Callable[[RaiseAlarm | ClearAlarm], None] | None = None) -> None:
+                 on_alarm: Callable[[RaiseAlarm | ClearAlarm], None] | None = None,
+                 vehicle_gone: Callable[[], None] | None = None) -> None:
         self.machine = machine
         self.rsu = rsu
         self.io = io
@@ -134,6 +135,8 @@ class LaneExecutor:
         self.wall = wall
         self.observe = observe or (lambda o: None)
         self.on_alarm = on_alarm or (lambda a: None)
+        # Told when a vehicle's transaction ends (the journal writer then runs what it held back).
+        self.vehicle_gone = vehicle_gone or (lambda: None)
         # Observations are for the simulator's view; without a watcher they are not even
         # built, so the RSU answer path stays free of that work.
         self._observing = observe is not None
@@ -179,9 +182,12 @@ class LaneExecutor:
     def _process(self, event: Event) -> None:
         now = self.monotonic()
         self.last_handled = now
+        busy = self.machine.tx is not None
         actions = self.machine.handle(event, now, self.wall())
         if actions:
             self._execute(actions, now)
+        if busy and self.machine.tx is None:
+            self.vehicle_gone()
 
     def _execute(self, actions: list[Action], now: float) -> None:
         for action in actions:

@@ -88,6 +88,19 @@ def test_a_journal_that_cannot_write_the_intent_stops_the_charge():
     assert any(code == "journal_failed" for _, code, _ in ex.alarms)
 
 
+def test_the_lane_says_when_a_vehicle_has_gone_once_its_transaction_ends_and_not_before():
+    journal = FakeJournal()
+    ex, rsu, _ = make(journal)
+    gone = []
+    ex.vehicle_gone = lambda: gone.append(journal.rows[-1])
+    b2, b3, b4, b5 = frames()
+    for f in (b2, b3, b4):
+        ex.handle(f)
+    assert rsu.sent[-1] == "C6" and gone == []  # paying: the uplink's work still waits
+    ex.handle(b5)
+    assert gone == [("charged", 1)]  # the charge journalled and the transaction over: once
+
+
 def test_card_numbers_and_plates_are_masked_for_people():
     assert mask_card("37012301000012345678") == "3701************5678"
     assert mask_plate("鲁A12345") == "鲁A*****"

@@ -1,6 +1,7 @@
 """The outbox publisher's journal operations: the centre's acks marked in parts of at most
 MARK_ROWS rows, the look-back read SCAN_BATCH rows at a time, so that a vehicle's intent
-never waits behind one long operation of the journal writer."""
+never waits behind one long operation of the journal writer; and how it gives way to a
+vehicle, until the lane says the vehicle has gone."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from laned.journal.errors import JournalStorageError
 from laned.journal.store import Journal
 from laned.uplink.messages import AckStream, TxAck
+from laned.uplink import publisher as publisher_module
 from laned.uplink.publisher import MARK_ROWS, SCAN_BATCH, OutboxPublisher, PublishSettings, mark_pieces
 from laned.uplink.reporting import LaneView
 
@@ -109,3 +111,34 @@ async def test_the_look_back_reads_what_waits_a_scan_batch_at_a_time_up_to_the_r
     rows = await small.publisher._look_back(small.publisher.tx, 0.0)
     assert [r.seq for r in rows] == list(range(1, 101))  # the window's room, no more
     assert small.read == [SCAN_BATCH, 100 - SCAN_BATCH]
+
+
+async def test_the_outbox_gives_way_to_a_vehicle_until_the_lane_says_it_has_gone(tmp_path, monkeypatch):
+    # Its own looks pushed out of reach: only the lane's word ends the wait.
+    monkeypatch.setattr(publisher_module, "GIVE_WAY_POLL_S", 3600.0)
+    monkeypatch.setattr(publisher_module, "GIVE_WAY_MAX_S", 7200.0)
+    scene = Scene(tmp_path / "journal.db", 0)
+    scene.busy = True
+    waiting = asyncio.create_task(scene.publisher.give_way())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    scene.publisher.vehicle_gone()  # a stale word while the vehicle is still there changes nothing
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    scene.busy = False
+    scene.publisher.vehicle_gone()
+    await asyncio.wait_for(waiting, 5)
+
+
+async def test_a_vehicle_that_stays_is_given_way_for_at_most_give_way_max_s(tmp_path):
+    scene = Scene(tmp_path / "journal.db", 0)
+    clock = [0.0]
+    scene.publisher.monotonic = lambda: clock[0]
+    scene.busy = True  # never gone: a queue of vehicles
+    waiting = asyncio.create_task(scene.publisher.give_way())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    clock[0] += publisher_module.GIVE_WAY_MAX_S
+    await asyncio.wait_for(waiting, 5)  # at its next look, GIVE_WAY_POLL_S later

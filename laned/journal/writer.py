@@ -23,7 +23,9 @@ a thread of its own and hands it work::
 * ``background=True`` (the uplink's outbox scans, acks and counts; the queue is
   :mod:`laned.journal.writer_queue`) runs only when no other
   operation is queued: a vehicle's intent never waits behind the uplink's work, only
-  behind the one background operation already running (a few ms at most). Background
+  behind the one background operation already running (a few ms at most); and none
+  starts while the lane has a vehicle under way (:meth:`JournalWriter.hold_background`,
+  at most 0.2 s at a time). Background
   operations keep their order among themselves and are never grouped; one submitted
   before a lane operation may run after it (the uplink reads whatever is committed when
   its turn comes, and marks rows by the state it sent).
@@ -107,7 +109,7 @@ class JournalWriter:
         self._clock = clock
         self._max_group = max_group
         self._stall_s = stall_s
-        self._queue = WriterQueue(max_group)
+        self._queue = WriterQueue(max_group, clock=clock)
         self._lock = threading.Lock()  # guards _state and the queue against a dying writer; never held over I/O
         self._state = "new"  # new → running → closing → closed; or → dead
         self._thread: threading.Thread | None = None
@@ -214,6 +216,16 @@ class JournalWriter:
                 self._death_callbacks.append(callback)
         if death is not None:
             callback(death)
+
+    def hold_background(self, vehicle_busy: Callable[[], bool]) -> None:
+        """Start no background operation while ``vehicle_busy()`` (the lane's vehicle between
+        B2 and the end of its transaction), for at most ``writer_queue.HOLD_MAX_S`` at a
+        time. ``vehicle_busy`` is called on the writer thread: it must only read a flag."""
+        self._queue.hold_background(vehicle_busy)
+
+    def vehicle_gone(self) -> None:
+        """The lane's vehicle has gone: what :meth:`hold_background` holds may run now (any thread)."""
+        self._queue.nudge()
 
     # -- submitting --------------------------------------------------------------------------
     def submit(self, op: Op[T], *, group: bool = False, background: bool = False) -> concurrent.futures.Future[T]:

@@ -7,6 +7,14 @@ it may be overtaken by operations submitted after it, never by another backgroun
 The stop that :meth:`JournalWriter.close` queues comes after everything submitted before
 it, background operations included.
 
+A background operation also waits while the lane says a vehicle's transaction is under way
+(:meth:`WriterQueue.hold_background`), for at most ``HOLD_MAX_S`` at a time: one started
+between the vehicle's B2 and its B4 runs on the writer when the intent arrives, and the C6
+waits for it (measured in the uplink bench: of the intents delayed by an uplink operation,
+most were delayed by one started after the B2). Deciding here, when the writer picks its
+next operation, closes the gap the uplink's own ``give_way`` leaves: it looks before it
+submits, and the operation may start later.
+
 :meth:`WriterQueue.put` is called from any thread; everything else from the writer thread.
 """
 
@@ -15,6 +23,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import queue
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -40,18 +49,57 @@ class Stop:
 
 STOP = Stop()
 
+# A vehicle's transaction holds background operations back for at most this long at a time,
+# so that a lane with a queue of vehicles still drains its backlog (as the uplink's give_way).
+HOLD_MAX_S = 0.2
+# The lane nudges the writer when its vehicle has gone (:meth:`WriterQueue.nudge`); without
+# a nudge it looks again this often, so a lost one only delays the uplink a little.
+HOLD_POLL_S = 0.02
+
+
+class Nudge:
+    """Queued by :meth:`WriterQueue.nudge`: look again whether background work may run."""
+
+
+NUDGE = Nudge()
+
 
 class WriterQueue:
     """The writer's queue (see the module docstring)."""
 
-    def __init__(self, max_group: int) -> None:
+    def __init__(self, max_group: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._max_group = max_group
-        self._queue: queue.SimpleQueue[Item[Any] | Stop] = queue.SimpleQueue()
+        self._clock = clock
+        self._queue: queue.SimpleQueue[Item[Any] | Stop | Nudge] = queue.SimpleQueue()
         self._deferred: collections.deque[Item[Any]] = collections.deque()  # background, waiting
         self._held: Item[Any] | Stop | None = None  # taken while grouping, runs next
+        self._vehicle_busy: Callable[[], bool] = lambda: False
+        self._holding_since: float | None = None
+
+    def hold_background(self, vehicle_busy: Callable[[], bool]) -> None:
+        """Hold background operations back while ``vehicle_busy()`` (called on the writer
+        thread: it must only read a flag), at most HOLD_MAX_S at a time."""
+        self._vehicle_busy = vehicle_busy
+
+    def _hold_for(self) -> float:
+        """How long to wait for a lane operation before running the next background one: 0 to run it now."""
+        if not self._vehicle_busy():
+            self._holding_since = None
+            return 0.0
+        now = self._clock()
+        if self._holding_since is None:
+            self._holding_since = now
+        elif now - self._holding_since >= HOLD_MAX_S:
+            self._holding_since = None  # one runs; the next may be held again
+            return 0.0
+        return min(HOLD_POLL_S, HOLD_MAX_S - (now - self._holding_since))
 
     def put(self, entry: Item[Any] | Stop) -> None:
         self._queue.put(entry)
+
+    def nudge(self) -> None:
+        """The lane's vehicle has gone: background work held back may run now (any thread)."""
+        self._queue.put(NUDGE)
 
     def next_batch(self) -> list[Item[Any]] | None:
         """Block until there is work: the operations to run next, in one transaction if
@@ -65,6 +113,8 @@ class WriterQueue:
                 nxt = self._queue.get_nowait()
             except queue.Empty:
                 break
+            if isinstance(nxt, Nudge):
+                continue
             if isinstance(nxt, Item) and nxt.background:
                 self._deferred.append(nxt)
                 continue
@@ -85,9 +135,17 @@ class WriterQueue:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
-                    return self._deferred.popleft()
+                    wait = self._hold_for()
+                    if wait <= 0:
+                        return self._deferred.popleft()
+                    try:
+                        item = self._queue.get(timeout=wait)
+                    except queue.Empty:
+                        continue
             else:
                 item = self._queue.get()
+            if isinstance(item, Nudge):
+                continue  # look again
             if isinstance(item, Item) and item.background:
                 self._deferred.append(item)
             elif isinstance(item, Stop) and self._deferred:

@@ -154,6 +154,10 @@ class UplinkService:
         settled an unknown row and recorded a result): look for new rows now."""
         self.outbox.notify()
 
+    def vehicle_gone(self) -> None:
+        """The lane's vehicle has gone (on the loop): the outbox stops giving way now."""
+        self.outbox.vehicle_gone()
+
     def lane_state(self) -> LaneState:
         return lane_state(self.lane_id, self.lane, self.wall())
 
