@@ -81,11 +81,18 @@ def scan(writer: JournalWriter, ran: list[str], name: str):
     return writer.submit(op, background=True)
 
 
-def test_with_a_vehicle_in_the_lane_the_uplinks_scan_waits_and_runs_once_it_has_gone(writer, lane):
+def held_scan(writer: JournalWriter, lane: Lane):
+    """A scan submitted while a vehicle is in the lane, once the writer has looked; and the
+    list it adds its name to when it runs."""
     ran: list[str] = []
     lane.busy = True
     scanned = scan(writer, ran, "scan")
     assert lane.asked.wait(WAIT)
+    return scanned, ran
+
+
+def test_with_a_vehicle_in_the_lane_the_uplinks_scan_waits_and_runs_once_it_has_gone(writer, lane):
+    scanned, ran = held_scan(writer, lane)
     with pytest.raises(TimeoutError):
         scanned.result(QUIET)
     assert ran == []
@@ -95,10 +102,7 @@ def test_with_a_vehicle_in_the_lane_the_uplinks_scan_waits_and_runs_once_it_has_
 
 
 def test_the_vehicles_intent_is_not_held_and_goes_before_the_waiting_scan(writer, lane):
-    ran: list[str] = []
-    lane.busy = True
-    scanned = scan(writer, ran, "scan")
-    assert lane.asked.wait(WAIT)
+    scanned, ran = held_scan(writer, lane)
     intent = writer.submit(intent_op(1))
     assert intent.result(WAIT) == 1  # written while the vehicle is still there
     assert ran == [] and not scanned.done()
@@ -130,10 +134,7 @@ def test_when_the_lane_says_its_vehicle_has_gone_the_held_scan_runs_without_wait
     # reach: only the lane's word can let the scan run.
     monkeypatch.setattr(writer_queue, "HOLD_POLL_S", 3600.0)
     monkeypatch.setattr(writer_queue, "HOLD_MAX_S", 7200.0)
-    ran: list[str] = []
-    lane.busy = True
-    scanned = scan(writer, ran, "scan")
-    assert lane.asked.wait(WAIT)
+    scanned, ran = held_scan(writer, lane)
     lane.busy = False  # gone, but nobody said so
     with pytest.raises(TimeoutError):
         scanned.result(QUIET)
@@ -143,10 +144,7 @@ def test_when_the_lane_says_its_vehicle_has_gone_the_held_scan_runs_without_wait
 
 
 def test_a_word_that_the_vehicle_has_gone_while_it_is_still_there_changes_nothing(writer, lane):
-    ran: list[str] = []
-    lane.busy = True
-    scanned = scan(writer, ran, "scan")
-    assert lane.asked.wait(WAIT)
+    scanned, ran = held_scan(writer, lane)
     writer.vehicle_gone()  # a stale word: the lane's state decides
     with pytest.raises(TimeoutError):
         scanned.result(QUIET)
