@@ -45,3 +45,46 @@ async def test_a_centre_being_stopped_stops_even_when_its_session_ends_with_an_m
             runner.cancel()
             await asyncio.wait({runner}, timeout=2)
         centre.close()
+
+
+class PubackAsTheStopComes:
+    """An MQTT client whose publish returns normally when its task is cancelled meanwhile:
+    what aiomqtt's publish does in Python 3.11 when the PUBACK comes at the moment of the
+    cancellation (asyncio.wait_for returns the result and drops the cancellation)."""
+
+    def __init__(self) -> None:
+        self.publishing = asyncio.Event()
+        self.published: list[str] = []
+
+    async def publish(self, topic: str, payload: bytes, **kwargs: object) -> None:
+        self.publishing.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.published.append(topic)  # the PUBACK won: no CancelledError
+
+
+async def test_a_centre_stopped_while_an_ack_is_being_published_stops(tmp_path: Path) -> None:
+    files = tmp_path / "unused.pem"
+    centre = Centre(CentreSettings(broker=BrokerSettings(host="127.0.0.1", port=1, ca=files, cert=files, key=files),
+                                   db=tmp_path / "centre.db"))
+    client = PubackAsTheStopComes()
+    centre._acks_out.put_nowait(("G0001-01", '{"ack": 1}'))
+    sending = asyncio.create_task(centre._send_acks(client))  # type: ignore[arg-type]
+    try:
+        await asyncio.wait_for(client.publishing.wait(), 2)
+        sending.cancel()
+        done, _ = await asyncio.wait({sending}, timeout=2)
+        assert sending in done, "stopped while publishing an ack, the ack loop waited for the next ack"
+        assert len(client.published) == 1  # the ack did go out
+        with pytest.raises(asyncio.CancelledError):
+            sending.result()
+    finally:
+        if not sending.done():  # end the loop the assertion found: its next publish fails
+            async def broken(*args: object, **kwargs: object) -> None:
+                raise RuntimeError("the test is over")
+
+            client.publish = broken  # type: ignore[method-assign]
+            centre._acks_out.put_nowait(("G0001-01", '{"ack": 2}'))
+            await asyncio.wait({sending}, timeout=2)
+        centre.close()

@@ -20,6 +20,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from laned.cancellation import stop_if_cancelled
 from laned.centre.errors import CentreError
 from laned.uplink.contract import delivery, topic
 from laned.uplink.tls import TlsConfigError, client_tls_context
@@ -82,3 +83,8 @@ async def publish(client: aiomqtt.Client, channel: str, lane_id: str, payload: b
         properties.CorrelationData = correlation
     data = payload.encode("utf-8") if isinstance(payload, str) else payload
     await client.publish(topic(channel, lane_id), data, qos=d.qos, retain=d.retain, properties=properties)
+    # aiomqtt awaits the PUBACK with asyncio.wait_for, which in Python 3.11 returns the PUBACK
+    # that came at the moment the task was cancelled and drops the cancellation: the centre's
+    # ack loop then waited for its next ack forever and the centre could not stop (seen in the
+    # test suite, about one run in ten of hil_tests/test_centre.py).
+    stop_if_cancelled()

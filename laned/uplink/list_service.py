@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from laned.cancellation import stop_if_cancelled
 from laned.lane.events import ClearAlarm, Device, DeviceStatus, RaiseAlarm
 from laned.lane.fee_table import FeeSchedule
 from laned.lane.list_update import (
@@ -187,6 +188,7 @@ class ListService:
         try:
             await session.publish(self.versions())
             while True:
+                stop_if_cancelled()  # a publish's wait_for may have dropped it (laned.cancellation)
                 for item in self.downloads.due(self.wall()):
                     if isinstance(item, ListRequest):
                         log.info("%s version %d: %s; asking the centre again (list/request)", item.kind,
