@@ -255,6 +255,9 @@ class UplinkService:
                 await self.lists.on_message(item, session)
             else:
                 log.debug("centre link: %s on %s ignored: no list downloads on this lane", item.channel, item.topic)
+            # A command's result or a list request was published above: its PUBACK's wait_for
+            # may have dropped a stop that came meanwhile (laned.cancellation).
+            stop_if_cancelled()
 
     async def _on_answer(self, answer: ReconcileAnswer) -> None:
         b5 = answer.to_b5() if answer.outcome is ReconcileOutcome.CHARGED else None
