@@ -50,7 +50,7 @@ class Stop:
 STOP = Stop()
 
 # A vehicle's transaction holds background operations back for at most this long at a time,
-# so that a lane with a queue of vehicles still drains its backlog (as the uplink's give_way).
+# so that a lane with a queue of vehicles still drains its backlog. The uplink's give_way uses it too.
 HOLD_MAX_S = 0.2
 # The lane nudges the writer when its vehicle has gone (:meth:`WriterQueue.nudge`); without
 # a nudge it looks again this often, so a lost one only delays the uplink a little.

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from laned.cancellation import stop_if_cancelled
 from laned.journal.errors import JournalStorageError
 from laned.journal.records import JournalEntry
+from laned.journal.writer_queue import HOLD_MAX_S
 from laned.uplink.link import Session
 from laned.uplink.messages import AckStream, TxAck
 from laned.uplink.reporting import LaneView
@@ -43,7 +44,7 @@ MARK_ROWS = 256
 # B2-to-B5 exchange takes tens of milliseconds. The lane says when the vehicle has gone
 # (vehicle_gone); the outbox's own look every GIVE_WAY_POLL_S is only a backstop. (It used
 # to look every 2 ms: those wake-ups of the loop competed with the vehicle's for the cores.)
-GIVE_WAY_MAX_S = 0.2
+GIVE_WAY_MAX_S = HOLD_MAX_S  # one bound for both: the journal writer holds its background work as long
 GIVE_WAY_POLL_S = 0.02
 
 
