@@ -81,10 +81,15 @@ class Scene:
             await task
 
 
+def parts(rows: int, limit: int) -> list[int]:
+    """``rows`` in journal operations of at most ``limit``, in order: full ones, then the rest."""
+    return [limit] * (rows // limit) + ([rows % limit] if rows % limit else [])
+
+
 async def test_an_ack_of_a_whole_window_is_marked_in_parts_and_every_row_is_delivered(tmp_path):
     scene = Scene(tmp_path / "j.db", 700)
     await scene.ack(1, 700)
-    assert scene.operations == [MARK_ROWS, MARK_ROWS, 700 - 2 * MARK_ROWS]
+    assert scene.operations == parts(700, MARK_ROWS)
     assert scene.journal.outbox_backlog().count == 0
     assert scene.publisher.tx.last_acked == 700
     assert scene.publisher.tx.window.in_flight == []
@@ -95,7 +100,7 @@ async def test_a_journal_failure_while_marking_leaves_every_part_waiting_and_is_
     scene.fail = True
     await scene.ack(1, 700)
     assert scene.journal.outbox_backlog().count == 700  # sent again and acked again later
-    assert len(scene.troubles) == 1 and "seqs 1…256" in scene.troubles[0]
+    assert len(scene.troubles) == 1 and f"seqs 1…{MARK_ROWS}" in scene.troubles[0]
     # None is remembered as acked-but-being-marked: the look-back sends every one again.
     window = scene.publisher.tx.window
     assert len(window.take(scene.journal.outbox_after(0, 700), 1.0)) == 700
@@ -105,12 +110,12 @@ async def test_the_look_back_reads_what_waits_a_scan_batch_at_a_time_up_to_the_r
     scene = Scene(tmp_path / "j.db", 200, in_flight=False)
     rows = await scene.publisher._look_back(scene.publisher.tx, 0.0)
     assert [r.seq for r in rows] == list(range(1, 201))
-    assert scene.read == [SCAN_BATCH, SCAN_BATCH, SCAN_BATCH, 200 - 3 * SCAN_BATCH]
+    assert scene.read == parts(200, SCAN_BATCH)
 
     small = Scene(tmp_path / "k.db", 200, window=100, in_flight=False)
     rows = await small.publisher._look_back(small.publisher.tx, 0.0)
     assert [r.seq for r in rows] == list(range(1, 101))  # the window's room, no more
-    assert small.read == [SCAN_BATCH, 100 - SCAN_BATCH]
+    assert small.read == parts(100, SCAN_BATCH)
 
 
 async def test_the_outbox_gives_way_to_a_vehicle_until_the_lane_says_it_has_gone(tmp_path, monkeypatch):
