@@ -35,15 +35,16 @@ R = TypeVar("R")
 MAX_PUMP_WAIT_S = 5.0  # the outbox pump wakes at least this often to look for overdue rows
 LIVE_BATCH = 64  # new rows fetched per wake-up, ahead of the backlog
 # Backlog rows read per journal operation: the writer runs one background operation at a
-# time, and a vehicle's intent waits for the one running (16 rows: ~0.2 ms, 64: ~0.8 ms, on
+# time, and a vehicle's intent waits for the one running (32 rows: ~0.4 ms, 64: ~0.8 ms, on
 # an idle machine; under a drain's load several times that). Short operations also delay the
-# event loop less (most likely they hold the GIL in shorter spans): with 64-row reads and
-# 256-row marks the drain kept the loop from a 1 ms ticker for over 10 ms in 5 of 6 runs,
-# with these in none of 9 (docs/benchmarks.md, "Uplink drain").
-SCAN_BATCH = 16
-# Acked rows marked delivered per journal operation, for the same reasons (32 rows: ~0.2 ms,
+# event loop less (most likely they hold the GIL in shorter spans). Measured in the uplink
+# bench (docs/benchmarks.md, "Uplink drain"): 64-row reads and 256-row marks kept the loop
+# from its 1 ms ticker for over 10 ms in most runs; 16 and 32 helped as much as these but
+# cost the lane more CPU per row (a round trip to the writer per operation) and the drain ~10 %.
+SCAN_BATCH = 32
+# Acked rows marked delivered per journal operation, for the same reasons (64 rows: ~0.3 ms,
 # 256: ~1.3 ms, 2048: ~9 ms).
-MARK_ROWS = 32
+MARK_ROWS = 64
 # The outbox waits for a vehicle's transaction (LaneView.vehicle_busy) at most this long: a
 # B2-to-B5 exchange takes tens of milliseconds. The lane says when the vehicle has gone
 # (vehicle_gone); the outbox's own look every GIVE_WAY_POLL_S is only a backstop. (It used
