@@ -57,6 +57,26 @@ HOLD_MAX_S = 0.2
 HOLD_POLL_S = 0.02
 
 
+class BoundedHold:
+    """Work held back while the lane's vehicle is under way, for at most ``max_s`` at a time:
+    the writer's background operations here, the uplink's publishing in its ``give_way``."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+
+    def wait(self, busy: bool, now: float, max_s: float, poll_s: float) -> float:
+        """How long to wait before looking again; 0: go ahead now (the next look may hold again)."""
+        if not busy:
+            self._since = None
+            return 0.0
+        if self._since is None:
+            self._since = now
+        elif now - self._since >= max_s:
+            self._since = None
+            return 0.0
+        return min(poll_s, max_s - (now - self._since))
+
+
 class Nudge:
     """Queued by :meth:`WriterQueue.nudge`: look again whether background work may run."""
 
@@ -74,25 +94,12 @@ class WriterQueue:
         self._deferred: collections.deque[Item[Any]] = collections.deque()  # background, waiting
         self._held: Item[Any] | Stop | None = None  # taken while grouping, runs next
         self._vehicle_busy: Callable[[], bool] = lambda: False
-        self._holding_since: float | None = None
+        self._hold = BoundedHold()
 
     def hold_background(self, vehicle_busy: Callable[[], bool]) -> None:
         """Hold background operations back while ``vehicle_busy()`` (called on the writer
         thread: it must only read a flag), at most HOLD_MAX_S at a time."""
         self._vehicle_busy = vehicle_busy
-
-    def _hold_for(self) -> float:
-        """How long to wait for a lane operation before running the next background one: 0 to run it now."""
-        if not self._vehicle_busy():
-            self._holding_since = None
-            return 0.0
-        now = self._clock()
-        if self._holding_since is None:
-            self._holding_since = now
-        elif now - self._holding_since >= HOLD_MAX_S:
-            self._holding_since = None  # one runs; the next may be held again
-            return 0.0
-        return min(HOLD_POLL_S, HOLD_MAX_S - (now - self._holding_since))
 
     def put(self, entry: Item[Any] | Stop) -> None:
         self._queue.put(entry)
@@ -135,7 +142,7 @@ class WriterQueue:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
-                    wait = self._hold_for()
+                    wait = self._hold.wait(self._vehicle_busy(), self._clock(), HOLD_MAX_S, HOLD_POLL_S)
                     if wait <= 0:
                         return self._deferred.popleft()
                     try:

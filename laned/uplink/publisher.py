@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from laned.cancellation import stop_if_cancelled
 from laned.journal.errors import JournalStorageError
 from laned.journal.records import JournalEntry
-from laned.journal.writer_queue import HOLD_MAX_S
+from laned.journal.writer_queue import HOLD_MAX_S, BoundedHold
 from laned.uplink.link import Session
 from laned.uplink.messages import AckStream, TxAck
 from laned.uplink.reporting import LaneView
@@ -157,17 +157,14 @@ class OutboxPublisher:
         """While a vehicle's transaction is under way (B2 to its end), publish nothing new: its
         C6 must not wait behind a batch being read and encoded. For at most GIVE_WAY_MAX_S at
         a time, so that a lane with a queue of vehicles still drains its backlog."""
-        deadline = None
+        hold = BoundedHold()
         while True:
             self._vehicle_gone.clear()  # on the loop, as vehicle_gone: nothing sets it in between
-            if not self.lane.vehicle_busy():
-                return
-            now = self.monotonic()
-            deadline = now + GIVE_WAY_MAX_S if deadline is None else deadline
-            if now >= deadline:
+            wait = hold.wait(self.lane.vehicle_busy(), self.monotonic(), GIVE_WAY_MAX_S, GIVE_WAY_POLL_S)
+            if wait <= 0:
                 return
             try:
-                async with asyncio.timeout(min(GIVE_WAY_POLL_S, deadline - now)):
+                async with asyncio.timeout(wait):
                     await self._vehicle_gone.wait()
             except TimeoutError:
                 pass  # look again: vehicle_gone is a shortcut, vehicle_busy decides
