@@ -354,12 +354,22 @@ def count(db: Path, sql: str, *args: object) -> int:
         con.close()
 
 
-def lane_backlog(db: Path, up_to: int | None = None) -> int:
-    """Rows waiting for the centre's ack; with ``up_to``, only those with seq ≤ ``up_to`` (the backlog's)."""
-    sql = "SELECT COUNT(*) FROM transactions WHERE lane_id = ? AND acked_unix IS NULL AND state != 'intent'"
-    if up_to is None:
-        return count(db, sql, LANE_ID)
-    return count(db, sql + " AND seq <= ?", LANE_ID, up_to)
+WAITING = "FROM transactions WHERE lane_id = ? AND acked_unix IS NULL AND state != 'intent'"
+
+
+def lane_backlog(db: Path) -> int:
+    """Rows waiting for the centre's ack (the figure reported at the end)."""
+    return count(db, f"SELECT COUNT(*) {WAITING}", LANE_ID)
+
+
+def lane_drained(db: Path, up_to: int | None = None) -> bool:
+    """No row waits for the centre's ack; with ``up_to``, none with seq ≤ ``up_to`` (the backlog's).
+
+    Polled while the drain runs, on the cores the lane uses: it asks SQLite for the first
+    waiting row (~0.3 ms of CPU), where counting them took ~7 ms with 100,000 waiting."""
+    sql, args = (f"SELECT EXISTS(SELECT 1 {WAITING})", (LANE_ID,)) if up_to is None else \
+        (f"SELECT EXISTS(SELECT 1 {WAITING} AND seq <= ?)", (LANE_ID, up_to))
+    return count(db, sql, *args) == 0
 
 
 def centre_stored(db: Path) -> int:
@@ -502,7 +512,7 @@ async def measure(n: int, window: int | None, batch_max: int | None, workdir: Pa
 
                 async def drain_watch() -> float:
                     # The prefilled rows: the vehicles' own rows keep coming while they pay.
-                    await wait(lambda: lane_backlog(journal_db, n) == 0, "the backlog drained", DRAIN_TIMEOUT_S)
+                    await wait(lambda: lane_drained(journal_db, n), "the backlog drained", DRAIN_TIMEOUT_S)
                     return time.monotonic()
 
                 watcher = asyncio.create_task(drain_watch())
@@ -516,7 +526,7 @@ async def measure(n: int, window: int | None, batch_max: int | None, workdir: Pa
                 centre_cpu = cpu_seconds(centre.pid) - centre_cpu0
                 broker_cpu = cpu_seconds(broker_pid) - broker_cpu0
                 c6 = list(lane.samples["B4"])
-                await wait(lambda: lane_backlog(journal_db) == 0, "the vehicles' rows delivered too", 60)
+                await wait(lambda: lane_drained(journal_db), "the vehicles' rows delivered too", 60)
                 backlog = lane_backlog(journal_db)
                 # The same vehicles again with nothing to drain (the link up, the centre acking
                 # each vehicle's rows): what the drain costs a C6 is the difference.
