@@ -7,9 +7,9 @@ Issue 10, item 10. One run, all on this machine:
   the queue limits raised as docs/centre.md says, :class:`BenchBroker`);
 * **the centre** — ``laned centre run`` (the reference centre: contract check of every
   payload, SQLite ledger with ``synchronous=FULL``, range acks) as a child process;
-* **the lane** — ``laned run`` on an emulated RSU (this process), started through this
-  script (``--serve-laned CONFIG TICKS``: what ``laned run --config`` does, plus a ticker
-  task on the daemon's event loop that records every wake-up later than 1 ms), with an
+* **the lane** — ``laned run`` on an emulated RSU (this process), started through
+  ``uplink_daemon.py`` (what ``laned run --config`` does, plus a ticker task on the
+  daemon's event loop that records every wake-up later than 1 ms), with an
   ``[uplink]`` section at the defaults of docs/uplink.md (ack timeout 30 s, keep-alive
   30 s; window 2048 and batch_max 64 unless ``--window``, ``--batch-max``). Its journal holds ``--transactions`` final rows (one in five a charge,
   the rest lane events) journalled before it starts: the backlog of a lane whose link
@@ -55,7 +55,7 @@ Metrics (one JSON object per line, ``{"bench": "uplink", "metric", "value", "uni
 * ``transactions`` — the backlog's rows; ``vehicle_gap_ms`` the pause between vehicles.
 
 For diagnosis, ``UPLINK_BENCH_C6=FILE`` times laned's own path from each B4 to its C6 (the
-daemon's methods wrapped, :func:`time_c6_path`) and adds ``c6_stage_*_p50_ms``/``_p99_ms``
+daemon's methods wrapped, ``uplink_daemon.time_c6_path``) and adds ``c6_stage_*_p50_ms``/``_p99_ms``
 for the vehicles of the drain: ``total``, ``machine`` (B4 to the intent's submission),
 ``queue`` (waiting for the journal writer), ``insert_commit`` (the INSERT and its commit's
 fsync), ``insert_commit_runq`` (of that, the writer thread runnable but waiting for a core,
@@ -69,10 +69,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
-import cProfile
 import datetime as dt
-import gc
 import json
 import os
 import sqlite3
@@ -80,15 +77,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+DAEMON = Path(__file__).with_name("uplink_daemon.py")  # laned with the bench's probes, as a child
 sys.path.insert(0, str(ROOT / "hil_tests"))  # the test broker and PKI
 
 from lane_fixtures import prefill_backlog  # noqa: E402
 from mosquitto_broker import MosquittoBroker  # noqa: E402
 from mqtt_pki import CENTRE, Pki, make_pki  # noqa: E402
+from uplink_daemon import LATE_S, c6_stages  # noqa: E402
 from turnaround_bench import (  # noqa: E402
     FEE_TABLE, Lane, cpu_seconds, lane_obu, percentile, run_block, stop_child,
 )
@@ -99,8 +97,6 @@ from laned.uplink.messages import TransactionMsg  # noqa: E402
 
 LANE_ID = "G0001-0201-03"
 TZ = dt.timezone(dt.timedelta(hours=8))
-TICK_S = 0.001  # the daemon's ticker
-LATE_S = 0.001  # a tick later than this is recorded (none: the loop was never blocked longer)
 POLL_S = 0.05  # how often the bench reads the centre's and the lane's databases
 STARTUP_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 3600.0  # only stops a hung run
@@ -119,170 +115,6 @@ TARGET_C6_P99_MS = 5.0
 
 def wall() -> dt.datetime:
     return dt.datetime.now(TZ)
-
-
-# -- the daemon (child) -----------------------------------------------------------------------
-
-def serve_laned(config: str, ticks: str) -> int:
-    """``laned run --config CONFIG``, with a ticker on its loop; the late ticks go to ``ticks`` at the end."""
-    from laned.app import run_lane
-    from laned.config import load_config
-    from laned.logs import setup_logging
-
-    cfg = load_config(config)
-    setup_logging(cfg.log.level, cfg.log.format)
-    late: list[tuple[float, float, float]] = []
-    collections: list[tuple[float, float, int]] = []  # (end, seconds, generation) of each gc pass over 1 ms
-    gc_started = [0.0]
-
-    def gc_watch(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            gc_started[0] = time.monotonic()
-        else:
-            took = time.monotonic() - gc_started[0]
-            if took > 0.001:
-                collections.append((time.monotonic(), took, info["generation"]))
-
-    gc.callbacks.append(gc_watch)
-
-    async def ticker() -> None:
-        last, last_cpu = time.monotonic(), time.thread_time()
-        while True:
-            await asyncio.sleep(TICK_S)
-            now, cpu = time.monotonic(), time.thread_time()
-            if now - last - TICK_S > LATE_S:
-                # CLOCK_MONOTONIC: the bench reads the same clock. The loop thread's own CPU
-                # in the gap tells code that held the loop from a thread that was not running
-                # (the GIL held by another thread, or no core free).
-                late.append((now, now - last - TICK_S, cpu - last_cpu))
-            last, last_cpu = now, cpu
-
-    slow_to = os.environ.get("UPLINK_BENCH_SLOW")  # the loop's slowest callbacks, for diagnosis
-    slow: list[tuple[float, float, str]] = []
-    if slow_to:
-        run_handle = asyncio.events.Handle._run
-
-        def timed_run(handle: asyncio.events.Handle) -> None:
-            start, cpu = time.monotonic(), time.thread_time()
-            run_handle(handle)
-            took = time.monotonic() - start
-            if took > 0.005:
-                owner = getattr(getattr(handle, "_callback", None), "__self__", None)
-                what = (f"task {owner.get_name()} {owner.get_coro()!r}" if isinstance(owner, asyncio.Task)
-                        else repr(handle))
-                slow.append((took, time.thread_time() - cpu, f"@{start:.3f} {what}"[:300]))
-
-        asyncio.events.Handle._run = timed_run  # type: ignore[method-assign, assignment]
-
-    c6_to = os.environ.get("UPLINK_BENCH_C6")  # where laned's own B4-to-C6 times go, for diagnosis
-    c6_path = time_c6_path() if c6_to else None
-
-    async def main() -> None:
-        task = asyncio.create_task(ticker())
-        try:
-            await run_lane(cfg)
-        finally:
-            task.cancel()
-
-    profile_to = os.environ.get("UPLINK_BENCH_PROFILE")  # where the loop thread goes (cProfile), for diagnosis
-    profiler = cProfile.Profile() if profile_to else None
-    if profiler is not None:
-        profiler.enable()
-    try:
-        asyncio.run(main())
-    finally:
-        if profiler is not None and profile_to:
-            profiler.disable()
-            profiler.dump_stats(profile_to)
-        # After the loop: the daemon has stopped.
-        Path(ticks).write_text(json.dumps({"late": late, "gc": collections}))
-        if c6_to and c6_path is not None:
-            Path(c6_to).write_text(json.dumps(c6_path))
-        if slow_to:
-            Path(slow_to).write_text("\n".join(f"{took * 1e3:7.2f} ms (cpu {cpu * 1e3:6.2f}) {what}"
-                                               for took, cpu, what in sorted(slow, reverse=True)))
-    return 0
-
-
-def time_c6_path() -> dict[str, list[Any]]:
-    """Times along laned's B4-to-C6 path, recorded by wrapping its methods (diagnosis only,
-    ``UPLINK_BENCH_C6``): each B4's arrival, each intent's submission to the journal
-    writer, the start and end of its ``record_intent`` (INSERT and the commit with its
-    fsync, and how long of it the writer thread waited for a core) and its result back, and
-    each C6 written. :func:`c6_stages` pairs them."""
-    from laned.drivers.rsu import RsuLink
-    from laned.executor import LaneExecutor
-
-    times: dict[str, list[Any]] = {"b4": [], "c6": [], "intents": [], "ops": []}
-
-    def run_queue_wait() -> float:
-        """Seconds this thread has spent runnable but waiting for a core (the kernel's schedstat)."""
-        with open("/proc/thread-self/schedstat") as f:
-            return int(f.read().split()[1]) / 1e9
-
-    deliver, send = RsuLink._deliver, LaneExecutor._send
-    journal_intent, record_intent = LaneExecutor._journal_intent, Journal.record_intent
-
-    def timed_deliver(self: Any, item: Any, arrived_at: float) -> None:
-        if getattr(getattr(item, "message", None), "type_name", "") == "B4":
-            times["b4"].append(arrived_at)
-        deliver(self, item, arrived_at)
-
-    def timed_send(self: Any, action: Any, now: float) -> None:
-        send(self, action, now)
-        if action.message.type_name == "C6":
-            times["c6"].append(time.monotonic())
-
-    def timed_journal_intent(self: Any, a: Any) -> None:
-        submitted, answer = time.monotonic(), self._answer
-
-        def timed_answer(fut: Any, done: Any) -> None:
-            fut.add_done_callback(lambda f: times["intents"].append((submitted, time.monotonic())))
-            answer(fut, done)
-        self._answer = timed_answer
-        try:
-            journal_intent(self, a)
-        finally:
-            del self._answer
-
-    def timed_record_intent(self: Any, *args: Any, **kwargs: Any) -> Any:
-        started, waited = time.monotonic(), run_queue_wait()
-        try:
-            return record_intent(self, *args, **kwargs)
-        finally:
-            times["ops"].append((started, time.monotonic(), run_queue_wait() - waited))
-
-    RsuLink._deliver = timed_deliver  # type: ignore[method-assign]
-    LaneExecutor._send = timed_send  # type: ignore[method-assign]
-    LaneExecutor._journal_intent = timed_journal_intent  # type: ignore[method-assign]
-    Journal.record_intent = timed_record_intent  # type: ignore[method-assign]
-    return times
-
-
-def c6_stages(times: dict[str, list[Any]], since: float, until: float) -> dict[str, list[float]]:
-    """Seconds per stage for each B4 answered: B4 to C6 in all, and of it the lane machine
-    (B4 to the intent's submission), the wait in the journal writer's queue, the INSERT
-    with its commit (fsync) and, of that, the writer thread's wait for a core
-    (``insert_commit_runq``), and the way back to the C6 written."""
-    c6 = sorted(times["c6"])
-    intents = sorted(times["intents"])
-    ops = sorted(times["ops"])
-    submits, starts = [s for s, _ in intents], [op[0] for op in ops]
-    out: dict[str, list[float]] = {k: [] for k in ("total", "machine", "queue", "insert_commit",
-                                                   "insert_commit_runq", "back")}
-    for b4 in (t for t in times["b4"] if since <= t <= until):
-        i, j = bisect.bisect_left(c6, b4), bisect.bisect_left(submits, b4)
-        if i == len(c6) or j == len(intents):
-            continue
-        submitted, done = intents[j]
-        k = bisect.bisect_left(starts, submitted)
-        if k == len(ops) or ops[k][1] > done:
-            continue
-        started, ended, runq = ops[k]
-        for key, value in (("total", c6[i] - b4), ("machine", submitted - b4), ("queue", started - submitted),
-                           ("insert_commit", ended - started), ("insert_commit_runq", runq), ("back", c6[i] - ended)):
-            out[key].append(value)
-    return out
 
 
 # -- set-up -----------------------------------------------------------------------------------
@@ -496,7 +328,7 @@ async def measure(n: int, window: int | None, batch_max: int | None, workdir: Pa
                 lane_log = await asyncio.to_thread((folder / "laned.log").open, "wb")
                 with lane_log:
                     daemon = await asyncio.create_subprocess_exec(
-                        sys.executable, __file__, "--serve-laned", str(config), str(ticks),
+                        sys.executable, str(DAEMON), str(config), str(ticks),
                         stdin=asyncio.subprocess.DEVNULL, stdout=lane_log, stderr=lane_log)
                 await emu.wait_for(lambda: emu.state is RsuState.SEARCHING or daemon.returncode is not None,
                                    timeout=STARTUP_TIMEOUT_S, what="laned to initialise the RSU")
@@ -581,10 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep the databases and logs here (default: a temporary folder)")
     parser.add_argument("--vehicle-gap-ms", type=float, default=VEHICLE_GAP_MS,
                         help=f"pause after each vehicle before the next (default {VEHICLE_GAP_MS:g}; 0: back to back)")
-    parser.add_argument("--serve-laned", nargs=2, metavar=("CONFIG", "TICKS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serve_laned:
-        return serve_laned(*args.serve_laned)
     if args.transactions < 1:
         parser.error("--transactions must be 1 or more")
     if args.vehicle_gap_ms < 0:

@@ -1,0 +1,196 @@
+"""The daemon side of ``uplink_bench.py``: ``laned run --config CONFIG`` with the bench's probes.
+
+Run by the bench as a child process (``python bench/uplink_daemon.py CONFIG TICKS``), it
+adds to the daemon a ticker task on its event loop that records every wake-up later than
+1 ms, with the loop thread's own CPU in that gap, and every garbage collection pass over
+1 ms; both go to the file ``TICKS`` (JSON) when the daemon stops. For diagnosis, by
+environment: ``UPLINK_BENCH_C6=FILE`` times laned's B4-to-C6 path (:func:`time_c6_path`,
+which the bench pairs with :func:`c6_stages`), ``UPLINK_BENCH_SLOW=FILE`` lists the event
+loop's slowest callbacks, ``UPLINK_BENCH_PROFILE=FILE`` profiles the loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import cProfile
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from laned.journal.store import Journal
+
+TICK_S = 0.001  # the daemon's ticker
+LATE_S = 0.001  # a tick later than this is recorded (none: the loop was never blocked longer)
+
+
+def serve_laned(config: str, ticks: str) -> int:
+    """``laned run --config CONFIG``, with a ticker on its loop; the late ticks go to ``ticks`` at the end."""
+    from laned.app import run_lane
+    from laned.config import load_config
+    from laned.logs import setup_logging
+
+    cfg = load_config(config)
+    setup_logging(cfg.log.level, cfg.log.format)
+    late: list[tuple[float, float, float]] = []
+    collections: list[tuple[float, float, int]] = []  # (end, seconds, generation) of each gc pass over 1 ms
+    gc_started = [0.0]
+
+    def gc_watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.monotonic()
+        else:
+            took = time.monotonic() - gc_started[0]
+            if took > 0.001:
+                collections.append((time.monotonic(), took, info["generation"]))
+
+    gc.callbacks.append(gc_watch)
+
+    async def ticker() -> None:
+        last, last_cpu = time.monotonic(), time.thread_time()
+        while True:
+            await asyncio.sleep(TICK_S)
+            now, cpu = time.monotonic(), time.thread_time()
+            if now - last - TICK_S > LATE_S:
+                # CLOCK_MONOTONIC: the bench reads the same clock. The loop thread's own CPU
+                # in the gap tells code that held the loop from a thread that was not running
+                # (the GIL held by another thread, or no core free).
+                late.append((now, now - last - TICK_S, cpu - last_cpu))
+            last, last_cpu = now, cpu
+
+    slow_to = os.environ.get("UPLINK_BENCH_SLOW")  # the loop's slowest callbacks, for diagnosis
+    slow: list[tuple[float, float, str]] = []
+    if slow_to:
+        run_handle = asyncio.events.Handle._run
+
+        def timed_run(handle: asyncio.events.Handle) -> None:
+            start, cpu = time.monotonic(), time.thread_time()
+            run_handle(handle)
+            took = time.monotonic() - start
+            if took > 0.005:
+                owner = getattr(getattr(handle, "_callback", None), "__self__", None)
+                what = (f"task {owner.get_name()} {owner.get_coro()!r}" if isinstance(owner, asyncio.Task)
+                        else repr(handle))
+                slow.append((took, time.thread_time() - cpu, f"@{start:.3f} {what}"[:300]))
+
+        asyncio.events.Handle._run = timed_run  # type: ignore[method-assign, assignment]
+
+    c6_to = os.environ.get("UPLINK_BENCH_C6")  # where laned's own B4-to-C6 times go, for diagnosis
+    c6_path = time_c6_path() if c6_to else None
+
+    async def main() -> None:
+        task = asyncio.create_task(ticker())
+        try:
+            await run_lane(cfg)
+        finally:
+            task.cancel()
+
+    profile_to = os.environ.get("UPLINK_BENCH_PROFILE")  # where the loop thread goes (cProfile), for diagnosis
+    profiler = cProfile.Profile() if profile_to else None
+    if profiler is not None:
+        profiler.enable()
+    try:
+        asyncio.run(main())
+    finally:
+        if profiler is not None and profile_to:
+            profiler.disable()
+            profiler.dump_stats(profile_to)
+        # After the loop: the daemon has stopped.
+        Path(ticks).write_text(json.dumps({"late": late, "gc": collections}))
+        if c6_to and c6_path is not None:
+            Path(c6_to).write_text(json.dumps(c6_path))
+        if slow_to:
+            Path(slow_to).write_text("\n".join(f"{took * 1e3:7.2f} ms (cpu {cpu * 1e3:6.2f}) {what}"
+                                               for took, cpu, what in sorted(slow, reverse=True)))
+    return 0
+
+
+def time_c6_path() -> dict[str, list[Any]]:
+    """Times along laned's B4-to-C6 path, recorded by wrapping its methods (diagnosis only,
+    ``UPLINK_BENCH_C6``): each B4's arrival, each intent's submission to the journal
+    writer, the start and end of its ``record_intent`` (INSERT and the commit with its
+    fsync, and how long of it the writer thread waited for a core) and its result back, and
+    each C6 written. :func:`c6_stages` pairs them."""
+    from laned.drivers.rsu import RsuLink
+    from laned.executor import LaneExecutor
+
+    times: dict[str, list[Any]] = {"b4": [], "c6": [], "intents": [], "ops": []}
+
+    def run_queue_wait() -> float:
+        """Seconds this thread has spent runnable but waiting for a core (the kernel's schedstat)."""
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+
+    deliver, send = RsuLink._deliver, LaneExecutor._send
+    journal_intent, record_intent = LaneExecutor._journal_intent, Journal.record_intent
+
+    def timed_deliver(self: Any, item: Any, arrived_at: float) -> None:
+        if getattr(getattr(item, "message", None), "type_name", "") == "B4":
+            times["b4"].append(arrived_at)
+        deliver(self, item, arrived_at)
+
+    def timed_send(self: Any, action: Any, now: float) -> None:
+        send(self, action, now)
+        if action.message.type_name == "C6":
+            times["c6"].append(time.monotonic())
+
+    def timed_journal_intent(self: Any, a: Any) -> None:
+        submitted, answer = time.monotonic(), self._answer
+
+        def timed_answer(fut: Any, done: Any) -> None:
+            fut.add_done_callback(lambda f: times["intents"].append((submitted, time.monotonic())))
+            answer(fut, done)
+        self._answer = timed_answer
+        try:
+            journal_intent(self, a)
+        finally:
+            del self._answer
+
+    def timed_record_intent(self: Any, *args: Any, **kwargs: Any) -> Any:
+        started, waited = time.monotonic(), run_queue_wait()
+        try:
+            return record_intent(self, *args, **kwargs)
+        finally:
+            times["ops"].append((started, time.monotonic(), run_queue_wait() - waited))
+
+    RsuLink._deliver = timed_deliver  # type: ignore[method-assign]
+    LaneExecutor._send = timed_send  # type: ignore[method-assign]
+    LaneExecutor._journal_intent = timed_journal_intent  # type: ignore[method-assign]
+    Journal.record_intent = timed_record_intent  # type: ignore[method-assign]
+    return times
+
+
+def c6_stages(times: dict[str, list[Any]], since: float, until: float) -> dict[str, list[float]]:
+    """Seconds per stage for each B4 answered: B4 to C6 in all, and of it the lane machine
+    (B4 to the intent's submission), the wait in the journal writer's queue, the INSERT
+    with its commit (fsync) and, of that, the writer thread's wait for a core
+    (``insert_commit_runq``), and the way back to the C6 written."""
+    c6 = sorted(times["c6"])
+    intents = sorted(times["intents"])
+    ops = sorted(times["ops"])
+    submits, starts = [s for s, _ in intents], [op[0] for op in ops]
+    out: dict[str, list[float]] = {k: [] for k in ("total", "machine", "queue", "insert_commit",
+                                                   "insert_commit_runq", "back")}
+    for b4 in (t for t in times["b4"] if since <= t <= until):
+        i, j = bisect.bisect_left(c6, b4), bisect.bisect_left(submits, b4)
+        if i == len(c6) or j == len(intents):
+            continue
+        submitted, done = intents[j]
+        k = bisect.bisect_left(starts, submitted)
+        if k == len(ops) or ops[k][1] > done:
+            continue
+        started, ended, runq = ops[k]
+        for key, value in (("total", c6[i] - b4), ("machine", submitted - b4), ("queue", started - submitted),
+                           ("insert_commit", ended - started), ("insert_commit_runq", runq), ("back", c6[i] - ended)):
+            out[key].append(value)
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: uplink_daemon.py CONFIG TICKS (started by uplink_bench.py)")
+    sys.exit(serve_laned(sys.argv[1], sys.argv[2]))
