@@ -6,19 +6,24 @@ adds to the daemon a ticker task on its event loop that records every wake-up la
 1 ms; both go to the file ``TICKS`` (JSON) when the daemon stops. For diagnosis, by
 environment: ``UPLINK_BENCH_C6=FILE`` times laned's B4-to-C6 path (:func:`time_c6_path`,
 which the bench pairs with :func:`c6_stages`), ``UPLINK_BENCH_SLOW=FILE`` lists the event
-loop's slowest callbacks, ``UPLINK_BENCH_PROFILE=FILE`` profiles the loop thread.
+loop's slowest callbacks, ``UPLINK_BENCH_PROFILE=FILE`` profiles the loop thread,
+``UPLINK_BENCH_STALLS=FILE`` samples the loop thread's stack whenever the loop is more than
+5 ms late (:class:`StallSampler`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import cProfile
 import gc
 import json
 import os
 import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +42,7 @@ def serve_laned(config: str, ticks: str) -> int:
     cfg = load_config(config)
     setup_logging(cfg.log.level, cfg.log.format)
     late: list[tuple[float, float, float]] = []
-    collections: list[tuple[float, float, int]] = []  # (end, seconds, generation) of each gc pass over 1 ms
+    gc_passes: list[tuple[float, float, int]] = []  # (end, seconds, generation) of each gc pass over 1 ms
     gc_started = [0.0]
 
     def gc_watch(phase: str, info: dict[str, int]) -> None:
@@ -46,15 +51,22 @@ def serve_laned(config: str, ticks: str) -> int:
         else:
             took = time.monotonic() - gc_started[0]
             if took > 0.001:
-                collections.append((time.monotonic(), took, info["generation"]))
+                gc_passes.append((time.monotonic(), took, info["generation"]))
 
     gc.callbacks.append(gc_watch)
 
+    stalls_to = os.environ.get("UPLINK_BENCH_STALLS")  # what the loop thread runs when it is late, for diagnosis
+    stalls = StallSampler() if stalls_to else None
+
     async def ticker() -> None:
         last, last_cpu = time.monotonic(), time.thread_time()
+        if stalls is not None:
+            stalls.start(threading.get_ident())
         while True:
             await asyncio.sleep(TICK_S)
             now, cpu = time.monotonic(), time.thread_time()
+            if stalls is not None:
+                stalls.ticked = now
             if now - last - TICK_S > LATE_S:
                 # CLOCK_MONOTONIC: the bench reads the same clock. The loop thread's own CPU
                 # in the gap tells code that held the loop from a thread that was not running
@@ -100,13 +112,67 @@ def serve_laned(config: str, ticks: str) -> int:
             profiler.disable()
             profiler.dump_stats(profile_to)
         # After the loop: the daemon has stopped.
-        Path(ticks).write_text(json.dumps({"late": late, "gc": collections}))
+        Path(ticks).write_text(json.dumps({"late": late, "gc": gc_passes}))
         if c6_to and c6_path is not None:
             Path(c6_to).write_text(json.dumps(c6_path))
+        if stalls is not None and stalls_to:
+            Path(stalls_to).write_text(stalls.report())
         if slow_to:
             Path(slow_to).write_text("\n".join(f"{took * 1e3:7.2f} ms (cpu {cpu * 1e3:6.2f}) {what}"
                                                for took, cpu, what in sorted(slow, reverse=True)))
     return 0
+
+
+class StallSampler:
+    """While the loop is later than ``STALL_S`` for its ticker, sample the loop thread's stack
+    every millisecond from a thread of its own (diagnosis only, ``UPLINK_BENCH_STALLS``).
+
+    A sample shows what the loop thread was running, or the call it was waiting in (for the
+    GIL or a core) when the sampler got the GIL; :meth:`report` counts the stacks.
+    """
+
+    STALL_S = 0.005
+    DEPTH = 10  # innermost frames kept per sample
+
+    def __init__(self) -> None:
+        self.ticked = time.monotonic()  # the ticker's last wake-up (set on the loop)
+        self.samples: collections.Counter[str] = collections.Counter()
+        self.stalled_s: collections.Counter[str] = collections.Counter()  # how late the loop was, summed
+
+    def start(self, loop_thread: int) -> None:
+        threading.Thread(target=self._run, args=(loop_thread, threading.get_native_id()), name="stall-sampler",
+                         daemon=True).start()
+
+    def _run(self, loop_thread: int, loop_tid: int) -> None:
+        while True:
+            time.sleep(0.001)
+            late = time.monotonic() - self.ticked - TICK_S
+            if late <= self.STALL_S:
+                continue
+            frames = sys._current_frames()  # noqa: SLF001 - the standard way to sample a thread
+            frame = frames.get(loop_thread)
+            if frame is None:
+                return
+            # R: running or waiting for a core; S: asleep (in a wait, e.g. for the GIL).
+            with open(f"/proc/self/task/{loop_tid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            others = "; ".join(f"{t.name}: {_top(frames[t.ident])}" for t in threading.enumerate()
+                               if t.ident in frames and t.ident not in (loop_thread, threading.get_ident()))
+            stack = "\n".join(f"  {f.filename.rsplit('/', 2)[-1]}:{f.lineno} {f.name}"
+                              for f in traceback.extract_stack(frame)[-self.DEPTH:])
+            key = f"loop thread {state}; others: {others}\n{stack}"
+            self.samples[key] += 1
+            self.stalled_s[key] += late
+
+    def report(self) -> str:
+        return "\n\n".join(f"{n} samples (loop late {self.stalled_s[stack] * 1e3 / n:.1f} ms on average):\n{stack}"
+                            for stack, n in self.samples.most_common(40))
+
+
+def _top(frame: Any) -> str:
+    """A thread's innermost two frames, in one line."""
+    return " < ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}"
+                      for f in reversed(traceback.extract_stack(frame)[-2:]))
 
 
 def time_c6_path() -> dict[str, list[Any]]:

@@ -24,7 +24,7 @@ STAGES = ("total", "machine", "queue", "insert_commit", "insert_commit_runq", "b
 
 
 def test_the_uplink_bench_drains_a_small_backlog_to_zero_and_prints_every_metric_once(tmp_path: Path) -> None:
-    env = {**os.environ, "UPLINK_BENCH_C6": str(tmp_path / "c6.json")}
+    env = {**os.environ, "UPLINK_BENCH_C6": str(tmp_path / "c6.json"), "UPLINK_BENCH_STALLS": str(tmp_path / "stalls.txt")}
     done = subprocess.run([sys.executable, str(BENCH), "--transactions", "300"], capture_output=True, text=True,
                           timeout=300, env=env)
     assert done.returncode == 0, done.stderr
@@ -42,6 +42,9 @@ def test_the_uplink_bench_drains_a_small_backlog_to_zero_and_prints_every_metric
                  "c6_samples"):
         assert values[name] > 0, (name, values)
     assert values["c6_p99_ms"] >= values["c6_p50_ms"]
+    # The stall sampler ran and reported (what it found depends on the machine: maybe nothing).
+    stalls = (tmp_path / "stalls.txt").read_text()
+    assert stalls == "" or stalls.split("\n", 1)[0].endswith(":") and "loop thread " in stalls, stalls[:500]
 
 
 def test_a_negative_vehicle_gap_is_refused_naming_the_option() -> None:
