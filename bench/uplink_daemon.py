@@ -100,6 +100,8 @@ def serve_laned(config: str, ticks: str) -> int:
             await run_lane(cfg)
         finally:
             task.cancel()
+            if stalls is not None:
+                stalls.stop()  # the loop no longer ticks: from here on it would always look late
 
     profile_to = os.environ.get("UPLINK_BENCH_PROFILE")  # where the loop thread goes (cProfile), for diagnosis
     profiler = cProfile.Profile() if profile_to else None
@@ -128,7 +130,9 @@ class StallSampler:
     every millisecond from a thread of its own (diagnosis only, ``UPLINK_BENCH_STALLS``).
 
     A sample shows what the loop thread was running, or the call it was waiting in (for the
-    GIL or a core) when the sampler got the GIL; :meth:`report` counts the stacks.
+    GIL or a core) when the sampler got the GIL, with the thread's kernel state (``R``:
+    running or waiting for a core; ``S``: asleep, e.g. waiting for the GIL) and where the
+    daemon's other threads were; :meth:`report` counts the samples by all of that.
     """
 
     STALL_S = 0.005
@@ -138,14 +142,21 @@ class StallSampler:
         self.ticked = time.monotonic()  # the ticker's last wake-up (set on the loop)
         self.samples: collections.Counter[str] = collections.Counter()
         self.stalled_s: collections.Counter[str] = collections.Counter()  # how late the loop was, summed
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def start(self, loop_thread: int) -> None:
-        threading.Thread(target=self._run, args=(loop_thread, threading.get_native_id()), name="stall-sampler",
-                         daemon=True).start()
+        self._thread = threading.Thread(target=self._run, args=(loop_thread, threading.get_native_id()),
+                                        name="stall-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
 
     def _run(self, loop_thread: int, loop_tid: int) -> None:
-        while True:
-            time.sleep(0.001)
+        while not self._stopped.wait(0.001):
             late = time.monotonic() - self.ticked - TICK_S
             if late <= self.STALL_S:
                 continue
