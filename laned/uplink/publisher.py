@@ -36,12 +36,11 @@ MAX_PUMP_WAIT_S = 5.0  # the outbox pump wakes at least this often to look for o
 LIVE_BATCH = 64  # new rows fetched per wake-up, ahead of the backlog
 # Backlog rows read per journal operation: the writer runs one background operation at a
 # time, and a vehicle's intent waits for the one running (32 rows: ~0.4 ms, 64: ~0.8 ms, on
-# an idle machine; under a drain's load several times that). Short operations also delay
-# the event loop less (most likely they hold the GIL in shorter spans). Measured in the
-# uplink bench (docs/benchmarks.md, "Uplink drain"): with 64-row reads and 256-row marks the
-# bench's 1 ms ticker on the loop was late by over 10 ms in most runs; 16 and 32 helped as
-# much as these, but cost the lane more CPU per row (a round trip to the writer per
-# operation) and the drain ~10 %.
+# an idle machine; under a drain's load several times that). Short operations also delayed
+# the event loop less in the measurements. Measured in the uplink bench (docs/benchmarks.md,
+# "Uplink drain"): with 64-row reads and 256-row marks the bench's 1 ms ticker on the loop
+# was late by over 10 ms in most runs; 16 and 32 helped as much as these, but cost the lane
+# more CPU per row (a round trip to the writer per operation) and the drain ~10 %.
 SCAN_BATCH = 32
 # Acked rows marked delivered per journal operation, for the same reasons (64 rows: ~0.3 ms,
 # 256: ~1.3 ms, 2048: ~9 ms).
