@@ -314,3 +314,31 @@ def test_a_fetch_list_command_asks_the_centre_for_that_version_unless_it_is_in_u
     assert request.reason == "fetch_list command from the centre"
     assert "requested from the centre" in asked
     assert "already in use; nothing requested" in again
+
+
+def test_a_tariff_change_during_a_transaction_prices_it_with_the_table_of_its_b2():
+    """At a fee table's valid_from the schedule switches in place (the health monitor's tick).
+    A vehicle whose B2 came before is priced and recorded with the table in force at its B2,
+    as its status list is; the next vehicle pays the new tariff under the new version."""
+    from tests.lane_harness import card_file
+    from tests.lane_harness import Lane as MachineLane
+
+    old = FeeTable(7, dt.datetime(2026, 1, 1), {("3701-0102", 1): 3500})
+    new = FeeTable(8, dt.datetime(2026, 12, 1), {("3701-0102", 1): 4100})
+    schedule = FeeSchedule(old)
+    schedule.offer(new, dt.datetime(2026, 11, 30))
+    lane = MachineLane(fees=schedule)
+    lane.b2()
+    lane.b3()
+    assert schedule.tick(dt.datetime(2026, 12, 1))  # the tariff changes between B3 and B4
+    lane.b4()
+    intent = next(r for kind, _, r in (j for j in lane.journal if len(j) == 3) if kind == "intent")
+    assert (intent["fee_table_version"], intent["fee"]) == (7, 3500)
+    lane.b5()
+    lane.advance(5)
+    other = b"\xa1\xfe\x33\x01"  # another vehicle, card and plate: not one that just paid
+    lane.b2(obu_id=other)
+    lane.b3(obu_id=other, plate="鲁B54321")
+    lane.b4(obu_id=other, card=card_file(plate="鲁B54321", number="2301000099999999"))
+    second = [r for kind, _, r in (j for j in lane.journal if len(j) == 3) if kind == "intent"][-1]
+    assert (second["fee_table_version"], second["fee"]) == (8, 4100)

@@ -34,6 +34,7 @@ from typing import Any
 
 from laned.lane.arm import Arm
 from laned.lane.barrier import BarrierInterlock
+from laned.lane.degraded import DegradedModes
 from laned.lane.dialect import Dialect, ObuView, VehicleView
 from laned.lane.display import DisplayContent
 from laned.lane.events import (
@@ -42,6 +43,7 @@ from laned.lane.events import (
     JournalResolved, JournalUnknown, LinkLost, LinkUp, MoveBarrier, OperatorMessage, OperatorRaise, RaiseAlarm, Send,
     SendFailed, SetLight, Show, Tick,
 )
+from laned.lane.fee_table import FeeSchedule
 from laned.lane.modes import Availability
 from laned.lane.outcomes import IDLE, OUTCOMES, Reason
 from laned.lane.paid import Paid, PaidRecords
@@ -78,7 +80,7 @@ RESEND_GRACE_S = 0.08
 MAX_RESENDS = 2
 
 
-class LaneMachine(Redetection, Arm):
+class LaneMachine(Redetection, DegradedModes, Arm):
     def __init__(self, settings: LaneSettings, dialect: Dialect, *, fees: FeeLookup | None = None,
                  status: StatusLookup | None = None, recent: list[Paid] | None = None) -> None:
         self.s = settings
@@ -186,7 +188,11 @@ class LaneMachine(Redetection, Arm):
             self.counters["b2_error"] += 1
             out.append(Send(self.d.stop(obu.obu_id), rsctl))
             return
-        tx = Tx(tx_id=str(uuid.uuid4()), obu=obu, started=now, lists=(self.fees, self.status))
+        # The table in force now, not the schedule: a schedule switches to its pending table in
+        # place at its valid_from (FeeSchedule.tick), and a vehicle whose B2 came before that
+        # moment must be priced and recorded with the same version.
+        fees = self.fees.current if isinstance(self.fees, FeeSchedule) else self.fees
+        tx = Tx(tx_id=str(uuid.uuid4()), obu=obu, started=now, lists=(fees, self.status))
         if self._being_recorded(obu.obu_id, None, None):
             self.counters["seen_while_recording"] += 1
             out.append(Send(self.d.stop(obu.obu_id), rsctl))
@@ -376,39 +382,6 @@ class LaneMachine(Redetection, Arm):
             # A C6 that may or may not have left: _abandon records it as unknown, never
             # as not charged, so the vehicle is neither charged twice nor waved through.
             self._abandon(now, out, f"{ev.type_name} could not be sent: {ev.error}")
-
-    # -- degraded modes ------------------------------------------------------------------------
-    def _device(self, ev: DeviceStatus, now: float, out: list[Action]) -> None:
-        was_down = self.modes.is_down(ev.device)
-        changed = self.modes.update(ev.device, ev.online, ev.detail)
-        if ev.device is Device.IO and was_down and ev.online:
-            self._io_back(now, out)
-        if ev.device is Device.JOURNAL and ev.online:
-            for tx in self._unrecorded.values():
-                out.append(self._journal_result(tx))
-        if ev.device is Device.DISPLAY and was_down != (not ev.online):
-            if ev.online:
-                out.append(ClearAlarm("display_offline"))
-                out.append(Show(self.display))  # what it missed while it was away
-            else:
-                out.append(RaiseAlarm("display_offline", ev.detail or "the fee display does not answer"))
-        if not changed:
-            return
-        if self.modes.closed:
-            why = self.modes.describe()
-            self.counters["etc_closures"] += 1
-            out.append(RaiseAlarm("etc_closed", why))
-            out.append(JournalEvent("etc_closed", {"lane_id": self.s.lane_id, "reason": "etc_closed",
-                                                   "detail": why}))
-            if self.credits == 0 and not self.unpaid_on_loop:
-                o = OUTCOMES[Reason.ETC_CLOSED]
-                self._display(DisplayContent(line1=o.line1, line2=o.line2, light=Light.RED), out)
-                self._set_light(Light.RED, out)
-        else:
-            out.append(ClearAlarm("etc_closed"))
-            out.append(JournalEvent("etc_opened", {"lane_id": self.s.lane_id, "reason": "etc_opened"}))
-            if self.credits == 0 and not self.unpaid_on_loop and self.tx is None:
-                self._display(DisplayContent(line1=IDLE.line1, line2=IDLE.line2), out)
 
     # -- outcomes ---------------------------------------------------------------------------
     def _refuse(self, tx: Tx, reason: Reason, rsctl: int | None, now: float, out: list[Action], *,
