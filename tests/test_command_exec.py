@@ -5,14 +5,17 @@ what the lane published, the lane a recorder of the events posted to its machine
 scenario says what the centre sent and what the lane did about it: every refusal answers
 why and leaves the journal as it was; an executed command is in the ledger with its event
 row, once, and a redelivery gets the original answer; a journal that fails mid-command
-leaves neither the row nor the ledger entry and nothing applied.
+leaves neither the row nor the ledger entry and nothing applied; a command recorded is a
+command carried out, even when its task is cancelled while the journal writes it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +27,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from laned.journal import JournalWriter
 from laned.journal.testing import CommitFaults
 from laned.lane.events import Device, DeviceStatus, Event, OperatorMessage, OperatorRaise
+from laned.uplink import command_exec
 from laned.uplink.command_exec import CommandExecutor, CommandSettings, LaneControl
 from laned.uplink.commands import CentreKeys, sign
 from laned.uplink.contract import contract
 from laned.uplink.link import Incoming
-from laned.uplink.messages import CommandResult, ListKind, UplinkMessage
+from laned.uplink.list_service import Installers, ListService, ListSettings
+from laned.uplink.messages import CommandResult, ListKind, ListRequest, UplinkMessage
 
 LANE = "G0001-0201-03"
 KEY_ID = "centre-2024"
@@ -75,11 +80,14 @@ class Scene:
         self.session = FakeSession()
         self.uplink = FakeUplink()
         self.seq = 0
+        self.clock = [NOW]  # the lane's wall clock; a scenario moves it
+        self.closed_by: dict[Device, str] = {}  # what keeps ETC closed, besides the centre
         down = {Device.IO} if io_down else set()
-        self.lane = LaneControl(post=self.posted.append, closed_by=dict, is_down=lambda d: d in down,
-                                has_display=display, has_io=io)
+        self.lane = LaneControl(post=self.posted.append, closed_by=lambda: self.closed_by,
+                                is_down=lambda d: d in down, has_display=display, has_io=io)
         self.executor = CommandExecutor(CommandSettings(lane_id=LANE, keys=CentreKeys({KEY_ID: KEY.public_key()})),
-                                        writer=writer, lane=self.lane, uplink=self.uplink, wall=lambda: NOW)
+                                        writer=writer, lane=self.lane, uplink=self.uplink,
+                                        wall=lambda: self.clock[0])
 
     def command(self, command: str, args: dict[str, Any], **over: Any) -> tuple[bytes, str]:
         """A signed command with the centre's next seq (``over`` changes members before signing)."""
@@ -225,13 +233,13 @@ async def test_a_remote_raise_goes_to_the_lane_machine_and_is_journalled_as_remo
 
 async def test_show_message_reaches_the_display_path_and_the_others_their_service(scene: Scene) -> None:
     cases = [("show_message", {"line1": "ETC暂停", "line2": "请走人工车道", "duration_s": 30}),
-             ("open_etc", {}), ("resend_from", {"seq": 3}), ("publish_health", {})]
+             ("open_etc", {}), ("resend_from", {"seq": 1}), ("publish_health", {})]  # seq 1: the message's row
     for command, args in cases:
         raw, command_id = scene.command(command, args)
         executed(await scene.deliver(raw), command_id)
     assert scene.posted == [OperatorMessage("ETC暂停", "请走人工车道", 30.0),
                             DeviceStatus(Device.OPERATOR, True, "opened by the centre")]
-    assert scene.uplink.resent == [3] and scene.uplink.health == 1
+    assert scene.uplink.resent == [1] and scene.uplink.health == 1
     assert [c for _, _, c in scene.journal()[1]] == [c for c, _ in cases]
 
 
@@ -290,19 +298,217 @@ async def test_a_lane_the_centre_closed_stays_closed_after_a_restart_until_open_
     assert scene.posted == []
 
 
-async def test_fetch_list_answers_what_the_list_downloads_did(writer: tuple[JournalWriter, CommitFaults]) -> None:
-    scene = Scene(*writer)
-    asked: list[tuple[ListKind, int]] = []
+# -- fetch_list: recorded, then asked ------------------------------------------------------------------
 
-    async def fetch(kind: ListKind, version: int) -> str:
-        asked.append((kind, version))
-        return f"{kind} version {version} requested on list/request"
+class ListDownloads:
+    """The scene's lane given list downloads (the real ListService), not yet connected:
+    :meth:`connect` does what ListService.serve does while a session is up."""
 
-    scene.executor.lane = LaneControl(post=scene.posted.append, closed_by=dict, is_down=lambda d: False,
-                                      has_display=True, has_io=True, fetch_list=fetch)
+    def __init__(self, scene: Scene, tmp_path: Path) -> None:
+        self.scene = scene
+        self.service = ListService(lane_id=LANE, keys={}, settings=ListSettings(fee_table_dir=tmp_path / "fees"),
+                                   status=None, fees=None,
+                                   install=Installers(status_list=lambda made: None, fee_table=lambda fees: None),
+                                   wall=lambda: scene.clock[0], tz=CST)
+        scene.executor.lane = LaneControl(post=scene.posted.append, closed_by=dict, is_down=lambda d: False,
+                                          has_display=True, has_io=True, fetch_list=self.service.fetch)
+
+    def connect(self) -> None:
+        self.service._session = self.scene.session
+
+    def requests(self) -> list[ListRequest]:
+        return [m for m, _ in self.scene.session.sent if isinstance(m, ListRequest)]
+
+
+async def test_fetch_list_asks_the_centre_only_once_the_command_is_in_the_ledger(scene: Scene, tmp_path: Path) -> None:
+    lists = ListDownloads(scene, tmp_path)
+    lists.connect()
+    ledger_when_asked: list[list[tuple[Any, ...]]] = []
+    publish = scene.session.publish
+
+    async def watching(msg: UplinkMessage, *, correlation_data: bytes | None = None) -> None:
+        if isinstance(msg, ListRequest):
+            ledger_when_asked.append(scene.journal()[1])
+        await publish(msg, correlation_data=correlation_data)
+
+    scene.session.publish = watching  # type: ignore[method-assign]
     raw, command_id = scene.command("fetch_list", {"kind": "fee_table", "version": 7})
     result = executed(await scene.deliver(raw), command_id)
-    assert asked == [(ListKind.FEE_TABLE, 7)] and result.detail == "fee_table version 7 requested on list/request"
+    [request] = lists.requests()
+    assert (request.kind, request.version) == (ListKind.FEE_TABLE, 7)
+    assert ledger_when_asked == [[(command_id, 1, "fetch_list")]]
+    assert "fee_table version 7 requested from the centre" in (result.detail or "")
+
+
+async def test_fetch_list_the_journal_cannot_record_asks_the_centre_for_nothing(scene: Scene, tmp_path: Path) -> None:
+    lists = ListDownloads(scene, tmp_path)
+    lists.connect()
+    raw, command_id = scene.command("fetch_list", {"kind": "status_list", "version": 42})
+    scene.faults.fail_next(1)  # the disk is full
+    result = await scene.deliver(raw)
+    assert result is not None and (result.outcome, result.reason) == ("refused", "not_possible"), result
+    assert "nothing was done" in (result.detail or "")
+    assert lists.requests() == [] and scene.journal() == ([], [])  # and so it is
+    executed(await scene.deliver(raw), command_id)  # sent again: asked, once
+    assert [r.version for r in lists.requests()] == [42]
+
+
+async def test_fetch_list_with_the_link_down_is_refused_unrecorded_and_runs_when_sent_again(
+        scene: Scene, tmp_path: Path) -> None:
+    lists = ListDownloads(scene, tmp_path)  # not connected: the list service's session ended
+    raw, command_id = scene.command("fetch_list", {"kind": "status_list", "version": 42})
+    result = await scene.deliver(raw)
+    assert result is not None and (result.outcome, result.reason) == ("refused", "not_possible"), result
+    assert "link to the centre dropped" in (result.detail or "") and "send it again" in (result.detail or "")
+    assert lists.requests() == [] and scene.journal() == ([], [])
+    lists.connect()  # the link is back; the centre re-sends the same command
+    executed(await scene.deliver(raw), command_id)
+    assert [(r.kind, r.version) for r in lists.requests()] == [(ListKind.STATUS_LIST, 42)]
+    assert scene.journal()[1] == [(command_id, 1, "fetch_list")]
+
+
+# -- a command recorded is a command carried out ------------------------------------------------------
+
+class HeldCommit:
+    """A commit hook that, once armed, holds the next commit on the writer thread until
+    released: the command's journal write is in flight, not yet committed."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, what: str) -> None:
+        if self.armed:
+            self.armed = False
+            self.reached.set()
+            self.release.wait(10)
+
+
+@pytest.mark.parametrize(("command", "args", "applied"), [
+    ("close_etc", {"reason": "RSU maintenance"}, DeviceStatus(Device.OPERATOR, False, "closed by the centre: RSU maintenance")),
+    ("raise_barrier", {"operator": "op-0231", "reason": "paid at the booth"}, OperatorRaise("op-0231", "paid at the booth")),
+], ids=["close_etc", "raise_barrier"])
+async def test_a_command_cancelled_while_the_journal_writes_it_is_still_carried_out(
+        tmp_path: Path, command: str, args: dict[str, Any], applied: Event) -> None:
+    held = HeldCommit()
+    w = JournalWriter.open(tmp_path / "journal.db", LANE, now=NOW, commit_hook=held).start()
+    try:
+        scene = Scene(w, CommitFaults())
+        raw, command_id = scene.command(command, args)
+        held.armed = True
+        task = asyncio.create_task(scene.deliver(raw))
+        assert await asyncio.to_thread(held.reached.wait, 5), "the command's journal write never started"
+        # Another task of the uplink session raised LinkDown: its task group cancels this one,
+        # while the writer is committing the command.
+        task.cancel()
+        await asyncio.sleep(0)  # the cancellation lands (the task wakes before this coroutine)
+        held.release.set()
+        async with asyncio.timeout(10):
+            with pytest.raises(asyncio.CancelledError):
+                await task  # the cancellation goes on: the session is going down
+        await w.submit_async(lambda mj: None)  # the writer is past the command's write
+        assert scene.journal()[1] == [(command_id, 1, command)]  # the writer committed it
+        assert scene.posted == [applied]  # and the lane carried it out
+        assert scene.session.results == []  # no answer on the dying session
+        # Next session: the broker delivers the command again; the ledger answers, nothing runs twice.
+        executed(await scene.deliver(raw), command_id)
+        assert scene.posted == [applied]
+    finally:
+        held.release.set()
+        w.close()
+
+
+async def test_a_command_cancelled_while_the_journal_stalls_ends_after_a_bounded_wait(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A stalled disk must not hold the dying session (and the reconnect that reports the
+    stall) for as long as it stalls: the cancellation goes on after OUTCOME_WAIT_S, saying so."""
+    monkeypatch.setattr(command_exec, "OUTCOME_WAIT_S", 0.2)
+    held = HeldCommit()
+    w = JournalWriter.open(tmp_path / "journal.db", LANE, now=NOW, commit_hook=held).start()
+    try:
+        scene = Scene(w, CommitFaults())
+        raw, _ = scene.command("close_etc", {"reason": "RSU maintenance"})
+        held.armed = True
+        task = asyncio.create_task(scene.deliver(raw))
+        assert await asyncio.to_thread(held.reached.wait, 5), "the command's journal write never started"
+        task.cancel()
+        async with asyncio.timeout(5):
+            with pytest.raises(asyncio.CancelledError):
+                await task  # the commit is still held: the wait gave up
+        assert scene.posted == [] and scene.session.results == []
+        assert "the journal has not answered in 0.2 s" in caplog.text
+    finally:
+        held.release.set()
+        w.close()
+
+
+# -- what the lane cannot do when it comes to it ----------------------------------------------------------
+
+async def test_resend_from_beyond_the_end_of_the_journal_is_refused_saying_where_it_ends(scene: Scene) -> None:
+    w = scene.writer
+    seqs = [w.call(lambda mj: mj.journal.record_event("follow_car", NOW)).seq for _ in range(3)]
+    raw, command_id = scene.command("resend_from", {"seq": seqs[-1] + 10})
+    result = await scene.deliver(raw)
+    assert result is not None and (result.outcome, result.reason) == ("refused", "not_possible"), result
+    assert f"the journal ends at seq {seqs[-1]}" in (result.detail or "")
+    assert scene.uplink.resent == [] and scene.journal()[1] == []  # not recorded: it may be sent again
+    raw, command_id = scene.command("resend_from", {"seq": seqs[-1]})  # the last row: there is one to send
+    executed(await scene.deliver(raw), command_id)
+    assert scene.uplink.resent == [seqs[-1]]
+
+
+class SlowJournal:
+    """The real writer, each of whose operations takes ``took`` of the lane clock before it
+    runs: a queue of vehicles' writes, a stalled eMMC."""
+
+    def __init__(self, writer: JournalWriter, clock: list[dt.datetime], took: dt.timedelta) -> None:
+        self.writer, self.clock, self.took = writer, clock, took
+
+    def submit_async(self, op: Any, **kw: Any) -> Any:
+        def slow(mj: Any) -> Any:
+            self.clock[0] += self.took
+            return op(mj)
+        return self.writer.submit_async(slow, **kw)
+
+
+async def test_a_command_that_expires_while_it_waits_for_the_journal_is_refused_expired_and_not_run(
+        scene: Scene) -> None:
+    scene.executor.writer = SlowJournal(scene.writer, scene.clock, dt.timedelta(minutes=3))
+    raw, command_id = scene.command("raise_barrier", {"operator": "op-0231", "reason": "paid at the booth"},
+                                    expires_at=(NOW + dt.timedelta(minutes=5)).isoformat())
+    result = await scene.deliver(raw)  # valid when it came (10:00), 10:06 once the journal could take it
+    assert result is not None and (result.outcome, result.reason) == ("refused", "expired"), result
+    assert (result.detail or "").startswith("expired: ") and "10:06:00" in (result.detail or "")
+    assert scene.posted == [] and scene.journal() == ([], [])
+
+
+async def test_a_command_recorded_in_time_on_a_slow_journal_is_stamped_when_it_ran(scene: Scene) -> None:
+    scene.executor.writer = SlowJournal(scene.writer, scene.clock, dt.timedelta(minutes=1))
+    raw, command_id = scene.command("close_etc", {"reason": "RSU maintenance"})
+    result = executed(await scene.deliver(raw), command_id)
+    assert result.at == NOW + dt.timedelta(minutes=2)  # after the check's and the record's waits
+
+
+# -- result details fit the contract --------------------------------------------------------------------
+
+async def test_a_long_result_detail_is_cut_to_the_contracts_limit_and_says_so(scene: Scene) -> None:
+    # ETC stays closed for many reasons, each long: open_etc's detail names them all.
+    scene.closed_by.update({d: f"{d} fault: " + "no answer on the bus; " * 20 for d in Device})
+    raw, command_id = scene.command("open_etc", {})
+    result = executed(await scene.deliver(raw), command_id)  # FakeSession validated it against the contract
+    detail = result.detail or ""
+    assert len(detail) == 1000 and detail.endswith(CommandResult.DETAIL_CUT)
+    assert detail.startswith("the centre's closure is lifted, but ETC stays closed by: ")
+    contract().validate("CommandResult", json.loads(result.to_json()))
+    # The ledger kept the answer as sent: a redelivery gets it back unchanged.
+    assert await scene.deliver(raw) == result
+    # A refusal whose reason is long (a journal error quoting SQLite at length) fits too.
+    raw, _ = scene.command("close_etc", {"reason": "RSU maintenance"})
+    scene.faults.fail_next(1, sqlite3.OperationalError("disk I/O error: " + "sector unreadable; " * 100))
+    refused = await scene.deliver(raw)
+    assert refused is not None and refused.reason == "not_possible"
+    assert len(refused.detail or "") == 1000 and (refused.detail or "").endswith(CommandResult.DETAIL_CUT)
 
 
 # -- the trusted keys in laned.toml -----------------------------------------------------------------

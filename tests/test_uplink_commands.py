@@ -337,6 +337,38 @@ def test_a_display_with_wider_lines_is_passed_its_width():
     assert isinstance(check(raw, display_line_bytes=40), c.Verified)
 
 
+# -- result details fit the contract ---------------------------------------------------------------------
+
+LONG = "the centre's closure is lifted, but ETC stays closed by: " + "io: the IO module does not answer; " * 60
+
+RESULTS: list[tuple[str, typing.Callable[[m.CommandRequest], m.CommandResult | None]]] = [
+    ("executed", lambda req: m.CommandResult.executed(req, NOW, LONG)),
+    ("not_possible", lambda req: m.CommandResult.refused(req, m.RefusalReason.NOT_POSSIBLE, NOW,
+                                                         f"not_possible: the journal could not record it ({LONG})")),
+    ("a refusal", lambda req: c.Refusal(code=c.RefusalCode.BAD_ARGUMENTS, text=LONG, lane_id=LANE,
+                                        command_id=req.command_id).result(NOW)),
+    ("built directly", lambda req: m.CommandResult(lane_id=LANE, command_id=req.command_id,
+                                                   outcome=m.CommandOutcome.EXECUTED, at=NOW, detail=LONG)),
+]
+
+
+@pytest.mark.parametrize("make", [r[1] for r in RESULTS], ids=[r[0] for r in RESULTS])
+def test_a_result_detail_too_long_for_the_contract_is_cut_to_fit_and_says_so(make):
+    result = make(accepted(signed()).request)
+    assert result is not None
+    contract().validate("CommandResult", result.to_dict())  # what the centre checks
+    assert len(result.detail) == m.CommandResult.MAX_DETAIL and result.detail.endswith(m.CommandResult.DETAIL_CUT)
+    assert LONG[:100] in result.detail  # the beginning, where the detail says what happened, is kept
+    assert m.CommandResult.from_json(result.to_json()) == result  # and reads back from the ledger as sent
+
+
+def test_a_result_detail_at_the_contracts_limit_is_kept_whole():
+    text = "x" * m.CommandResult.MAX_DETAIL
+    assert m.CommandResult.executed(accepted(signed()).request, NOW, text).detail == text
+    doc = yaml.safe_load(CONTRACT_FILE.read_text(encoding="utf-8"))
+    assert doc["components"]["schemas"]["Text"]["maxLength"] == m.CommandResult.MAX_DETAIL
+
+
 # -- the order of the checks ----------------------------------------------------------------------------
 
 def test_nothing_but_the_signature_and_key_id_is_read_before_the_signature_verifies(monkeypatch):

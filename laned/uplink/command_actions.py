@@ -22,7 +22,7 @@ from laned.uplink.messages import (
     RefusalReason,
 )
 
-MAX_DETAIL: Final = 1000  # the contract's Text
+MAX_DETAIL: Final = CommandResult.MAX_DETAIL  # the contract's Text; CommandResult cuts a longer detail to it
 
 
 # -- actions --------------------------------------------------------------------------------------
@@ -140,8 +140,7 @@ _REASONS: Final[Mapping[RefusalCode, RefusalReason]] = {
 
 
 def _detail(code: RefusalCode, text: str) -> str:
-    detail = f"{code}: {text}"
-    return detail if len(detail) <= MAX_DETAIL else detail[:MAX_DETAIL - 3] + "..."
+    return CommandResult.fit_detail(f"{code}: {text}")  # as the result carries it, so the log says the same
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,19 +11,33 @@ wired in ``laned.app``). For each payload on ``cmd``, as received:
    :class:`~laned.uplink.commands.Replay` (a QoS 1 redelivery of an executed command):
    nothing is executed; the **original** result, as the ledger kept it, is published again.
 3. :class:`~laned.uplink.commands.Verified`: if the lane cannot do it now (no fee display,
-   the IO module offline, no list downloads), a refusal ``not_possible`` says so and
-   nothing is recorded. Otherwise **one journal transaction** holds the command's event row
-   (kind ``command``, or ``remote_raise`` with the operator — it goes to the centre on
-   ``tx`` like every row), the journal side of the action (``resend_from`` clears the acks
-   from that seq) and the ledger entry with the result. Only once that has committed is the
-   action applied to the lane and the result published. A journal that fails leaves
-   neither row nor ledger entry, applies nothing and answers ``not_possible``.
+   the IO module offline, no list downloads, no link to ask for a list over), a refusal
+   ``not_possible`` says so and nothing is recorded. Otherwise **one journal transaction**
+   holds the command's event row (kind ``command``, or ``remote_raise`` with the operator —
+   it goes to the centre on ``tx`` like every row), the journal side of the action
+   (``resend_from`` clears the acks from that seq) and the ledger entry with the result.
+   Only once that has committed is the action applied to the lane and the result
+   published. A journal that fails leaves neither row nor ledger entry, applies nothing
+   and answers ``not_possible``.
+
+   That transaction reads the clock again, as it runs: a command that expired while it
+   waited for the journal (a queue of vehicles' writes, a stalled disk) is refused
+   ``expired``. A ``resend_from`` past the journal's last seq is refused ``not_possible``.
+   Neither is recorded, like every refusal.
 
 Recording before applying is what makes it *at most once*: a crash after the commit and
 before the lane acted loses that action (a remote raise, a message) rather than running it
-twice on a redelivery. ``close_etc`` is the exception that must survive: the lane reads the
-last ``close_etc``/``open_etc`` from the ledger at start (:meth:`CommandExecutor.restore`),
-so a lane an operator closed stays closed across a restart until ``open_etc``.
+twice on a redelivery. A **cancellation** does not: commands run in the uplink session's
+task group, which cancels them when the link drops, and a journal write that was asked for
+is committed whether its caller still waits or not (:mod:`laned.journal.writer`). So the
+record and the lane side of the action are one unit: a cancellation that lands during the
+write waits for its outcome and, if it committed, applies the action, then goes on. The
+lane side is synchronous (posts to the lane machine, the outbox's rescan); what needs the
+session (a health snapshot, a list request, the result itself) goes down with it.
+
+``close_etc`` is the action that must survive a restart: the lane reads the last
+``close_etc``/``open_etc`` from the ledger at start (:meth:`CommandExecutor.restore`), so a
+lane an operator closed stays closed across a restart until ``open_etc``.
 
 The results go out on ``cmd/result`` with the command's MQTT 5 correlation data copied
 unchanged (the contract: absent if the command had none).
@@ -31,6 +45,7 @@ unchanged (the contract: absent if the command had none).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -51,6 +66,7 @@ from laned.uplink.commands import (
     PublishHealth,
     RaiseBarrier,
     Refusal,
+    RefusalCode,
     Replay,
     ResendFrom,
     ShowMessage,
@@ -58,13 +74,17 @@ from laned.uplink.commands import (
     verify,
 )
 from laned.uplink.contract import ContractError
-from laned.uplink.link import Incoming, Session
-from laned.uplink.messages import CommandName, CommandResult, ListKind, RefusalReason
+from laned.uplink.link import Incoming, LinkDown, Session
+from laned.uplink.messages import CommandName, CommandOutcome, CommandResult, ListKind, RefusalReason
 
 if TYPE_CHECKING:
     from laned.config import UplinkSection
 
 log = logging.getLogger("laned.uplink.commands")
+
+# A command cancelled (the link dropped) while the journal records it waits this long for the
+# write's outcome, so that a committed record is also carried out.
+OUTCOME_WAIT_S = 10.0
 
 REMOTE_RAISE_KIND = "remote_raise"  # the journal row of an operator's remote raise
 COMMAND_KIND = "command"  # the journal row of every other executed command
@@ -80,14 +100,26 @@ class UplinkControl(Protocol):
     async def publish_health(self, session: Session) -> None: ...
 
 
+class ListFetch(Protocol):
+    """The list downloads' side of ``fetch_list`` (laned.uplink.list_service.ListService.fetch).
+
+    ``commit`` is the command's journal transaction, given the result's text (what the
+    downloads will do); it is awaited before the centre is asked, and nothing is asked if it
+    returns False (nothing was recorded). :class:`~laned.uplink.link.LinkDown` when there is
+    no link to ask over: nothing committed, nothing asked.
+    """
+
+    async def __call__(self, kind: ListKind, version: int, *, commit: Callable[[str], Awaitable[bool]]) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class LaneControl:
     """What commands may do to the lane, and what they need to know of it.
 
     ``post`` feeds the lane machine (the executor's inbox): every change goes through the
     machine, so its interlock, its display logic and its journal see it. ``fetch_list``
-    asks the list downloads for a version and returns what it did; None: this lane has
-    no list downloads.
+    asks the list downloads for a version (:class:`ListFetch`); None: this lane has no list
+    downloads.
     """
 
     post: Callable[[Event], None]
@@ -95,7 +127,7 @@ class LaneControl:
     is_down: Callable[[Device], bool]
     has_display: bool
     has_io: bool
-    fetch_list: Callable[[ListKind, int], Awaitable[str]] | None = None
+    fetch_list: ListFetch | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +140,14 @@ class CommandSettings:
 
 def _refused(verified: Verified, at: dt.datetime, detail: str) -> CommandResult:
     return CommandResult.refused(verified.request, RefusalReason.NOT_POSSIBLE, at, f"not_possible: {detail}")
+
+
+def _expired(verified: Verified, at: dt.datetime) -> CommandResult:
+    """A command valid when it came, expired by the time the journal could record it."""
+    req = verified.request
+    return CommandResult.refused(req, RefusalReason.EXPIRED, at, (
+        f"{RefusalCode.EXPIRED}: expired at {req.expires_at.isoformat()} while it waited for the journal; the lane "
+        f"clock says {at.isoformat()}; nothing was done"))
 
 
 def cannot(action: CommandAction, lane: LaneControl) -> str | None:
@@ -275,39 +315,116 @@ class CommandExecutor:
                         verified.command_id, verified.seq, why_not)
             await session.publish(_refused(verified, now, why_not), correlation_data=item.correlation_data)
             return
-        fetched = ""
-        if isinstance(action, FetchList) and self.lane.fetch_list is not None:
-            fetched = await self.lane.fetch_list(action.kind, action.version)
+        fetch = self.lane.fetch_list
+        if isinstance(action, FetchList) and fetch is not None:
+            result = await self._fetch_list(verified, action, fetch, now)
+        else:
+            result = await self._record_and_apply(verified, now)
+            if result.outcome is CommandOutcome.EXECUTED and isinstance(action, PublishHealth):
+                await self.uplink.publish_health(session)
+        if result.outcome is CommandOutcome.EXECUTED:
+            req = verified.request
+            log.warning("command %s (id %s, seq %d, key %s) executed: %s", req.command, req.command_id, req.seq,
+                        req.key_id, result.detail)
+        await session.publish(result, correlation_data=item.correlation_data)
+
+    async def _record_and_apply(self, verified: Verified, now: dt.datetime, fetched: str = "") -> CommandResult:
+        """The command's journal transaction, then the lane side of its action: one unit no
+        cancellation splits (see the module docstring). The result to answer: executed (in
+        the ledger, applied), or a refusal — logged here — with nothing recorded or applied."""
+        action, req = verified.action, verified.request
         closed_by = dict(self.lane.closed_by())
         kind, detail, message = _journal_detail(verified)
-        req = verified.request
+        wall = self.wall
 
         def record(mj: Any) -> CommandResult:
             journal = mj.journal
+            # Read now, as the command is recorded, not when it came: ahead of it in the
+            # writer's queue there may have been minutes of work.
+            at = wall()
+            if at >= req.expires_at:
+                return _expired(verified, at)
+            if isinstance(action, ResendFrom) and action.seq > (last := journal.last_seq()):
+                # Not recorded, like the other not_possible: nothing was done, and once the
+                # journal has reached that seq the same command may be sent again.
+                return _refused(verified, at, f"the journal ends at seq {last}: there is nothing from seq "
+                                              f"{action.seq} on to send again")
             with journal.batch(f"executing command {req.command_id} ({req.command})"):
-                row = journal.record_event(kind, now, reason=str(req.command), detail=detail, message=message)
+                row = journal.record_event(kind, at, reason=str(req.command), detail=detail, message=message)
                 requeued = journal.outbox_resend_from(action.seq) if isinstance(action, ResendFrom) else 0
-                result = verified.result(now, describe(action, row_seq=row.seq, requeued=requeued,
-                                                       closed_by=closed_by, fetched=fetched))
-                journal.record_command(req.command_id, req.seq, str(req.command), result.to_json(), now)
+                result = verified.result(at, describe(action, row_seq=row.seq, requeued=requeued,
+                                                      closed_by=closed_by, fetched=fetched))
+                journal.record_command(req.command_id, req.seq, str(req.command), result.to_json(), at)
             return result
 
+        written = self.writer.submit_async(record)
+        interrupted: asyncio.CancelledError | None = None
+        while not written.done():
+            try:
+                # Not awaited directly: that would cancel the future and drop the outcome of
+                # a write the writer makes anyway.
+                await asyncio.wait([written], timeout=None if interrupted is None else OUTCOME_WAIT_S)
+            except asyncio.CancelledError as err:
+                interrupted = err  # raised again below, once the write's outcome is known
+                continue
+            if interrupted is not None and not written.done():
+                # A stalled disk must not hold the session's end (and with it the reconnect
+                # that reports the stall) for as long as it stalls.
+                log.error("command %s (id %s, seq %d): the link went down while the journal recorded it, and the "
+                          "journal has not answered in %g s; if it records the command, the lane does not carry it "
+                          "out (close_etc/open_etc are read from the ledger again at the next start)", req.command,
+                          req.command_id, req.seq, OUTCOME_WAIT_S)
+                raise interrupted
         try:
-            result: CommandResult = await self.writer.submit_async(record)
+            result: CommandResult = written.result()
         except JournalError as err:
             # One transaction: neither the row nor the ledger entry is there, so the command
             # did not run and may be sent again.
             text = f"the journal could not record it ({err}); nothing was done, send it again"
             log.error("command %s (id %s, seq %d) not executed: %s", req.command, req.command_id, req.seq, text)
-            await session.publish(_refused(verified, now, text), correlation_data=item.correlation_data)
-            return
-        await self._apply(action, session)
-        log.warning("command %s (id %s, seq %d, key %s) executed: %s", req.command, req.command_id, req.seq,
-                    req.key_id, result.detail)
-        await session.publish(result, correlation_data=item.correlation_data)
+            if interrupted is not None:
+                raise interrupted from None
+            return _refused(verified, now, text)
+        if result.outcome is CommandOutcome.EXECUTED:
+            self._apply(action)
+        else:
+            log.warning("command %s (id %s, seq %d) refused, nothing recorded or applied: %s", req.command,
+                        req.command_id, req.seq, result.detail)
+        if interrupted is not None:
+            log.warning("command %s (id %s, seq %d): the link went down while it was recorded; %s, and its "
+                        "result is sent when the centre delivers it again", req.command, req.command_id, req.seq,
+                        "it was carried out" if result.outcome is CommandOutcome.EXECUTED else "it was not executed")
+            raise interrupted
+        return result
 
-    async def _apply(self, action: CommandAction, session: Session) -> None:
-        """The lane side of an action already recorded (see the module docstring)."""
+    async def _fetch_list(self, verified: Verified, action: FetchList, fetch: ListFetch,
+                          now: dt.datetime) -> CommandResult:
+        """Recorded, then asked: the list downloads publish the request only once the
+        command is in the ledger (:class:`ListFetch`)."""
+        recorded: list[CommandResult] = []
+
+        async def commit(text: str) -> bool:
+            result = await self._record_and_apply(verified, now, fetched=text)
+            recorded.append(result)
+            return result.outcome is CommandOutcome.EXECUTED
+
+        try:
+            await fetch(action.kind, action.version, commit=commit)
+        except LinkDown as err:
+            if recorded:
+                raise  # recorded, and the request could not go out: the session ends with it
+            text = f"{err.reason}: nothing was requested or recorded, send it again"
+            log.warning("command %s (id %s, seq %d) refused, nothing applied: %s", verified.request.command,
+                        verified.command_id, verified.seq, text)
+            return _refused(verified, now, text)
+        if not recorded:  # a ListFetch that returned without committing: nothing was recorded
+            return _refused(verified, now, "the list downloads did not take it; nothing was requested or recorded")
+        return recorded[0]
+
+    def _apply(self, action: CommandAction) -> None:
+        """The lane side of an action just recorded. Synchronous, so that a cancellation
+        cannot come between the record and it (see the module docstring); the session's
+        part (publish_health, fetch_list's request) is done by the caller."""
         if isinstance(action, CloseEtc):
             self.lane.post(DeviceStatus(Device.OPERATOR, False, f"{CLOSED_BY_CENTRE}: {action.reason}"))
         elif isinstance(action, OpenEtc):
@@ -318,10 +435,7 @@ class CommandExecutor:
             self.lane.post(OperatorRaise(action.operator, action.reason))
         elif isinstance(action, ResendFrom):
             self.uplink.resend_from(action.seq)
-        elif isinstance(action, PublishHealth):
-            await self.uplink.publish_health(session)
-        # FetchList: asked before recording (its answer is the result's detail).
 
 
 __all__ = ["COMMAND_KIND", "REMOTE_RAISE_KIND", "CommandExecutor", "CommandSettings", "LaneControl",
-           "UplinkControl", "cannot", "describe"]
+           "ListFetch", "UplinkControl", "cannot", "describe"]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -200,17 +200,30 @@ class ListService:
         finally:
             self._session = None
 
-    async def fetch(self, kind: ListKind, version: int) -> str:
+    async def fetch(self, kind: ListKind, version: int, *,
+                    commit: Callable[[str], Awaitable[bool]] | None = None) -> str:
         """The centre's ``fetch_list`` command: ask it for ``version`` of ``kind`` (every
-        chunk; the centre sends the manifest first). What was done, for the result."""
+        chunk; the centre sends the manifest first). What was done, for the result.
+
+        ``commit`` (the command's journal transaction) is given that text first and awaited:
+        nothing is asked unless it returns True. LinkDown, nothing asked or committed, when
+        the link is down (laned.uplink.command_exec.ListFetch)."""
         download = self.downloads.of(kind)
         if download.in_use == version:
-            return f"{kind} version {version} is already in use; nothing requested"
+            text = f"{kind} version {version} is already in use; nothing requested"
+            if commit is not None:
+                await commit(text)
+            return text
         session = self._session
         if session is None:
-            # The command came over the link, which dropped since: the centre re-sends
-            # the command (no result reached it), or re-announces the list.
-            return f"{kind} version {version} not requested: the link to the centre dropped meanwhile"
+            # The command came over the link, which dropped since. Not an answer to record:
+            # the centre's re-send of the same command must still fetch.
+            raise LinkDown(f"the link to the centre dropped meanwhile: {kind} version {version} cannot be "
+                           "requested")
+        text = (f"{kind} version {version} requested from the centre (list/request); it is applied once its signed "
+                "manifest and chunks check out (list/versions then names it)")
+        if commit is not None and not await commit(text):
+            return f"{kind} version {version} not requested: the command was not recorded"
         await session.publish(ListRequest(lane_id=self.lane_id, kind=kind, version=version, at=self.wall(),
                                           reason="fetch_list command from the centre"))
         log.info("%s version %d requested from the centre (fetch_list command)", kind, version)

@@ -166,9 +166,15 @@ class CommandRequest(UplinkMessage):
 
 @dataclass(frozen=True, kw_only=True)
 class CommandResult(UplinkMessage):
-    """Executed, or refused with a reason (topic ``cmd/result``)."""
+    """Executed, or refused with a reason (topic ``cmd/result``).
+
+    ``detail`` longer than the contract's ``Text`` allows is cut to fit, ending in
+    :attr:`DETAIL_CUT`.
+    """
 
     MESSAGE: ClassVar[str] = "CommandResult"
+    MAX_DETAIL: ClassVar[int] = 1000  # the contract's Text (docs/asyncapi.yaml, components.schemas.Text maxLength)
+    DETAIL_CUT: ClassVar[str] = " [… cut]"  # ends a detail that was cut to MAX_DETAIL
 
     lane_id: str
     command_id: str
@@ -178,6 +184,22 @@ class CommandResult(UplinkMessage):
     command: CommandName | None = None
     reason: RefusalReason | None = None
     detail: str | None = None
+
+    def __post_init__(self) -> None:
+        # Every result passes here: the factories, a refusal, a replay, one read back from the
+        # ledger. Details are built from texts of any length (open_etc names every closure's
+        # reason, a journal error quotes SQLite) and the centre drops a result whose Text is
+        # too long: cut here, it goes out and into the ledger as one, and a redelivery gets it.
+        if self.detail is not None:
+            object.__setattr__(self, "detail", self.fit_detail(self.detail))
+
+    @classmethod
+    def fit_detail(cls, detail: str) -> str:
+        """``detail`` as a result carries it: unchanged, or cut to :attr:`MAX_DETAIL` characters
+        ending in :attr:`DETAIL_CUT`."""
+        if len(detail) <= cls.MAX_DETAIL:
+            return detail
+        return detail[:cls.MAX_DETAIL - len(cls.DETAIL_CUT)] + cls.DETAIL_CUT
 
     @classmethod
     def executed(cls, request: CommandRequest, at: dt.datetime, detail: str | None = None) -> CommandResult:
