@@ -15,7 +15,10 @@ import datetime as dt
 import json
 import hashlib
 import logging
+import ssl
+import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,7 +30,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
-from mosquitto_broker import TOPIC_ROOT, MosquittoBroker
+from mosquitto_broker import TOPIC_ROOT, MosquittoBroker, free_port, mosquitto_binary
 from mqtt_pki import CENTRE, Pki, make_pki
 from laned.centre import AutoReconcile, BrokerSettings, Centre, CentreSettings
 from laned.centre.lists import build_list
@@ -111,7 +114,13 @@ class FakeLane:
 async def fake_lane(broker: MosquittoBroker, pki: Pki, lane_id: str = LANE) -> AsyncIterator[FakeLane]:
     credentials = pki.client(lane_id)
     context = client_tls_context(pki.ca_cert, credentials.cert, credentials.key)
-    async with aiomqtt.Client(broker.host, broker.port, tls_context=context, protocol=aiomqtt.ProtocolVersion.V5,
+    async with fake_lane_on(broker.host, broker.port, context, lane_id) as lane:
+        yield lane
+
+
+@asynccontextmanager
+async def fake_lane_on(host: str, port: int, context: ssl.SSLContext, lane_id: str) -> AsyncIterator[FakeLane]:
+    async with aiomqtt.Client(host, port, tls_context=context, protocol=aiomqtt.ProtocolVersion.V5,
                               identifier=f"laned-{lane_id}", timeout=T) as client:
         for suffix in ("tx/ack", "reconcile", "cmd", "list/manifest", "list/chunk"):
             await client.subscribe(f"{TOPIC_ROOT}/{lane_id}/{suffix}", qos=1)
@@ -507,3 +516,66 @@ async def test_a_batch_breaking_a_rule_is_dropped_whole_with_the_row_named_and_n
     assert "$.transactions[1].seq: 2 does not ascend (the row before has seq 3)" in text
     assert f"$.transactions[1].lane_id: '{OTHER_LANE}' in a batch of lane '{LANE}'" in text
     assert "$.transactions[0].seq" in text and "$.transactions: [] should be non-empty" in text
+
+
+# -- commissioning from a laptop: laned centre pki + broker-config, a real Mosquitto ----------------------
+
+@asynccontextmanager
+async def mosquitto_from(conf: Path, port: int) -> AsyncIterator[None]:
+    """``mosquitto -c conf`` as the field engineer starts it; stopped (SIGTERM) on the way out."""
+    log_path = conf.with_suffix(".log")
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(mosquitto_binary(), "-c", str(conf), stdin=subprocess.DEVNULL,
+                                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + T
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                assert process.returncode is None, f"mosquitto exited at start: {log_path.read_text()}"
+                assert time.monotonic() < deadline, f"mosquitto did not listen: {log_path.read_text()}"
+                await asyncio.sleep(0.02)  # polling the port under the deadline above
+                continue
+            writer.close()
+            break
+        yield
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        async with asyncio.timeout(T):
+            await process.wait()
+
+
+async def test_a_laptop_broker_made_by_laned_centre_pki_and_broker_config_carries_a_lanes_transactions(
+        tmp_path: Path) -> None:
+    runner = CliRunner(env={"COLUMNS": "240"})
+    pki_dir, conf, port = tmp_path / "pki", tmp_path / "broker" / "mosquitto.conf", free_port()
+    made = runner.invoke(app, ["centre", "pki", "--out", str(pki_dir), "--lane", LANE, "--lane", OTHER_LANE])
+    assert made.exit_code == 0, made.output
+    configured = runner.invoke(app, ["centre", "broker-config", "--pki", str(pki_dir), "--out", str(conf),
+                                     "--port", str(port), "--bind", "127.0.0.1"])
+    assert configured.exit_code == 0, configured.output
+    lane_dir = pki_dir / "lanes" / LANE
+    # The files as the lane takes them from its [uplink] ca, cert and key.
+    lane_context = client_tls_context(lane_dir / "centre-ca.pem", lane_dir / "lane.pem", lane_dir / "lane.key")
+    db = tmp_path / "centre.db"
+    settings = CentreSettings(broker=BrokerSettings(host="127.0.0.1", port=port, ca=pki_dir / "ca.pem",
+                                                    cert=pki_dir / "centre.pem", key=pki_dir / "centre.key",
+                                                    timeout_s=T),
+                              db=db, reconnect_min_s=0.05, reconnect_max_s=0.5)
+    async with mosquitto_from(conf, port), Centre(settings) as centre, \
+            fake_lane_on("127.0.0.1", port, lane_context, LANE) as lane:
+        # The ACL keeps a lane to its own topics: this one is dropped by the broker. The lane's
+        # own transaction, published after it on the same connection, arrives after it would have.
+        await lane.client.publish(f"{TOPIC_ROOT}/{OTHER_LANE}/tx",
+                                  json.dumps(tx_payload(7, lane=OTHER_LANE)).encode(), qos=1)
+        await lane.publish("tx", tx_payload(1))
+        (ack,) = await lane.acks_covering({1})
+        lanes = centre.ledger.lanes()
+    assert (ack.lane_id, ack.first_seq, ack.last_seq) == (LANE, 1, 1)
+    assert lanes == [LANE]
+    listed = runner.invoke(app, ["centre", "ledger", "--db", str(db), "--lane", LANE])
+    assert listed.exit_code == 0 and str(uuid.UUID(int=1001)) in listed.output, listed.output
+    other = runner.invoke(app, ["centre", "ledger", "--db", str(db), "--lane", OTHER_LANE])
+    assert other.exit_code == 2 and f"lanes present: {LANE}" in other.output

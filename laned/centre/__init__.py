@@ -13,6 +13,8 @@ engineer runs it on a laptop to commission a lane. It is not a clearing system.
 * :mod:`~laned.centre.commanding`, :mod:`~laned.centre.keys` — signed commands, the signing key;
 * :mod:`~laned.centre.lists` — signed list and fee table manifests and their chunks;
 * :mod:`~laned.centre.broker` — the MQTT client and publishing;
+* :mod:`~laned.centre.commissioning` — the certificates and Mosquitto configuration for
+  commissioning lanes from a laptop;
 * :mod:`~laned.centre.service` — :class:`Centre`, the service itself.
 """
 

@@ -22,6 +22,7 @@ from paho.mqtt.properties import Properties
 
 from laned.cancellation import stop_if_cancelled
 from laned.centre.errors import CentreError
+from laned.centre.keys import check_centre_key_file
 from laned.uplink.contract import delivery, topic
 from laned.uplink.tls import TlsConfigError, client_tls_context
 
@@ -44,6 +45,7 @@ class BrokerSettings:
 
     def tls_context(self) -> ssl.SSLContext:
         try:
+            check_centre_key_file(self.key)  # first: its advice names this user, not the lane's service user
             return client_tls_context(self.ca, self.cert, self.key)
         except TlsConfigError as err:
             raise CentreError(f"centre TLS: {err}") from None

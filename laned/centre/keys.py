@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,11 +62,26 @@ def generate(out_dir: Path | str, key_id: str) -> GeneratedKey:
     return GeneratedKey(key_id=key_id, private_path=private_path, public_path=public_path, public_b64=b64)
 
 
+def centre_key_owner() -> str | None:
+    """The user the centre runs as: the owner its key files' fix advice names (a laptop has
+    no ``laned`` user). None if the uid has no name: the advice is then ``chmod`` alone."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return None
+
+
+def check_centre_key_file(path: Path | str) -> Path:
+    """:func:`~laned.uplink.tls.check_private_key_file` for one of the centre's own keys
+    (signing or TLS), its advice naming the user the centre runs as."""
+    return check_private_key_file(path, owner=centre_key_owner())
+
+
 def load_private_key(path: Path | str) -> Ed25519PrivateKey:
     """The centre's signing key from a PEM file that only its owner can read."""
     path = Path(path)
     try:
-        check_private_key_file(path)
+        check_centre_key_file(path)
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except TlsConfigError as err:
         raise CentreError(str(err)) from None

@@ -2,8 +2,12 @@
 
 For tests, the simulator and commissioning a lane from a laptop; not a clearing system.
 Exit status: 0 done (``run``: stopped by SIGTERM); 1 the lane refused a command or did not
-answer, or ``run`` stopped on an error (its database failed); 2 bad input (a file, a key,
-an argument), always as one line; 130 interrupted (Ctrl-C).
+answer, the broker could not be reached, or ``run`` stopped on an error (its database
+failed); 2 bad input (a file, a key, an argument, a lane the database has never heard
+of), always as one line; 130 interrupted (Ctrl-C).
+
+Everything a command can check by itself — its arguments, its files, its keys and TLS
+context — is checked before it connects, so that exit 1 always means the other end.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:  # imported where used: the centre's imports (aiomqtt, the contract) cost ~0.4 s per `laned` call
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from laned.centre.broker import BrokerSettings
     from laned.centre.ledger import Ledger
     from laned.centre.service import Centre
@@ -51,6 +57,7 @@ def _choice(values: tuple[str, ...]) -> Callable[[str | None], str | None]:
 # The contract's codes, spelt out so that the CLI needs no import to offer them; the
 # commands convert them to the enums (a drift fails there, loudly).
 AUTO_RECONCILE = ("off", "not_charged", "charged")
+LOG_LEVELS = ("debug", "info", "warning", "error")  # laned.logs.LEVELS
 COMMANDS = ("close_etc", "open_etc", "show_message", "resend_from", "publish_health", "fetch_list", "raise_barrier")
 OUTCOMES = ("charged", "not_charged")
 KINDS = ("status_list", "fee_table")
@@ -77,7 +84,8 @@ def run(
                                        help="off, not_charged or charged: answer unknown outcomes at once (tests and "
                                             "the simulator only; a real centre asks the card issuer's clearing data)."),
     client_id: str = typer.Option("laned-centre", "--client-id", help="MQTT client id of the persistent session."),
-    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+    log_level: str = typer.Option("info", "--log-level", callback=_choice(LOG_LEVELS),
+                                  help="debug, info, warning or error."),
 ) -> None:
     """Subscribe to every lane; store, acknowledge, answer; until Ctrl-C."""
     from laned.centre.errors import CentreError
@@ -166,8 +174,12 @@ def ledger(
     from rich.table import Table
 
     with _ledger(db, create=False) as opened:
+        known = opened.lanes()
+        if lane not in known:  # a mistyped lane id must not look like a lane without transactions
+            raise _fail(f"no transactions from lane {lane} in {db}; lanes present: {', '.join(known) or 'none'}")
         rows = opened.transactions(lane, from_seq=from_seq, limit=limit)
         conflicts = opened.conflicts(lane)
+        counts = opened.counts(lane)
     table = Table(title=f"lane {lane}: transactions from seq {from_seq}")
     for column in ("seq", "kind", "state", "amount", "plate", "card", "updated at", "settled", "tx_uuid"):
         table.add_column(column, overflow="fold")  # wrapped, never cut: a uuid or gap list is read whole
@@ -178,6 +190,9 @@ def ledger(
                       shown.tx_uuid)
     console = Console()
     console.print(table)
+    if counts.stored == 0:
+        console.print(f"lane {lane} has sent no transactions yet (last seen {counts.last_seen or '-'}, "
+                      f"state {counts.state or '-'})")
     for seq, received, held in conflicts:
         console.print(f"[red]conflict[/red]: seq {seq} arrived as {received}, the centre holds {held}")
 
@@ -227,24 +242,46 @@ def send_command(
                                                      "seqs from another centre)."),
 ) -> None:
     """Sign a command, send it, print the lane's result. Exit 1 when refused or unanswered."""
+    import aiomqtt
+
+    from laned.centre.commanding import MAX_LIFETIME_S, build_command
+    from laned.centre.commissioning import check_lane_ids
     from laned.centre.errors import CentreError
-    from laned.centre.keys import load_private_key
     from laned.centre.outbound import send_command_once
 
+    # Bad input is exit 2, found before connecting: exit 1 is the lane's (or the broker's) answer.
     try:
         parsed = json.loads(args)
         if not isinstance(parsed, dict):
             raise ValueError("not a JSON object")
-        private_key = load_private_key(signing_key)
+    except ValueError as err:
+        raise _fail(f"--args: {err}") from None
+    try:
+        check_lane_ids([lane])
+        if not 1 <= lifetime <= MAX_LIFETIME_S:
+            raise CentreError(f"--lifetime {lifetime:g}: expected 1 to {MAX_LIFETIME_S:g} seconds")
+        if not wait > 0:
+            raise CentreError(f"--wait {wait:g}: expected seconds > 0")
+        if min_seq < 1:
+            raise CentreError(f"--min-seq {min_seq}: expected 1 or more")
+        _check_key_id(key_id)
+        private_key = _signing_key(signing_key)
+        # Built once without sending: the command, its arguments and the key id as the lane checks them.
+        build_command(lane_id=lane, command=command, args=parsed, seq=min_seq, now=_now(), private_key=private_key,
+                      key_id=key_id, lifetime_s=lifetime)
         broker = _broker(host, port, ca, cert, key)
+        broker.tls_context()
+    except CentreError as err:
+        raise _fail(str(err)) from None
+    try:
         with _ledger(db) as opened:
             result = asyncio.run(send_command_once(broker, opened, lane_id=lane, command=command, args=parsed,
                                                    private_key=private_key, key_id=key_id, clock=_now,
                                                    lifetime_s=lifetime, wait_s=wait, min_seq=min_seq))
-    except ValueError as err:
-        raise _fail(f"--args: {err}") from None
     except CentreError as err:
         raise _fail(str(err), EXIT_REFUSED) from None
+    except aiomqtt.MqttError as err:
+        raise _fail(f"broker {host}:{port}: {err}", EXIT_REFUSED) from None
     typer.echo(result.to_json())
     raise typer.Exit(EXIT_OK if result.outcome == "executed" else EXIT_REFUSED)
 
@@ -268,6 +305,69 @@ def keygen(
     typer.echo(made.config_line)
 
 
+@app.command()
+def pki(
+    out: Path = typer.Option(..., "--out", help="Folder for the CA and the broker's, the centre's and each lane's "
+                                                "certificate and key (created 0700)."),
+    lanes: list[str] = typer.Option(..., "--lane", help="A lane id, its certificate's CN (repeat for more)."),
+    broker_hosts: list[str] | None = typer.Option(
+        None, "--broker-host", help="A name or IP address the lanes reach the broker by, e.g. this laptop's address "
+                                    "on the lane's network (repeat for more); localhost and 127.0.0.1 are always in."),
+    valid_days: int = typer.Option(90, "--valid-days", help="Days the certificates are valid."),
+    force: bool = typer.Option(False, "--force", help="Replace files already there (then copy the new ones to the "
+                                                      "broker and to every lane: the CA is new)."),
+) -> None:
+    """Make the certificates to commission lanes from a laptop: CA, broker, centre, one per lane."""
+    from laned.centre.commissioning import make_pki
+    from laned.centre.errors import CentreError
+
+    try:
+        made = make_pki(out, lanes, broker_names=broker_hosts or (), valid_days=valid_days, force=force)
+    except CentreError as err:
+        raise _fail(str(err)) from None
+    d = made.folder
+    typer.echo(f"wrote into {d} (keys mode 0600; certificates valid until {made.not_after:%Y-%m-%d %H:%M} UTC):")
+    typer.echo(f"  the broker, on this laptop:       {made.ca_cert}, {made.broker.cert}, {made.broker.key}")
+    typer.echo(f"    made out to {', '.join(made.broker_names)}: a lane's [uplink] host must be one of them")
+    typer.echo(f"  laned centre, on this laptop:     --ca {made.ca_cert} --cert {made.centre.cert} "
+               f"--key {made.centre.key}")
+    for lane in made.lanes:
+        typer.echo(f"  lane {lane.lane_id}, to its /etc/laned/tls/: {lane.ca_cert.name}, {lane.cert.name}, "
+                   f"{lane.key.name} (from {lane.folder}; [uplink] ca, cert, key; lane.key owned by laned, 0600)")
+    typer.echo("the CA's key was not kept: for another lane, run this again with every lane and --force, and copy "
+               "the new files to the broker and every lane")
+    typer.echo(f"next: laned centre broker-config --pki {d} --out {d / 'mosquitto.conf'}")
+
+
+@app.command("broker-config")
+def broker_config(
+    pki_dir: Path = typer.Option(..., "--pki", help="The folder laned centre pki wrote."),
+    out: Path = typer.Option(..., "--out", help="The mosquitto.conf to write; its ACL (.acl) and an empty password "
+                                                "file (.passwords) go beside it."),
+    lanes: list[str] | None = typer.Option(None, "--lane", help="A lane the ACL lets in (repeat for more; "
+                                                                "default: every lane of --pki)."),
+    port: int = typer.Option(8883, "--port", help="The TLS listener's port."),
+    bind: str = typer.Option("0.0.0.0", "--bind", help="The address it listens on (0.0.0.0: every interface, "
+                                                       "so that the lane reaches it)."),
+    force: bool = typer.Option(False, "--force", help="Replace the files if they exist."),
+) -> None:
+    """Write a Mosquitto configuration for the PKI: TLS with client certificates, the per-lane ACL."""
+    from laned.centre.commissioning import find_mosquitto, write_broker_config
+    from laned.centre.errors import CentreError
+
+    try:
+        made = write_broker_config(out, pki_dir, lanes or (), port=port, bind=bind, force=force)
+    except CentreError as err:
+        raise _fail(str(err)) from None
+    folder = pki_dir.resolve()
+    typer.echo(f"wrote {made.conf} (TLS listener {bind}:{port}, client certificates of {folder / 'ca.pem'}), "
+               f"{made.acl} (lanes {', '.join(made.lanes)} and the centre) and {made.passwords} (empty)")
+    typer.echo(f"start the broker:  {find_mosquitto() or 'mosquitto'} -c {made.conf}"
+               + ("" if find_mosquitto() else "   (not installed here: apt-get install mosquitto)"))
+    typer.echo(f"then the centre:   laned centre run --host 127.0.0.1 --port {port} --ca {folder / 'ca.pem'} "
+               f"--cert {folder / 'centre.pem'} --key {folder / 'centre.key'} --db centre.db")
+
+
 @app.command("publish-list")
 def publish_list(
     host: str = HOST, port: int = PORT, ca: Path = CA, cert: Path = CERT, key: Path = KEY,
@@ -282,30 +382,90 @@ def publish_list(
     valid_days: float = typer.Option(7.0, "--valid-days", help="Days from valid-from until it expires."),
     base_version: int | None = typer.Option(None, "--base-version", help="A status list delta's base version."),
 ) -> None:
-    """Sign a status list or fee table manifest and publish it with its chunks."""
+    """Sign a status list or fee table manifest and publish it with its chunks.
+
+    The file is read first with the lane's own parser: one the lane would refuse (not a
+    status list or fee table, another version, base or validity start) is not signed."""
+    import aiomqtt
+
+    from laned.centre.commissioning import check_lane_ids
     from laned.centre.errors import CentreError
-    from laned.centre.keys import load_private_key
-    from laned.centre.lists import build_list
+    from laned.centre.lists import build_list, check_content
     from laned.centre.outbound import publish_list_once
     from laned.uplink.messages import ListKind
 
+    # Bad input is exit 2, found before connecting: exit 1 is the broker's.
+    now = _now()
     try:
-        now = _now()
-        start = dt.datetime.fromisoformat(valid_from) if valid_from else now
-        if start.tzinfo is None:
-            raise ValueError("--valid-from needs an offset (e.g. +08:00)")
-        data = file.read_bytes()
+        check_lane_ids(lanes)
+        _check_key_id(key_id)
+        if not valid_days > 0:
+            raise CentreError(f"--valid-days {valid_days:g}: expected days > 0")
+        start = _valid_from(valid_from)
+        try:
+            data = file.read_bytes()
+        except OSError as err:
+            raise CentreError(f"--file {file}: cannot read it: {err.strerror or err}") from None
+        try:
+            checked = check_content(ListKind(kind), data, version=version, base_version=base_version,
+                                    valid_from=start)
+        except CentreError as err:
+            raise CentreError(f"--file {file}: {err}") from None
+        start = checked.valid_from or now
+        expires = start + dt.timedelta(days=valid_days)
+        if expires <= now + dt.timedelta(minutes=1):
+            raise CentreError(f"--valid-from {start.isoformat()} and --valid-days {valid_days:g}: it expires at "
+                              f"{expires.isoformat()}, already past: nothing to publish")
         built = build_list(kind=ListKind(kind), version=version, data=data, now=now, valid_from=start,
-                           expires_at=start + dt.timedelta(days=valid_days), private_key=load_private_key(signing_key),
-                           key_id=key_id, base_version=base_version)
-        with _ledger(db) as opened:
-            asyncio.run(publish_list_once(_broker(host, port, ca, cert, key), opened, built, lanes, _now))
-    except (OSError, ValueError) as err:
+                           expires_at=expires, private_key=_signing_key(signing_key), key_id=key_id,
+                           base_version=base_version)
+        broker = _broker(host, port, ca, cert, key)
+        broker.tls_context()
+    except CentreError as err:
         raise _fail(str(err)) from None
+    try:
+        with _ledger(db) as opened:
+            asyncio.run(publish_list_once(broker, opened, built, lanes, _now))
     except CentreError as err:
         raise _fail(str(err), EXIT_REFUSED) from None
-    typer.echo(f"{kind} version {version}: {len(data)} bytes in {built.chunk_count} chunk(s), sha256 "
-               f"{built.manifest['sha256']}, published to {', '.join(lanes)}")
+    except aiomqtt.MqttError as err:
+        raise _fail(f"broker {host}:{port}: {err}", EXIT_REFUSED) from None
+    typer.echo(f"{checked.description}: {len(data)} bytes in {built.chunk_count} chunk(s), sha256 "
+               f"{built.manifest['sha256']}, valid {start.isoformat()} to {expires.isoformat()}, published to "
+               f"{', '.join(lanes)}")
+
+
+def _valid_from(value: str | None) -> dt.datetime | None:
+    from laned.centre.errors import CentreError
+
+    if value is None:
+        return None
+    try:
+        start = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise CentreError(f"--valid-from {value!r}: expected RFC 3339 with an offset, e.g. "
+                          "2025-01-01T00:00:00+08:00") from None
+    if start.tzinfo is None:
+        raise CentreError(f"--valid-from {value}: needs a UTC offset (e.g. +08:00)")
+    return start
+
+
+def _check_key_id(key_id: str) -> None:
+    from laned.centre.errors import CentreError
+    from laned.uplink.commands import KEY_ID
+
+    if not KEY_ID.fullmatch(key_id):
+        raise CentreError(f"--key-id {key_id!r}: expected {KEY_ID.pattern} (the contract's KeyId)")
+
+
+def _signing_key(path: Path) -> Ed25519PrivateKey:
+    from laned.centre.errors import CentreError
+    from laned.centre.keys import load_private_key
+
+    try:
+        return load_private_key(path)
+    except CentreError as err:
+        raise CentreError(f"--signing-key: {err}") from None
 
 
 def _ledger(db: Path, *, create: bool = True) -> Ledger:

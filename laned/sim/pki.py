@@ -12,6 +12,9 @@ mode 0600 by ``os.open``, never readable by others, not even for a moment):
 - the centre's client certificate (CN ``centre``, which the ACL lets read and write
   every lane's topics).
 
+Its building blocks (:func:`ca_certificate`, :func:`issue`) also make the PKI of
+``laned centre pki`` for commissioning a lane from a laptop (laned/centre/commissioning.py).
+
 Keys are EC P-256: generated in microseconds, so the run starts at once. The certificates
 are valid for two days from a minute ago (a broker whose clock is a little behind still
 accepts them), which outlasts any simulated run.
@@ -58,7 +61,9 @@ class SimPki:
 
 
 @dataclass(frozen=True, slots=True)
-class _Authority:
+class Authority:
+    """A CA held in memory: its key signs the certificates :func:`issue` makes."""
+
     key: ec.EllipticCurvePrivateKey
     cert: x509.Certificate
 
@@ -69,14 +74,14 @@ def make_sim_pki(folder: Path, lane_id: str) -> SimPki:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = ca_certificate(ca_key, _name("laned sim CA"), now)
+    ca_cert = ca_certificate(ca_key, subject_name("laned sim CA"), now)
     ca_path = folder / "ca.pem"
     ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    ca = _Authority(ca_key, ca_cert)
-    server = _issue(folder, ca, "server", "localhost", now, ExtendedKeyUsageOID.SERVER_AUTH,
-                    san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))])
-    lane = _issue(folder, ca, "lane", lane_id, now, ExtendedKeyUsageOID.CLIENT_AUTH)
-    centre = _issue(folder, ca, "centre", CENTRE, now, ExtendedKeyUsageOID.CLIENT_AUTH)
+    ca = Authority(ca_key, ca_cert)
+    server = issue(folder, ca, "server", "localhost", now, ExtendedKeyUsageOID.SERVER_AUTH,
+                   san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))])
+    lane = issue(folder, ca, "lane", lane_id, now, ExtendedKeyUsageOID.CLIENT_AUTH)
+    centre = issue(folder, ca, "centre", CENTRE, now, ExtendedKeyUsageOID.CLIENT_AUTH)
     return SimPki(folder=folder, ca_cert=ca_path, server=server, lane=lane, centre=centre)
 
 
@@ -101,22 +106,27 @@ def ca_certificate(key: ec.EllipticCurvePrivateKey, subject: x509.Name, now: dt.
     )
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANISATION),
+def subject_name(common_name: str, organisation: str = ORGANISATION) -> x509.Name:
+    """A subject name: the organisation and the CN (the identity the broker knows)."""
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation),
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _issue(folder: Path, ca: _Authority, stem: str, common_name: str, now: dt.datetime,
-           usage: x509.ObjectIdentifier, *, san: list[x509.GeneralName] | None = None) -> Credentials:
+def issue(folder: Path, ca: Authority, stem: str, common_name: str, now: dt.datetime,
+          usage: x509.ObjectIdentifier, *, san: list[x509.GeneralName] | None = None,
+          validity: dt.timedelta = VALIDITY, organisation: str = ORGANISATION) -> Credentials:
+    """An end-entity certificate for a new EC P-256 key, signed by ``ca``: written as
+    ``<stem>.pem`` and ``<stem>.key`` (mode 0600, never over an existing key) in ``folder``.
+    ``usage`` is server or client authentication; ``san`` the broker's names."""
     key = ec.generate_private_key(ec.SECP256R1())
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name))
+        .subject_name(subject_name(common_name, organisation))
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + VALIDITY)
+        .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
                                      crl_sign=False, content_commitment=False, data_encipherment=False,

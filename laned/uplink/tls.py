@@ -37,15 +37,19 @@ class TlsConfigError(ValueError):
         super().__init__(message)
 
 
-def check_private_key_file(path: Path | str) -> Path:
+def check_private_key_file(path: Path | str, *, owner: str | None = SERVICE_USER) -> Path:
     """Refuse a private key file that others could read or change; return its path.
 
     It must exist, be a regular file (a symlink to one is followed), grant nothing to group
     or others (0600 or 0400), be owned by the user laned runs as (or by root) and be
     readable by it.
+
+    ``owner`` is the user the fix advice hands the file to (``chown``): the lane's service
+    user by default; the reference centre on a laptop passes the user it runs as. None:
+    the advice is ``chmod`` alone.
     """
     path = Path(path)
-    fix = f"chmod 600 {path} && chown {SERVICE_USER} {path}"
+    fix = f"chmod 600 {path}" + (f" && chown {owner} {path}" if owner else "")
     try:
         st = path.stat()
     except FileNotFoundError:
