@@ -8,7 +8,9 @@ is held: a status list the centre publishes is downloaded, applied and saved, th
 hears the new version on ``list/versions``, and the next vehicle on it is refused at the
 lane; a delta applies on top; a manifest with a bad signature raises
 ``list_update_refused`` and the old version stays; a new fee table prices the next
-transaction, which records its version; after a restart the lane uses the saved list.
+transaction, which records its version; after a restart the lane uses the saved list; a
+list file damaged while the lane was off is set aside at the next start, the lane runs
+without a list (``status_list_missing``) and the centre's retained manifest refills it.
 Waiting is on conditions with deadlines, never on fixed sleeps.
 """
 
@@ -234,3 +236,29 @@ async def test_a_fee_table_from_the_centre_prices_the_next_transaction_which_rec
             assert after["state"] == "charged" and after["fee_table_version"] == 2
             assert after["fee"] == 4100 and emu.charges[-1].amount == 4100
     assert (tmp_path / "fee_tables" / "fee_table-v2.toml").exists()
+
+
+async def test_a_corrupt_status_list_at_start_is_set_aside_the_lane_runs_and_the_centres_list_refills_it(
+        tmp_path: Path, pki: Pki, broker: MosquittoBroker, centre: Centre) -> None:
+    path = tmp_path / "status_list.bin"
+    async with RsuEmulator([], profile="national", settings=EmulatorSettings(heartbeat_interval=0.5)) as emu:
+        cfg = config(tmp_path, emu.path, pki, broker.port)
+        async with Daemon(cfg) as lane:
+            await until(lambda: centre.ledger.last_payload(LANE, "state") is not None, "the lane online")
+            await centre.publish_list(status_list(5, add=(LISTED,)), [LANE])
+            await until(lambda: lane.machine.status.version == 5, "status list version 5 in use")
+        damaged = bytearray(path.read_bytes())
+        damaged[len(damaged) // 2] ^= 0xFF  # a sector gone bad while the lane was off
+        path.write_bytes(bytes(damaged))
+        # The start used to stop here (exit 2, restarted every 2 s, never fixed): now the lane
+        # comes up without a list, says so, and takes the centre's (its manifest is retained).
+        async with Daemon(cfg) as lane:
+            await until(lambda: bool(lane.alarms("status_list_missing")), "status_list_missing raised")
+            assert (tmp_path / "status_list.bin.corrupt").read_bytes() == bytes(damaged)
+            await until(lambda: lane.machine.status.version == 5, "the centre's version 5 in use again")
+            await until(lambda: not lane.started[0].health.registry.is_active("status_list_missing"),
+                        "status_list_missing cleared")
+            refused = await drive(emu, tmp_path, LISTED)
+            assert (refused["state"], refused["reason"]) == ("refused", "obu_listed")
+            assert lane.alarms("list_update_refused") == []
+    assert load_status_list(path).version == 5

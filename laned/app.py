@@ -37,9 +37,9 @@ from laned.health.sdnotify import Notifier, Watchdog
 from laned.lane.events import Device, DeviceStatus, FrameIn, FrameLost, LinkLost, LinkUp
 from laned.lane.fee_table import FeeSchedule
 from laned.lane.machine import LaneMachine
-from laned.lane.status_list import StatusList
+from laned.lane.status_list import StatusList, StatusListError
 from laned.protocol import get_profile
-from laned.uplink.list_apply import StatusListInUse, load_fee_tables, load_status_list
+from laned.uplink.list_apply import StatusListInUse, load_fee_tables, load_status_list, set_aside_corrupt
 
 if TYPE_CHECKING:
     from laned.uplink.list_service import ListService
@@ -135,10 +135,23 @@ def load_fees(cfg: Config, now: dt.datetime | None = None) -> tuple[FeeSchedule 
 
 
 def load_status(cfg: Config) -> StatusListInUse | None:
-    """The status list file and the manifest kept beside it (``status_list.path``), if any."""
+    """The status list file and the manifest kept beside it (``status_list.path``), if any.
+
+    A file that cannot be loaded is moved aside (``<path>.corrupt``, for the field engineer)
+    and the lane starts with no list — ``status_list_missing`` — rather than not at all: a
+    lane that stops at start never runs to take the centre's replacement."""
     if cfg.status_list is None or not cfg.status_list.path.exists():
         return None
-    return load_status_list(cfg.status_list.path)
+    path = cfg.status_list.path
+    try:
+        return load_status_list(path)
+    except (StatusListError, OSError) as err:
+        moved, problems = set_aside_corrupt(path)
+        log.error("status list: %s. Moved aside for inspection: %s. laned starts with no status list (alarm "
+                  "status_list_missing; no OBU or card is refused as listed) until the centre's list arrives: its "
+                  "retained manifest is taken on connecting (a full list: a delta is refused base_mismatch)", err,
+                  "; ".join([*map(str, moved), *problems]) or "nothing")
+        return None
 
 
 def status_valid_from(cfg: Config, status: StatusListInUse | None, zone: dt.tzinfo) -> dt.datetime | None:

@@ -34,6 +34,7 @@ from laned.protocol.records import is_known_vehicle_class
 FEN_MAX = 0xFFFF_FFFF  # ConsumeMoney is an unsigned 32-bit fen amount (RSU_PROTOCOL.md)
 MAX_LISTED_ERRORS = 20  # a hopeless file is not echoed in full
 _STATION_KEY = re.compile(r"^\d{4}-[0-9a-fA-F]{4}$")  # network BCD - station, as StationRecord.station_key
+_CLASS_KEY = re.compile(r"[0-9]{1,18}")  # ASCII digits, short enough for int() (classes are 1–26)
 
 
 class FeeTableError(ValueError):
@@ -118,6 +119,8 @@ class FeeTable:
             parsed = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
             raise FeeTableError(f"{source} is not valid TOML: {err}") from None
+        except (RecursionError, ValueError) as err:  # what tomllib lets through
+            raise FeeTableError(f"{source} cannot be read as TOML: {_parser_limit(err)}") from None
         return cls.from_mapping(parsed, source=source, tz=tz)
 
     @classmethod
@@ -137,9 +140,19 @@ class FeeTable:
         except json.JSONDecodeError as err:
             raise FeeTableError(f"fee table {p} is not valid JSON: {err.msg} "
                                 f"(line {err.lineno}, column {err.colno})") from None
+        except (RecursionError, ValueError) as err:  # what the parsers let through
+            raise FeeTableError(f"fee table {p} cannot be read: {_parser_limit(err)}") from None
         if not isinstance(data, Mapping):
             raise FeeTableError(f"fee table {p}: expected a table at the top, found {type(data).__name__}")
         return cls.from_mapping(data, source=str(p), tz=tz)
+
+
+def _parser_limit(err: RecursionError | ValueError) -> str:
+    """A parser's own limit, hit by the content: nesting ~1,000 deep (tomllib recurses;
+    RecursionError), an integer beyond Python's 4,300 digits (ValueError)."""
+    if isinstance(err, RecursionError):
+        return "nested too deeply (RecursionError)"
+    return str(err)[:200]
 
 
 def _valid_from(value: Any, tz: dt.tzinfo | None) -> dt.datetime | None:
@@ -149,7 +162,10 @@ def _valid_from(value: Any, tz: dt.tzinfo | None) -> dt.datetime | None:
         except ValueError:
             return None
     if isinstance(value, dt.datetime):
-        return local_naive(value, tz)
+        try:
+            return local_naive(value, tz)
+        except OverflowError:  # 0001-01-01T00:00:00+14:00 has no local time in year 1
+            return None
     if isinstance(value, dt.date):  # a bare date: from midnight
         return dt.datetime.combine(value, dt.time())
     return None
@@ -166,7 +182,8 @@ def _station(station: str, classes: Any, seen: dict[str, str], fees: dict[tuple[
         return [f"station {station!r} must be a table of class = fen with at least one class, found {classes!r}"]
     errors = []
     for klass, amount in classes.items():
-        k = int(klass) if str(klass).isdigit() else -1
+        # Not str.isdigit: "²" is a digit to it and no number to int(), nor is a 5,000-digit one.
+        k = int(klass) if _CLASS_KEY.fullmatch(str(klass)) else -1
         if not is_known_vehicle_class(k):
             errors.append(f"station {station!r} class {klass!r} is not a vehicle class (1–4, 11–16, 21–26)")
         elif not isinstance(amount, int) or isinstance(amount, bool) or not 0 <= amount <= FEN_MAX:

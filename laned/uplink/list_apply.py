@@ -18,12 +18,20 @@ or schedule, synchronously: the caller replaces its references (the lane machine
 health monitor's) with no ``await`` in between, so no lookup ever sees a mix. Saving comes
 first so that the version the lane uses is always the one it restarts with. Any failure
 raises :class:`ListApplyError` (its :meth:`~ListApplyError.refusal` is the alarm) and leaves
-the version in use untouched, in memory and on disk; a cancellation as well.
+the version in use untouched, in memory and on disk; a cancellation as well. Content that
+the parsers cannot take — nested too deeply (RecursionError), numbers beyond Python's
+4,300-digit limit, dates out of range — is such a failure (``bad_content``), never an
+exception out of the apply; a version whose ``expires_at`` has passed by the time it is
+applied (a download resumed after a long outage, an apply that waited for another) is
+refused ``expired``.
 
 Files: the status list at ``status_list.path`` (:meth:`StatusList.save` format) with its
 verified manifest beside it (``<path>.manifest.json``: the validity the freshness check
-needs after a restart); each fee table from the centre as ``fee_table-v<version>.toml``
-in the fee table directory, loaded at start with :func:`load_fee_tables`.
+needs after a restart; :func:`keep_status_manifest` writes it alone when the centre's
+signed manifest of the version in use comes for a list kept without one); each fee table
+from the centre as ``fee_table-v<version>.toml`` in the fee table directory, loaded at
+start with :func:`load_fee_tables`. A status list file that cannot be loaded at start is
+moved aside (:func:`set_aside_corrupt`: ``<path>.corrupt``, its manifest too).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import re
 import time
 import zlib
@@ -68,6 +77,13 @@ _T = TypeVar("_T")
 # benchmark measured).
 DEFAULT_MAX_STEP_MS = 2.0
 META_SUFFIX = ".manifest.json"
+CORRUPT_SUFFIX = ".corrupt"
+# What a parser of the centre's content raises beyond its own error for content it cannot
+# take: RecursionError (JSON or TOML nested ~1,000 deep), ValueError (an integer beyond
+# Python's 4,300-digit limit), OverflowError (a date out of range once converted). A
+# refusal (bad_content), never a crash: the retained manifest would bring the same bytes
+# back after every restart. Anything else (TypeError, MemoryError…) is not the content's.
+_CONTENT_ERRORS = (RecursionError, ValueError, OverflowError)
 _FEE_FILE = re.compile(r"fee_table-v([0-9]{1,19})\.toml")
 
 
@@ -155,11 +171,14 @@ async def apply_status_list(content: VerifiedContent, in_use: StatusList, *, pat
 
     if m.kind is not kind:
         raise fail(ListRefusal.UNKNOWN_KIND, f"a {m.kind} given to the status list")
+    _check_expiry(m, now, fail)
     text = text_pieces(content.pieces, gzip=m.compression is Compression.GZIP, max_bytes=max_expanded_bytes)
     try:
         delta = await run_steps(parse_text_steps(text), max_step_ms=max_step_ms)
     except StatusListError as err:
         raise fail(ListRefusal.BAD_CONTENT, str(err)) from None
+    except _CONTENT_ERRORS as err:  # StatusListError is a ValueError: caught above
+        raise fail(ListRefusal.BAD_CONTENT, f"status list payload cannot be parsed: {_content_error(err)}") from None
     if (delta.version, delta.base) != (m.version, m.base_version):
         raise fail(ListRefusal.CONTENT_MISMATCH, f"the content is {delta}, the manifest announced version "
                    f"{m.version} on {m.base_version if m.base_version is not None else 'nothing (full)'}")
@@ -178,6 +197,20 @@ async def apply_status_list(content: VerifiedContent, in_use: StatusList, *, pat
     return made
 
 
+def _check_expiry(m: ListManifest, now: dt.datetime, fail: Callable[[ListRefusal, str], ListApplyError]) -> None:
+    """Checked at the manifest's arrival, and again here: the chunks may have come hours
+    later (a download resumed after an outage), or the apply waited for another."""
+    if now >= m.expires_at:
+        raise fail(ListRefusal.EXPIRED, f"expired at {m.expires_at.isoformat()} before it could be applied; the lane "
+                   f"clock says {now.isoformat()}")
+
+
+def _content_error(err: BaseException) -> str:
+    if isinstance(err, RecursionError):
+        return "nested too deeply (RecursionError)"
+    return f"{type(err).__name__}: {str(err)[:200]}"
+
+
 def _release(delta: Delta) -> Generator[None, None, None]:
     """Free the parsed entries a block at a time (a national list's are ~200 MB: unmapped
     at once, they would hold the loop for tens of ms)."""
@@ -188,10 +221,38 @@ def _release(delta: Delta) -> Generator[None, None, None]:
 
 def _save_status_list(made: StatusListInUse, path: Path) -> None:
     made.store.save(path)
+    _save_status_manifest(made, path)
+
+
+def _save_status_manifest(made: StatusListInUse, path: Path) -> None:
     if made.manifest is not None:
         meta = {"manifest": dict(made.manifest.raw) if made.manifest.raw is not None else made.manifest.to_dict(),
                 "applied_at": made.updated_at.isoformat() if made.updated_at else None}
         write_atomic(path.with_name(path.name + META_SUFFIX), json.dumps(meta, ensure_ascii=False).encode())
+
+
+async def keep_status_manifest(status: StatusListInUse, manifest: ListManifest, *, path: Path | None,
+                               install: Callable[[StatusListInUse], None]) -> StatusListInUse:
+    """The centre's signed manifest of the version in use, for a list kept without one (a
+    crash between saving the list and its manifest): saved beside the list, then
+    ``install``-ed with the same store, so that its validity is known again.
+
+    What can be checked is the version (and the kind): the manifest's size and SHA-256 are
+    those of the bytes the centre sent, while the file holds the list built from them (a
+    delta's are not even the whole list). The file was written only from bytes that
+    matched a signed manifest of this version; the signature says this one is the centre's.
+    """
+    def fail(reason: ListRefusal, text: str) -> ListApplyError:
+        return ListApplyError(reason, text, kind=ListKind.STATUS_LIST, version=manifest.version)
+
+    if manifest.kind is not ListKind.STATUS_LIST or manifest.version != status.version:
+        raise fail(ListRefusal.CONTENT_MISMATCH, f"a {manifest.kind} manifest of version {manifest.version} for "
+                   f"status list version {status.version}")
+    made = StatusListInUse(store=status.store, manifest=manifest, updated_at=status.updated_at)
+    if path is not None:
+        await _persist(lambda: _save_status_manifest(made, path), fail, lambda: install(made))
+    install(made)
+    return made
 
 
 async def _persist(save: Callable[[], None], fail: Callable[[ListRefusal, str], ListApplyError],
@@ -215,6 +276,25 @@ async def _persist(save: Callable[[], None], fail: Callable[[ListRefusal, str], 
         raise
     except OSError as err:
         raise fail(ListRefusal.NOT_SAVED, f"cannot save: {err}") from None
+
+
+def set_aside_corrupt(path: Path) -> tuple[list[Path], list[str]]:
+    """Move a status list file that cannot be loaded, and its manifest, aside: each to its
+    name + ``.corrupt`` (replacing an older one: one bad list is evidence, a pile of
+    800 MB files a full disk). The files moved there, and what could not be moved."""
+    moved: list[Path] = []
+    problems: list[str] = []
+    for source in (path, path.with_name(path.name + META_SUFFIX)):
+        target = source.with_name(source.name + CORRUPT_SUFFIX)
+        try:
+            os.replace(source, target)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            problems.append(f"cannot move {source} to {target}: {err.strerror}")
+        else:
+            moved.append(target)
+    return moved, problems
 
 
 def load_status_list(path: Path) -> StatusListInUse:
@@ -252,6 +332,7 @@ async def apply_fee_table(content: VerifiedContent, schedule: FeeSchedule | None
 
     if m.kind is not kind:
         raise fail(ListRefusal.UNKNOWN_KIND, f"a {m.kind} given to the fee table")
+    _check_expiry(m, now, fail)
     data = content.to_bytes()
     try:
         if m.compression is Compression.GZIP:
@@ -262,6 +343,9 @@ async def apply_fee_table(content: VerifiedContent, schedule: FeeSchedule | None
         table = await asyncio.to_thread(FeeTable.from_toml_bytes, data, source=f"fee table version {version}", tz=tz)
     except (FeeTableError, zlib.error) as err:
         raise fail(ListRefusal.BAD_CONTENT, str(err)) from None
+    except _CONTENT_ERRORS as err:  # FeeTableError is a ValueError: caught above
+        raise fail(ListRefusal.BAD_CONTENT, f"fee table version {version} cannot be parsed: "
+                   f"{_content_error(err)}") from None
     if table.version != m.version:
         raise fail(ListRefusal.CONTENT_MISMATCH, f"the table says version {table.version}")
     if table.valid_from != local_naive(m.valid_from, tz):
@@ -346,6 +430,7 @@ def list_versions(lane_id: str, at: dt.datetime, status: StatusListInUse | None,
 
 
 __all__ = [
-    "DEFAULT_MAX_STEP_MS", "META_SUFFIX", "ListApplyError", "StatusListInUse", "apply_delta", "apply_fee_table",
-    "apply_status_list", "list_versions", "load_fee_tables", "load_status_list", "run_steps", "write_atomic",
+    "CORRUPT_SUFFIX", "DEFAULT_MAX_STEP_MS", "META_SUFFIX", "ListApplyError", "StatusListInUse", "apply_delta",
+    "apply_fee_table", "apply_status_list", "keep_status_manifest", "list_versions", "load_fee_tables",
+    "load_status_list", "run_steps", "set_aside_corrupt", "write_atomic",
 ]

@@ -12,7 +12,11 @@ calls it in four places:
 * :meth:`ListService.serve` — a task of each session: ``list/versions`` on connect, then
   every second the requests for chunks that stopped coming (:meth:`ListDownloads.due`);
 * :meth:`ListService.on_message` — a ``list/manifest`` or ``list/chunk`` payload as
-  received: a new download's ``list/request``; a complete one's apply, started in a task;
+  received: a new download's ``list/request``; a complete one's apply, started in a task
+  (``list-apply-<kind>``); when a late chunk joins many already in (chunk 0 asked for
+  again), the SHA-256 over them is caught up in a task too (``list-verify-<kind>``), a
+  bounded step per loop turn; the signed manifest of the version in use, for a list kept
+  without one, saved beside it (``list-apply-manifest-status_list``);
 * nothing else: the lane's references are swapped by the ``install`` callbacks the daemon
   gives (laned.app), synchronously, so a lookup never sees a mix of versions.
 
@@ -39,10 +43,13 @@ from laned.lane.fee_table import FeeSchedule
 from laned.lane.list_update import (
     Accepted,
     ChunkDropped,
+    ChunkOutcome,
     Complete,
     DownloadLimits,
     Freshness,
+    Ignore,
     Ignored,
+    KeepManifest,
     ListAge,
     ListDownloads,
     Refused,
@@ -57,9 +64,10 @@ from laned.uplink.list_apply import (
     StatusListInUse,
     apply_fee_table,
     apply_status_list,
+    keep_status_manifest,
     list_versions,
 )
-from laned.uplink.messages import ListKind, ListRequest, UplinkMessage
+from laned.uplink.messages import ListKind, ListManifest, ListRequest, UplinkMessage
 
 if TYPE_CHECKING:
     from laned.config import ListsSection
@@ -133,12 +141,17 @@ class ListService:
             fee_table=settings.limits(ListKind.FEE_TABLE),
             status_list_in_use=status.version if status is not None and _announced(status) else None,
             fee_table_in_use=fee_in_use)
+        # A list kept without its manifest (a crash between the two saves): the centre's
+        # signed manifest of that version is kept when it comes (KeepManifest).
+        self.downloads.status_list.in_use_manifest_kept = status is None or not _announced(status) or \
+            status.manifest is not None
         self.refusals: list[Refused] = []  # every refusal since start (laned status, tests)
         self.installed: list[tuple[ListKind, int]] = []  # every version installed since start
         self.freshness: Freshness | None = None  # of the status list in use, at the last tick
         self._session: Publisher | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._locks = {kind: asyncio.Lock() for kind in ListKind}  # one apply at a time per kind
+        self._verifying: dict[ListKind, asyncio.Task[None]] = {}  # the SHA-256 catching up, per kind
         self._closing_etc = False
 
     # -- the daemon-long task ------------------------------------------------------------------
@@ -252,12 +265,25 @@ class ListService:
                     # published now is followed by its chunks; asking would send every chunk
                     # twice (missing ones are asked for after chunk_timeout_s).
                     await session.publish(outcome.request)
+            elif isinstance(outcome, KeepManifest):
+                m = outcome.manifest
+                log.info("status list: the centre's signed manifest of version %d, the version in use, which was kept "
+                         "without one (validity unknown, counted as old); keeping it beside the list", m.version)
+                self._start_keep(m)
             elif isinstance(outcome, Ignored):
-                log.debug("list manifest ignored (%s): %s", outcome.code, outcome.text)
+                if outcome.code is Ignore.APPLY_QUEUE_FULL:
+                    log.info("list manifest not taken now (%s): %s", outcome.code, outcome.text)
+                else:
+                    log.debug("list manifest ignored (%s): %s", outcome.code, outcome.text)
             else:
                 self._refused(outcome)
             return
-        chunk = self.downloads.on_chunk(item.payload, now)
+        self._chunk_outcome(self.downloads.on_chunk(item.payload, now))
+        for kind in ListKind:
+            if self.downloads.of(kind).hashing_due:
+                self._start_verify(kind)
+
+    def _chunk_outcome(self, chunk: ChunkOutcome) -> None:
         if isinstance(chunk, Complete):
             m = chunk.content.manifest
             log.info("%s version %d: all %d chunks in, SHA-256 verified; applying", m.kind, m.version,
@@ -267,8 +293,35 @@ class ListService:
             self._refused(chunk)
         elif isinstance(chunk, ChunkDropped):
             log.debug("list chunk dropped (%s): %s", chunk.code, chunk.text)
-        elif isinstance(chunk, Accepted) and chunk.missing and chunk.index % 256 == 0:
+        elif isinstance(chunk, Accepted) and not chunk.missing:
+            log.info("list chunk %d was the last one missing; the SHA-256 catches up over the chunks that came before "
+                     "it, a step per loop turn", chunk.index)
+        elif isinstance(chunk, Accepted) and chunk.index % 256 == 0:
             log.debug("list chunk %d taken, %d to go", chunk.index, chunk.missing)
+
+    # -- verifying -----------------------------------------------------------------------------
+    def _start_verify(self, kind: ListKind) -> None:
+        running = self._verifying.get(kind)
+        if running is not None and not running.done():
+            return  # the task under way takes the new chunks too
+        tasks = self._tasks
+        if tasks is None:
+            download = self.downloads.of(kind)
+            log.warning("%s version %s not verified: the list service is not running (laned is stopping)", kind,
+                        download.collecting.version if download.collecting else "?")
+            download.abandon()
+            return
+        self._verifying[kind] = tasks.create_task(self._verify(kind), name=f"list-verify-{kind}")
+
+    async def _verify(self, kind: ListKind) -> None:
+        """The running SHA-256 over the chunks in, ``hash_step_bytes`` per loop turn (a late
+        chunk 0 of a national list leaves ~800 MB to hash: ~0.8 s, never in one go)."""
+        download = self.downloads.of(kind)
+        while download.hashing_due:
+            await asyncio.sleep(0)  # the lane's tasks run between two steps
+            outcome = download.hash_step()
+            if outcome is not None:
+                self._chunk_outcome(outcome)
 
     # -- applying ------------------------------------------------------------------------------
     def _start_apply(self, content: VerifiedContent) -> None:
@@ -278,16 +331,26 @@ class ListService:
             # again, and the retained manifest comes back on the next connect.
             log.warning("%s version %d not applied: the list service is not running (laned is stopping)",
                         content.manifest.kind, content.manifest.version)
-            self.downloads.of(content.manifest.kind).abandon()
+            download = self.downloads.of(content.manifest.kind)
+            download.abandon()
+            download.apply_ended(content.manifest.version)
             return
         tasks.create_task(self.apply(content), name=f"list-apply-{content.manifest.kind}")
 
     async def apply(self, content: VerifiedContent) -> bool:
         """Apply a verified version (after any apply of the same kind under way); True if
-        it is now in use. A refusal is an alarm, never an exception."""
+        it is now in use. A refusal is an alarm, never an exception. Until it ends, the
+        download counts the version as being applied (ListDownload.applying)."""
+        m = content.manifest
+        try:
+            return await self._apply(content)
+        finally:
+            self.downloads.of(m.kind).apply_ended(m.version)
+
+    async def _apply(self, content: VerifiedContent) -> bool:
         m = content.manifest
         async with self._locks[m.kind]:
-            now = self.wall()
+            now = self.wall()  # after any apply it waited for: the expiry is checked at this time
             try:
                 if m.kind is ListKind.STATUS_LIST:
                     store = self.status.store if self.status is not None else StatusList()
@@ -310,6 +373,38 @@ class ListService:
                 return False
         await self._publish_versions()
         return True
+
+    def _start_keep(self, manifest: ListManifest) -> None:
+        tasks = self._tasks
+        if tasks is None:
+            return  # stopping: the retained manifest comes again on the next connect
+        tasks.create_task(self.keep_manifest(manifest), name=f"list-apply-manifest-{manifest.kind}")
+
+    async def keep_manifest(self, manifest: ListManifest) -> bool:
+        """The signed manifest of the status list version in use, kept without one: saved
+        beside the list and used (its validity known again). True if it was."""
+        async with self._locks[ListKind.STATUS_LIST]:
+            status = self.status
+            if status is None or status.manifest is not None or status.version != manifest.version:
+                return False  # an apply under way came first and brought its own
+            try:
+                made = await keep_status_manifest(status, manifest, path=self.settings.status_list_path,
+                                                  install=self._use_kept_manifest)
+            except ListApplyError as err:
+                self._refused(err.refusal())
+                return False
+        log.info("status list: version %d's manifest kept%s; valid from %s to %s", made.version,
+                 f" beside {self.settings.status_list_path}" if self.settings.status_list_path else "",
+                 manifest.valid_from.isoformat(), manifest.expires_at.isoformat())
+        return True
+
+    def _use_kept_manifest(self, made: StatusListInUse) -> None:
+        if self.status is made:
+            return
+        self._install.status_list(made)  # the same store: the health monitor takes its valid_from
+        self.status = made
+        self.downloads.of(ListKind.STATUS_LIST).manifest_kept()
+        self.check_freshness(self.wall())
 
     def _use_status(self, made: StatusListInUse) -> None:
         # Called synchronously by apply_status_list (possibly a second time if a cancellation

@@ -197,7 +197,11 @@ _SIXTEEN_DIGITS = re.compile(r"(?<![0-9])([0-9]{4})[0-9]{8}([0-9]{4})(?![0-9])")
 
 def _show(value: Any) -> str:
     """A payload value for an error message: shortened, card numbers masked."""
-    text = _SIXTEEN_DIGITS.sub(r"\1********\2", repr(value))
+    try:
+        shown = repr(value)
+    except RecursionError:  # a value nested nearly as deep as json decodes
+        return "(a value nested too deeply to show)"
+    text = _SIXTEEN_DIGITS.sub(r"\1********\2", shown)
     return text if len(text) <= 100 else text[:97] + "..."
 
 
@@ -316,6 +320,14 @@ def _decode_steps(win: _Window, sinks: Mapping[str, PackedEntries]) -> Generator
                     raise StatusListError(f"status list payload is not JSON: {err.msg} at char "
                                           f"{win.base + err.pos}") from None
                 pos = grown
+            # JSON that json's decoder will not take either: a payload is the centre's, and
+            # its fault is a refusal, never an exception out of the parse.
+            except RecursionError:
+                raise StatusListError(f"status list payload: the value at char {win.base + pos} is nested too "
+                                      "deeply to decode") from None
+            except ValueError as err:  # e.g. an integer of more than 4,300 digits
+                raise StatusListError(f"status list payload: the value at char {win.base + pos} cannot be "
+                                      f"decoded: {str(err)[:200]}") from None
 
     def skip(pos: int) -> int:
         """``pos`` past white space, with at least MARGIN characters (or the rest) ahead."""
