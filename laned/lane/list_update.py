@@ -37,33 +37,42 @@ raise as an alarm and log; a chunk that cannot be taken is dropped, counted and 
 again (:meth:`ListDownload.due`). :func:`list_age_state` is the freshness of the version
 in use (the *freeze attack*: blocked updates must not go unnoticed).
 
-Sans-IO: no clock (``now`` is passed in), no socket, no event loop.
+The outcomes are in :mod:`laned.lane.list_outcomes`, the manifest's and chunks' checks in
+:mod:`laned.lane.list_manifest`. Sans-IO: no clock (``now`` is passed in), no socket, no
+event loop.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import enum
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeAlias
+from typing import Any, Final
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from laned.lane.list_freshness import Freshness, ListAge, StalePolicy, list_age_state
-from laned.strict_json import loads_strict, reject_constant
-from laned.uplink.contract import ContractError
-from laned.uplink.messages import ListChunk, ListKind, ListManifest, ListRequest, canonical_json
+from laned.lane.list_manifest import DEFAULT_CLOCK_SKEW_S, MAX_MANIFEST_BYTES, check_manifest, kind_of, parse_chunk
+from laned.lane.list_outcomes import (
+    Accepted,
+    ChunkDropped,
+    ChunkOutcome,
+    Complete,
+    Drop,
+    Ignore,
+    Ignored,
+    KeepManifest,
+    ListRefusal,
+    ManifestOutcome,
+    Refused,
+    Started,
+    VerifiedContent,
+)
+from laned.uplink.messages import ListChunk, ListKind, ListManifest, ListRequest
 
-MAX_MANIFEST_BYTES: Final = 16384  # a manifest is ~600 bytes
 MAX_REQUEST_CHUNKS: Final = 4096  # the contract's ListRequest.chunks maxItems
-DEFAULT_CLOCK_SKEW_S: Final = 300.0  # a valid_from this far ahead of the lane clock is still taken
 DEFAULT_CHUNK_TIMEOUT_S: Final = 30.0  # the contract's chunk expiry is 3600 s; a live centre answers in seconds
 DEFAULT_MAX_REQUESTS: Final = 5
 # The running SHA-256 takes at most this much per call: ≈ 2 ms at the ~1 GB/s of the 2-core
@@ -74,139 +83,6 @@ DEFAULT_HASH_STEP_BYTES: Final = 2 << 20
 # Versions handed over for applying and not installed yet, at most: the one applying and one
 # queued behind it (a delta built on it). A full status list holds ~800 MB until applied.
 MAX_APPLYING: Final = 2
-_SIGNATURE: Final = re.compile(r"[A-Za-z0-9+/]{86}==")  # the contract's Ed25519Signature
-_KEY_ID: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_SHA256: Final = re.compile(r"[0-9a-f]{64}")
-_CHUNK_MEMBERS: Final = frozenset({"kind", "version", "index", "data", "sha256"})
-_MAX_INDEX: Final = 1048575
-_MAX_VERSION: Final = 2**63 - 1
-
-
-class ListRefusal(enum.StrEnum):
-    """Why a manifest or a download was refused; each one is an alarm and a log line."""
-
-    MALFORMED = "malformed"
-    MISSING_SIGNATURE = "missing_signature"
-    BAD_SIGNATURE = "bad_signature"
-    UNKNOWN_KEY = "unknown_key"
-    WRONG_LANE = "wrong_lane"
-    UNKNOWN_KIND = "unknown_kind"
-    TOO_LARGE = "too_large"
-    EXPIRED = "expired"
-    NOT_YET_VALID = "not_yet_valid"
-    ROLLBACK = "rollback"
-    BASE_MISMATCH = "base_mismatch"
-    CONFLICTING_MANIFEST = "conflicting_manifest"
-    HASH_MISMATCH = "hash_mismatch"
-    INTERRUPTED = "interrupted"  # chunks stopped coming; given up after max_requests
-    # At the apply stage (laned.uplink.list_apply): the verified bytes do not hold what
-    # the manifest announced, or cannot be used.
-    CONTENT_MISMATCH = "content_mismatch"
-    BAD_CONTENT = "bad_content"
-    NOT_SAVED = "not_saved"
-
-
-class Ignore(enum.StrEnum):
-    """Why a manifest is no news: nothing to do, no alarm."""
-
-    IN_USE = "in_use"  # the retained manifest of the version in use, again after a reconnect
-    DUPLICATE = "duplicate"  # the manifest of the download in progress, again
-    OLDER_THAN_DOWNLOAD = "older_than_download"  # a newer version is being collected
-    BEING_APPLIED = "being_applied"  # that version (or a newer one) is downloaded and being applied
-    # One version applying and one queued: asked for again once there is room (ListDownload.due)
-    APPLY_QUEUE_FULL = "apply_queue_full"
-
-
-class Drop(enum.StrEnum):
-    """Why a chunk was not taken; counted in :attr:`ListDownload.dropped`."""
-
-    MALFORMED = "malformed"
-    OTHER_VERSION = "other_version"  # no download in progress, or one of another version
-    OUT_OF_RANGE = "out_of_range"
-    BAD_LENGTH = "bad_length"
-    BAD_CHUNK_HASH = "bad_chunk_hash"
-    DUPLICATE = "duplicate"
-
-
-# -- outcomes --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class Refused:
-    """Nothing applied, the version in use untouched: raise an alarm and log ``text``."""
-
-    reason: ListRefusal
-    text: str
-    kind: ListKind | None = None
-    version: int | None = None
-
-    def __str__(self) -> str:
-        what = f"{self.kind} version {self.version}" if self.kind and self.version is not None else "list manifest"
-        return f"{what} refused ({self.reason}): {self.text}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Ignored:
-    code: Ignore
-    text: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class Started:
-    """A new download: publish ``request`` (every chunk) on ``list/request``."""
-
-    manifest: ListManifest
-    request: ListRequest
-    superseded: int | None = None  # the version of the unfinished download it replaced
-
-
-@dataclass(frozen=True, kw_only=True)
-class KeepManifest:
-    """The signed manifest of the version in use, for which the lane keeps none (a crash
-    between saving the list and its manifest): keep it, so that the version's validity is
-    known again, then :meth:`ListDownload.manifest_kept`. Nothing is downloaded."""
-
-    manifest: ListManifest
-
-
-@dataclass(frozen=True, kw_only=True)
-class Accepted:
-    """A chunk taken; ``missing`` chunks to go (0: all in, the SHA-256 still catching up:
-    :attr:`ListDownload.hashing_due`)."""
-
-    index: int
-    missing: int
-
-
-@dataclass(frozen=True, kw_only=True)
-class ChunkDropped:
-    code: Drop
-    text: str
-
-
-@dataclass(frozen=True)
-class VerifiedContent:
-    """The bytes of a version, as transferred (compressed if the manifest says so), in
-    chunk order; their size and SHA-256 are the manifest's. Kept as the chunks, never
-    joined: a national list is hundreds of MB."""
-
-    manifest: ListManifest
-    pieces: tuple[bytes, ...]
-
-    def to_bytes(self) -> bytes:
-        """The whole in one piece (a fee table; not for a national list)."""
-        return b"".join(self.pieces)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Complete:
-    """Every chunk in and the whole verified: apply ``content``, then :meth:`ListDownload.installed`."""
-
-    content: VerifiedContent
-
-
-ManifestOutcome: TypeAlias = Started | Ignored | Refused | KeepManifest
-ChunkOutcome: TypeAlias = Accepted | ChunkDropped | Complete | Refused
 
 
 # -- one download ----------------------------------------------------------------------------------
@@ -482,7 +358,7 @@ class ListDownloads:
 
     def on_manifest(self, raw: bytes | str, now: dt.datetime) -> ManifestOutcome:
         try:
-            kind = _kind(json.loads(raw).get("kind")) if len(raw) <= MAX_MANIFEST_BYTES else None
+            kind = kind_of(json.loads(raw).get("kind")) if len(raw) <= MAX_MANIFEST_BYTES else None
         except (ValueError, UnicodeDecodeError, RecursionError, AttributeError):
             kind = None
         if kind is not None:
@@ -500,124 +376,8 @@ class ListDownloads:
         return [r for d in (self.status_list, self.fee_table) if (r := d.due(now)) is not None]
 
 
-# -- the manifest ----------------------------------------------------------------------------------
-
-
-def check_manifest(raw: bytes | str, *, lane_id: str, keys: Mapping[str, Ed25519PublicKey], now: dt.datetime,
-                   max_bytes: int, clock_skew_s: float = DEFAULT_CLOCK_SKEW_S) -> tuple[ListManifest, bytes] | Refused:
-    """Checks 1–6 of the module docstring: the manifest and the bytes its signature covers."""
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise ValueError("now must be timezone-aware (the lane clock as an aware datetime)")
-    if len(raw) > MAX_MANIFEST_BYTES:
-        return Refused(reason=ListRefusal.MALFORMED, text=f"{len(raw)} bytes; a manifest is at most "
-                       f"{MAX_MANIFEST_BYTES}")
-    try:
-        data = loads_strict(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as err:
-        return Refused(reason=ListRefusal.MALFORMED, text=f"not UTF-8 JSON: {err}")
-    if not isinstance(data, dict):
-        return Refused(reason=ListRefusal.MALFORMED, text=f"a JSON {type(data).__name__}, not an object")
-    kind, version = data.get("kind"), data.get("version")
-    hints: dict[str, Any] = {"kind": _kind(kind), "version": version if type(version) is int else None}
-    signed = _check_signature(data, keys)
-    if isinstance(signed, Refused):
-        return Refused(reason=signed.reason, text=signed.text, **hints)
-    named = data.pop("lane_id", None)
-    if named is not None and named != lane_id:
-        return Refused(reason=ListRefusal.WRONG_LANE, text=f"the manifest is for lane {str(named)[:32]!r}, this is "
-                       f"lane {lane_id}", **hints)
-    if hints["kind"] is None:
-        return Refused(reason=ListRefusal.UNKNOWN_KIND, text=f"kind {str(data.get('kind'))[:32]!r} is not one of "
-                       f"{', '.join(ListKind)}", version=version)
-    try:
-        manifest = ListManifest.from_dict(data)
-    except ContractError as err:
-        return Refused(reason=ListRefusal.MALFORMED, text=f"{err.path}: {err.reason}", **hints)
-    hints["version"] = manifest.version
-    if manifest.size > max_bytes:
-        return Refused(reason=ListRefusal.TOO_LARGE, text=f"{manifest.size:,} bytes; this lane takes at most "
-                       f"{max_bytes:,}", **hints)
-    if now >= manifest.expires_at:
-        return Refused(reason=ListRefusal.EXPIRED, text=f"expired at {manifest.expires_at.isoformat()}; the lane "
-                       f"clock says {now.isoformat()}", **hints)
-    ahead = (manifest.valid_from - now).total_seconds()
-    if manifest.kind is ListKind.STATUS_LIST and ahead > clock_skew_s:
-        return Refused(reason=ListRefusal.NOT_YET_VALID, text=f"valid from {manifest.valid_from.isoformat()}, "
-                       f"{ahead:g} s ahead of the lane clock (tolerance {clock_skew_s:g} s)", **hints)
-    return manifest, signed
-
-
-def _check_signature(data: Mapping[str, Any], keys: Mapping[str, Ed25519PublicKey]) -> bytes | Refused:
-    if "signature" not in data:
-        return Refused(reason=ListRefusal.MISSING_SIGNATURE, text="the manifest carries no signature")
-    text = data["signature"]
-    if not isinstance(text, str) or not _SIGNATURE.fullmatch(text):
-        return Refused(reason=ListRefusal.BAD_SIGNATURE, text="not a base64 Ed25519 signature (88 characters)")
-    key_id = data.get("key_id")
-    key = keys.get(key_id) if isinstance(key_id, str) else None
-    if key is None:
-        shown = key_id if isinstance(key_id, str) and _KEY_ID.fullmatch(key_id) else repr(str(key_id)[:64])
-        return Refused(reason=ListRefusal.UNKNOWN_KEY, text=f"key {shown} is not a trusted centre key "
-                       f"(trusted: {', '.join(sorted(keys)) or 'none'})")
-    try:
-        signed = canonical_json({k: v for k, v in data.items() if k != "signature"})
-    except (ValueError, UnicodeEncodeError) as err:
-        return Refused(reason=ListRefusal.MALFORMED, text=f"no canonical form to verify: {err}")
-    try:
-        key.verify(base64.b64decode(text, validate=True), signed)
-    except InvalidSignature:
-        return Refused(reason=ListRefusal.BAD_SIGNATURE, text=f"the signature does not verify with key {key_id}")
-    return signed
-
-
-def _kind(value: object) -> ListKind | None:
-    return ListKind(value) if isinstance(value, str) and value in ListKind.__members__.values() else None
-
-
-# -- chunks ----------------------------------------------------------------------------------------
-
-
-def parse_chunk(raw: bytes | str) -> ListChunk | ChunkDropped:
-    """A received ``list/chunk`` payload as a ListChunk, or why it is not one.
-
-    Checked member by member as the contract's ListChunk says, without the JSON Schema
-    validator: its pattern check of a 1.4 MB base64 string holds the loop for
-    milliseconds per chunk, and a national list is hundreds of chunks.
-    """
-    try:
-        data = json.loads(raw, parse_constant=reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as err:
-        return ChunkDropped(code=Drop.MALFORMED, text=f"not UTF-8 JSON: {str(err)[:200]}")
-    if not isinstance(data, dict):
-        return ChunkDropped(code=Drop.MALFORMED, text="not a JSON object")
-    problems = [f"unknown member {k!r}" for k in data if k not in _CHUNK_MEMBERS]
-    problems += [f"no {k}" for k in ("kind", "version", "index", "data") if k not in data]
-    kind, version, index, text = data.get("kind"), data.get("version"), data.get("index"), data.get("data")
-    list_kind = _kind(kind)
-    if "kind" in data and list_kind is None:
-        problems.append(f"kind {str(kind)[:32]!r}")
-    if "version" in data and not (type(version) is int and 0 <= version <= _MAX_VERSION):
-        problems.append(f"version {str(version)[:32]!r}")
-    if "index" in data and not (type(index) is int and 0 <= index <= _MAX_INDEX):
-        problems.append(f"index {str(index)[:32]!r}")
-    sha = data.get("sha256")
-    if sha is not None and not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
-        problems.append("sha256 is not 64 lower-case hex digits")
-    payload = b""
-    if isinstance(text, str):
-        try:
-            payload = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            problems.append("data is not base64")
-    elif "data" in data:
-        problems.append("data is not a string")
-    if problems or list_kind is None or type(version) is not int or type(index) is not int:
-        return ChunkDropped(code=Drop.MALFORMED, text="; ".join(problems[:5]))
-    return ListChunk(kind=list_kind, version=version, index=index, data=payload,
-                     sha256=bytes.fromhex(sha) if isinstance(sha, str) else None)
-
-
-# The freshness of the version in use lives in laned.lane.list_freshness (re-exported here).
+# Re-exported here, the download's interface in one place: the outcomes (laned.lane.list_outcomes),
+# the manifest and chunk checks (laned.lane.list_manifest), the freshness (laned.lane.list_freshness).
 
 
 __all__ = [
