@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from laned.config import Config, ConfigError, SecretPath, load_config, load_sim_config
+from laned.config import Config, ConfigError, load_config, load_sim_config
 from laned.drivers.device_profiles import DEFAULT_IO_MODULE_PROFILE, IoModuleProfile
 from laned.drivers.gpio_profile import GpioPinMap
 from laned.drivers.modbus_bus import RtuLink, TcpLink
@@ -214,17 +214,6 @@ def test_the_log_level_is_given_once(tmp_path):
     # Early files set a top-level log_level; it still means [log] level.
     cfg = load_config(write(tmp_path, 'log_level = "debug"\n' + example('level = "info"', '')))
     assert cfg.log.level == "debug"
-
-
-def test_a_key_file_readable_by_others_is_refused(tmp_path):
-    secret = TypeAdapter(SecretPath)  # what a key file setting is (the uplink's [tls] brings one back)
-    key = tmp_path / "lane.key"
-    key.write_text("secret")
-    os.chmod(key, 0o644)
-    with pytest.raises(ValidationError, match="chmod 600"):
-        secret.validate_python("lane.key", context={"base": tmp_path})  # relative to the config file
-    os.chmod(key, 0o640)  # readable by laned's group only: fine
-    assert secret.validate_python("lane.key", context={"base": tmp_path}) == key
 
 
 def test_a_section_nothing_reads_yet_is_refused_like_a_typo(tmp_path):

@@ -39,7 +39,7 @@ from laned.lane.signals import Signal
 from laned.protocol.profiles import get_profile
 from laned.uplink.tls import TlsConfigError, certificate_identity
 from laned.config.values import (
-    ConfigError, ConfigPath, DEFAULT_TIMEZONE, DivFactor, IssuerId, Model, SecretPath, key_error,
+    ConfigError, ConfigPath, DEFAULT_TIMEZONE, DivFactor, IssuerId, Model, key_error,
 )
 from laned.config.sections import (
     SERIAL_BAUDS, LaneSection, RsuSection, FeeDisplaySection, IoSection, DevicesSection, PathSection,
@@ -50,7 +50,7 @@ from laned.config.uplink import ListsSection, UplinkSection
 __all__ = [
     "DEFAULT_PATH", "DEFAULT_TIMEZONE", "SERIAL_BAUDS", "SIM_CONFIG", "BarrierSection", "Config", "ConfigError",
     "ConfigPath", "DevicesSection", "DivFactor", "FeeDisplaySection", "HealthSection", "HotplugSection", "IoSection",
-    "IssuerId", "LaneSection", "ListsSection", "LogSection", "PathSection", "RsuSection", "SecretPath",
+    "IssuerId", "LaneSection", "ListsSection", "LogSection", "PathSection", "RsuSection",
     "UplinkSection", "load_config", "load_sim_config", "parse_config", "read_toml",
 ]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -53,18 +52,6 @@ def check_config_path(value: Path, info: ValidationInfo) -> Path:
     return value if value.is_absolute() or base is None else Path(base) / value
 
 
-def check_secret(value: Path) -> Path:
-    try:
-        mode = value.stat().st_mode
-    except FileNotFoundError:
-        return value  # checked when it is opened; a missing file is not a leak
-    except OSError as err:
-        raise ValueError(f"cannot check the file's mode: {err.strerror}") from None
-    if mode & stat.S_IRWXO:
-        raise ValueError(f"{value} is accessible by others (mode {stat.S_IMODE(mode):04o}); chmod 600 it")
-    return value
-
-
 def check_readable_file(value: Path) -> Path:
     if not value.is_file():
         raise ValueError(f"{value} does not exist or is not a file")
@@ -104,7 +91,6 @@ def check_timezone(value: str) -> str:
 IssuerId = Annotated[str, hex_bytes(8, "an 8-byte issuer id")]
 DivFactor = Annotated[str, hex_bytes(8, "an 8-byte diversification factor")]
 ConfigPath = Annotated[Path, AfterValidator(check_config_path)]
-SecretPath = Annotated[Path, AfterValidator(check_config_path), AfterValidator(check_secret)]
 
 
 class Model(BaseModel):
