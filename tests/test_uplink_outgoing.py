@@ -92,21 +92,21 @@ def test_the_outbox_groups_rows_as_transaction_messages_does_and_publishes_the_s
     live = rows[-1]
     for batch_max in (1, 2, 3, 64):
         ordered = [live, *rows[:-1]]  # a live row ahead of the backlog ends a run
-        encoded = outbox_messages(ordered, batch_max)
+        encoded = list(outbox_messages(ordered, batch_max))
         reference = transaction_messages([TransactionMsg.from_entry(e) for e in ordered], batch_max)
         assert [m.to_json() for m in encoded] == [m.to_json() for m in reference]
         assert [m.MESSAGE for m in encoded] == [m.MESSAGE for m in reference]
         assert sum(m.rows() for m in encoded) == len(ordered)
         for m in encoded:
             validate(m.MESSAGE, m.to_dict())
-    single, batch = outbox_messages([live], 64)[0], outbox_messages(rows[:3], 64)[0]
+    single, batch = next(outbox_messages([live], 64)), next(outbox_messages(rows[:3], 64))
     assert isinstance(single, TransactionOut) and single.MESSAGE == "Transaction"
     assert isinstance(batch, TransactionBatchOut) and batch.seqs() == [r.seq for r in rows[:3]]
 
 
 def test_an_encoded_message_never_shows_a_plate_or_card_in_its_repr(tmp_path):
     rows = _journal_rows(tmp_path)
-    for m in outbox_messages(rows, 64) + outbox_messages(rows[:1], 64):
+    for m in [*outbox_messages(rows, 64), *outbox_messages(rows[:1], 64)]:
         text = repr(m)
         assert "鲁A12345" not in text and "2301000012345678" not in text and str(rows[0].seq) in text
 
@@ -116,3 +116,49 @@ def test_an_encoded_message_is_only_sent_and_cannot_be_decoded_as_one(tmp_path):
     with pytest.raises(TypeError, match="only sent"):
         TransactionOut.from_json(single.to_json())
     assert TransactionMsg.from_json(single.to_json()).seq == single.seqs()[0]  # what a receiver does
+
+
+async def test_a_window_of_overdue_rows_is_encoded_as_it_is_published_a_message_per_turn_of_the_loop(
+        tmp_path, monkeypatch):
+    """2,048 rows overdue at once (the centre stopped acking) are encoded message by message
+    between the event loop's other work, not all before the first is published: a vehicle's
+    frames wait for one batch (~1 ms), not the window (~35 ms)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from laned.uplink import streams
+    from laned.uplink.link import LinkSettings, LinkStats, Session
+    from laned.uplink.messages import outgoing
+
+    base = _entry()
+    rows = [dataclasses.replace(base, seq=i + 1) for i in range(2048)]
+    encoded = [0]
+    real_payload = outgoing.transaction_payload
+
+    def counted(entry):
+        encoded[0] += 1
+        return real_payload(entry)
+
+    monkeypatch.setattr(outgoing, "transaction_payload", counted)
+    published: list[bytes] = []
+    paho = SimpleNamespace(publish=lambda topic, payload, qos, retain, props: (
+        published.append(payload), SimpleNamespace(rc=0))[1])
+    settings = LinkSettings(lane_id=LANE, host="broker", port=8883, ca=tmp_path / "ca.pem", cert=tmp_path / "c.pem",
+                            key=tmp_path / "c.key")
+    session = Session(SimpleNamespace(_client=paho), settings, LinkStats())
+    stream = streams.tx_stream(2048, batch_max=64)
+    per_turn: list[int] = []
+
+    async def loop_turns() -> None:
+        seen = 0
+        while True:
+            await asyncio.sleep(0)
+            per_turn.append(encoded[0] - seen)
+            seen = encoded[0]
+
+    watcher = asyncio.create_task(loop_turns())
+    await asyncio.sleep(0)
+    await session.publish_all(stream.messages(rows))
+    watcher.cancel()
+    assert encoded[0] == 2048 and len(published) == 32
+    assert max(per_turn) <= 64, f"{max(per_turn)} rows encoded in one turn of the loop"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from laned.journal.records import JournalEntry, ReconcileRecord
@@ -27,7 +27,7 @@ class OutboxStream(Generic[R]):
     def __init__(self, name: AckStream, window: OutboxWindow[R], *,
                  scan: Callable[[Journal, int, int], list[R]],
                  mark: Callable[[Journal, int, int, dict[int, str], dt.datetime], int],
-                 messages: Callable[[list[R]], list[UplinkMessage]], seq: Callable[[R], int],
+                 messages: Callable[[list[R]], Iterable[UplinkMessage]], seq: Callable[[R], int],
                  batch_max: int = 1) -> None:
         self.name = name
         self.window = window
@@ -40,8 +40,9 @@ class OutboxStream(Generic[R]):
         self.last_acked: int | None = None
         self.more = False  # the last scan filled the room and there is room again: scan on at once
 
-    def messages(self, rows: list[R]) -> list[UplinkMessage]:
-        """The messages that carry ``rows``, in order (several rows per message where the stream batches)."""
+    def messages(self, rows: list[R]) -> Iterable[UplinkMessage]:
+        """The messages that carry ``rows``, in order (several rows per message where the stream
+        batches), each encoded as it is taken (``outbox_messages``)."""
         return self._messages(rows)
 
     def reader(self, after: int, limit: int) -> Callable[[Any], list[R]]:
@@ -63,8 +64,8 @@ def tx_stream(window: int, batch_max: int = 1) -> OutboxStream[JournalEntry]:
     """The journal's final rows: alone on ``tx``, or up to ``batch_max`` consecutive ones
     per message on ``tx/batch``, each row encoded straight from the journal
     (:func:`~laned.uplink.messages.outbox_messages`)."""
-    def messages(rows: list[JournalEntry]) -> list[UplinkMessage]:
-        return list(outbox_messages(rows, batch_max))
+    def messages(rows: list[JournalEntry]) -> Iterable[UplinkMessage]:
+        return outbox_messages(rows, batch_max)
 
     return OutboxStream(AckStream.TX, transaction_window(window), scan=lambda j, after, n: j.outbox_after(after, n),
                         mark=_mark_tx, messages=messages, seq=lambda e: e.seq, batch_max=batch_max)
@@ -77,5 +78,5 @@ def reconcile_stream(window: int) -> OutboxStream[ReconcileRecord]:
     :data:`RECONCILE_WINDOW`: ``[uplink] window`` counts rows, and these rows are messages."""
     return OutboxStream(AckStream.RECONCILE, reconcile_window(min(window, RECONCILE_WINDOW)),
                         scan=lambda j, after, n: j.reconcile_after(after, n), mark=_mark_reconcile,
-                        messages=lambda rows: [ReconcileResult.from_record(r) for r in rows],
+                        messages=lambda rows: (ReconcileResult.from_record(r) for r in rows),
                         seq=lambda r: r.tx_seq)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Self
 
 from laned.journal.records import JournalEntry, Observed, TxState
@@ -121,9 +121,18 @@ class TransactionBatchOut(EncodedRows):
         return {"lane_id": self.lane_id, "transactions": list(self.payloads)}
 
 
-def outbox_messages(entries: Sequence[JournalEntry], batch_max: int) -> list[EncodedRows]:
+def outbox_messages(entries: Sequence[JournalEntry], batch_max: int) -> Iterator[EncodedRows]:
     """The messages that carry ``entries``, grouped as :func:`transaction_messages` groups
-    :class:`TransactionMsg` values (same runs, same order), each row encoded once."""
-    return [TransactionOut(lane_id=run[0].lane_id, payloads=(transaction_payload(run[0]),)) if len(run) == 1
-            else TransactionBatchOut(lane_id=run[0].lane_id, payloads=tuple(transaction_payload(e) for e in run))
-            for run in transaction_runs(entries, batch_max)]
+    :class:`TransactionMsg` values (same runs, same order), each row encoded once.
+
+    One message at a time, as the caller takes it: ``Session.publish_all`` lets the event
+    loop run between messages, and a window of overdue rows (2,048, ~35 ms to encode here)
+    must not be encoded all in one turn of the loop while a vehicle waits for its C6."""
+    runs = transaction_runs(entries, batch_max)  # a bad batch_max is refused here, at the call
+    return (_encoded(run) for run in runs)
+
+
+def _encoded(run: Sequence[JournalEntry]) -> EncodedRows:
+    if len(run) == 1:
+        return TransactionOut(lane_id=run[0].lane_id, payloads=(transaction_payload(run[0]),))
+    return TransactionBatchOut(lane_id=run[0].lane_id, payloads=tuple(transaction_payload(e) for e in run))
