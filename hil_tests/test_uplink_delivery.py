@@ -14,7 +14,10 @@ marked delivered (never on PUBACK); without acks nothing is marked and rows are 
 again after ``ack_timeout_s``; a broker restarted without persistence loses nothing
 unacknowledged; a reconciliation answer settles an unknown row and its result goes up and
 is acknowledged; the retained state is ``online`` after connect and ``offline`` (the last
-will) when the lane's connection dies; a malformed ack is dropped and logged, the link goes on.
+will) when the lane's connection dies; a malformed ack is dropped and logged, the link goes on;
+alarm changes made while the lane's cable was out reach the centre after it is back, in order;
+a broker whose ACL refuses the lane's ``tx`` raises ``uplink_publish_refused`` (its PUBACK
+says 0x87), cleared once the ACL lets the lane write again.
 Waiting is on conditions with deadlines, never on fixed sleeps.
 """
 
@@ -26,6 +29,8 @@ import sqlite3
 import datetime as dt
 import json
 import logging
+import os
+import signal
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -55,6 +60,7 @@ from laned.uplink.reporting import LaneView
 from laned.uplink.publisher import GIVE_WAY_MAX_S
 from laned.uplink.service import UplinkService, UplinkSettings
 from laned.uplink.tls import client_tls_context
+from laned.sim.broker import acl_text
 from laned.sim.rsu_emulator import EmulatorSettings, RsuEmulator
 from laned.sim.rsu_scenario import ObuScenario
 
@@ -88,11 +94,13 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = T) ->
 
 class Relay:
     """A TCP relay from a local port to the broker; :meth:`cut` drops every connection
-    through it at once, as a pulled cable does (no MQTT DISCONNECT reaches the broker)."""
+    through it at once, as a pulled cable does (no MQTT DISCONNECT reaches the broker).
+    While ``blocked``, it refuses new connections: the cable stays out."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = free_port()
+        self.blocked = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -110,6 +118,9 @@ class Relay:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.blocked:
+            writer.transport.abort()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -545,7 +556,64 @@ async def test_an_alarm_raised_and_cleared_on_the_lane_reaches_the_centre_with_a
     assert (raised["code"], raised["kind"], raised["severity"], raised["detail"]) == (
         "follow_car", "event", "major", "vehicle under the open arm")
     assert [a["code"] for h in centre.health for a in h["alarms"]][:1] == ["follow_car"]
+    counters = centre.health[-1]["counters"]
+    assert counters["link_sessions"] == 1 and {"code": "follow_car", "count": 1} in counters["alarms"]
     assert centre.nonconforming == []
+
+
+async def test_an_alarm_raised_and_cleared_while_the_cable_was_out_reaches_the_centre_after_it_is_back(
+        lane: Lane, centre: Centre, relay: Relay, monitor: HealthMonitor) -> None:
+    async with uplink_running(lane):
+        await until(lambda: len(centre.health) >= 1, "the first health snapshot")
+        relay.blocked = True
+        relay.cut()
+        await until(lambda: not lane.service.connected, "the lane saw its link drop")
+        monitor.lane_alarm(RaiseAlarm("follow_car", "vehicle under the open arm"))
+        monitor.lane_alarm(ClearAlarm("follow_car", "acknowledged in the booth"))
+        assert centre.alarms == []
+        relay.blocked = False
+        await until(lambda: [(a["code"], a["change"]) for a in centre.alarms] == [
+            ("follow_car", "raised"), ("follow_car", "cleared")], "the raise and the clear, in order, after the outage")
+        await until(lambda: centre.health[-1]["counters"]["link_lost"] >= 1, "the lost connection counted")
+    assert centre.alarms[0]["detail"] == "vehicle under the open arm"
+    assert 0 < (centre.expiry["alarm"] or 0) <= 86_400
+    assert centre.nonconforming == []
+
+
+# -- (h) a broker whose ACL refuses the lane's tx: the PUBACK says so, an alarm names the topic -------
+
+async def reload_acl(broker: MosquittoBroker, *, deny_write: str | None = None) -> None:
+    """Rewrite the broker's ACL (without the lane's write grant of ``deny_write``) and have
+    it reloaded (SIGHUP); return once the broker has logged the reload."""
+    grant = f"pattern write {TOPIC_ROOT}/%u/{deny_write}"
+    lines = [line for line in acl_text().splitlines() if line != grant]
+    assert deny_write is None or len(lines) < len(acl_text().splitlines()), "no such grant in the ACL"
+    broker.acl_path.write_text("\n".join(lines) + "\n")
+    reloads = broker.log_text().count("Reloading config")
+    assert broker.pid is not None
+    os.kill(broker.pid, signal.SIGHUP)
+    await until(lambda: broker.log_text().count("Reloading config") > reloads, "the broker reloaded its ACL")
+
+
+async def test_a_broker_refusing_the_lanes_tx_raises_an_alarm_naming_the_topic_until_its_acl_is_fixed(
+        lane: Lane, centre: Centre, broker: MosquittoBroker, monitor: HealthMonitor,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="laned.uplink")
+    registry = monitor.registry
+    async with uplink_running(lane):
+        await reload_acl(broker, deny_write="tx")
+        seq = await lane.event()
+        await until(lambda: registry.is_active("uplink_publish_refused"), "uplink_publish_refused raised")
+        (active,) = [a for a in registry.active() if a.code == "uplink_publish_refused"]
+        assert lane.service.connected and seq not in centre.ledger
+        await reload_acl(broker)  # the centre fixes its ACL: the row, sent again when its ack is overdue, goes in
+        await until(lambda: seq in centre.ledger, "the row at the centre once the ACL lets the lane write tx")
+        await until(lambda: not registry.is_active("uplink_publish_refused"), "uplink_publish_refused cleared")
+        await lane.unacked_becomes([])
+    assert active.detail == f"{topic('tx')}: Not authorized (0x87)"
+    refusals = [r.getMessage() for r in caplog.records if "refuses what this lane publishes" in r.getMessage()]
+    assert len(refusals) == 1 and topic("tx") in refusals[0]
+    assert lane.link.stats.refused >= 1
 
 
 # -- the daemon: run_lane with [uplink] -------------------------------------------------------------

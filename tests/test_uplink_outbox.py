@@ -176,6 +176,23 @@ def test_a_row_that_changed_in_flight_goes_up_again_after_the_ack_of_the_old_cop
     assert journal.outbox_backlog().count == 0 and journal.get(seq).state is TxState.CHARGED
 
 
+def test_an_ack_the_broker_queued_during_an_outage_marks_the_copy_in_flight_after_the_reconnect(journal):
+    # What docs/uplink.md ("Acks") says happens, and what reconciliation repairs: an ack
+    # names a seq, and the window remembers nothing of the connection before.
+    seq = journal.record_intent(TransactionIntent(obu_id=b"\x01\x02\x03\x04", amount=100,
+                                                  purchase_time=dt.datetime(2026, 11, 22, 10)), at(0)).seq
+    journal.mark_unknown(seq, "no B5", at(1))
+    up = Uplink(journal, size=10)
+    up.window.connected()
+    assert up.publish() == [seq]  # the unknown copy; the centre stores it, its ack waits at the broker
+    up.window.disconnected()
+    journal.resolve_unknown(seq, B5Result(tac=TAC), at(2))  # a C8 re-fetch while the link is down
+    up.window.connected()
+    assert up.publish() == [seq]  # the charged copy
+    assert up.ack(seq, seq) == 1  # the queued ack of the unknown copy marks the charged row
+    assert up.published == [(seq, "unknown"), (seq, "charged")]
+
+
 def test_a_live_queue_that_overflows_leaves_the_rows_to_the_scan(journal):
     rows = events(journal, 6)
     window = OutboxWindow(2, key=lambda e: e.seq, position=lambda e: e.seq, version=lambda e: str(e.state),

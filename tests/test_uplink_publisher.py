@@ -1,17 +1,21 @@
 """The outbox publisher's journal operations: the centre's acks marked in parts of at most
 MARK_ROWS rows, the look-back read SCAN_BATCH rows at a time, so that a vehicle's intent
-never waits behind one long operation of the journal writer; and how it gives way to a
-vehicle, until the lane says the vehicle has gone."""
+never waits behind one long operation of the journal writer; how it gives way to a
+vehicle, until the lane says the vehicle has gone; and a row that cannot be encoded, set
+aside with an alarm while the others go up."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
+import sqlite3
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from laned.journal import B5Result, TransactionIntent
 from laned.journal.errors import JournalStorageError
 from laned.journal.store import Journal
 from laned.uplink.messages import AckStream, TxAck
@@ -147,3 +151,53 @@ async def test_a_vehicle_that_stays_is_given_way_for_at_most_give_way_max_s(tmp_
     assert not waiting.done()
     clock[0] += publisher_module.GIVE_WAY_MAX_S
     await asyncio.wait_for(waiting, 5)  # at its next look, GIVE_WAY_POLL_S later
+
+
+class RecordingSession:
+    """The broker as the pump publishes to it: every message, encoded as the real session encodes it."""
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+
+    async def publish_all(self, messages: Any) -> None:
+        for msg in messages:
+            msg.to_json()
+            self.seqs += msg.seqs()
+
+
+async def test_a_row_that_cannot_be_encoded_is_set_aside_with_an_alarm_and_the_others_go_up(
+        tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "journal.db"
+    with Journal.open(path, LANE, now=T0) as journal:
+        for _ in range(3):
+            intent = TransactionIntent(amount=3500, purchase_time=dt.datetime(2024, 11, 22, 17, 30), obu_id=bytes(4),
+                                       plate="鲁A12345", card_network="3701", card_number="2301000012345678",
+                                       vehicle_class=1, fee=3500)
+            entry = journal.record_intent(intent, T0)
+            journal.complete_charge(entry.seq, B5Result(tac=bytes.fromhex("674030a0"), balance_after=1000,
+                                                        trans_time=intent.purchase_time), T0)
+    # A damaged row: its lane time stored with an offset, which the contract's lane time
+    # (naive, as the card's TAC covers it) cannot carry.
+    con = sqlite3.connect(path)
+    with con:
+        con.execute("UPDATE transactions SET purchase_time = '2024-11-22T17:30:00+08:00' WHERE seq = 2")
+    con.close()
+    scene = Scene(path, 0, in_flight=False)
+    alarms: list[Any] = []
+    scene.publisher._alarm = alarms.append
+    session = RecordingSession()
+    await scene.publisher._pump_once(session, scene.publisher.tx, 0.0)  # type: ignore[arg-type]
+    assert session.seqs == [1, 3]
+    assert [(a.code, a.detail.split(":")[0]) for a in alarms] == [("uplink_row_unsendable", "tx seq 2")]
+    assert "$.purchase_time" in alarms[0].detail
+    # Never again in this process: not after a reconnect, not by the look-back for overdue rows.
+    window = scene.publisher.tx.window
+    window.disconnected()
+    window.connected()
+    await scene.publisher._pump_once(session, scene.publisher.tx, -3600.0)  # type: ignore[arg-type]
+    assert session.seqs == [1, 3, 1, 3]
+    assert window.quarantined == [2] and len(alarms) == 1
+    # Nothing deleted, nothing marked: it waits in the journal for a laned that can send it.
+    assert [e.seq for e in scene.journal.outbox_after(0, 10)] == [1, 2, 3]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "tx seq 2 cannot be encoded" in errors[0]

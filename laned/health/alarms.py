@@ -367,6 +367,27 @@ _SPECS: tuple[AlarmSpec, ...] = (
         "(`df -h /var/lib/laned`): a full disk stops the journal and closes ETC. Report the lane id and "
         "the oldest unacknowledged seq to the centre.",
         raise_after_s=0.0, clear_after_s=0.0),
+    AlarmSpec(
+        "uplink_publish_refused", _C, _MAJ,
+        "中心MQTT服务器拒绝车道发布的消息(如未授权)，相关数据无法送达中心，请中心检查ACL权限",
+        "The centre's broker refuses what the lane publishes on a topic (MQTT 5 PUBACK reason code, e.g. 0x87 Not "
+        "authorized; the detail names each topic and reason). The link is up, but those messages do not reach the "
+        "centre: transactions stay in the journal and are sent again until the broker takes them.",
+        "Tell the centre the lane id and the topics in the detail: its broker's ACL must let the lane's certificate "
+        "(CN = lane id) write every lane-to-centre topic of the contract (tx, tx/batch, reconcile/result, state, alarm, "
+        "cmd/result, list/request, list/versions). Nothing is lost and nothing needs changing on the lane; the alarm "
+        "clears by itself once the broker accepts a publish on each of those topics again.",
+        raise_after_s=0.0, clear_after_s=0.0),
+    AlarmSpec(
+        "uplink_row_unsendable", _E, _MAJ,
+        "一条交易记录无法按接口规范编码，未上传中心，已保留在本地日志，请上报详情中的流水号",
+        "A journal row cannot be encoded as the contract's message (the detail names the seq and what is wrong): it "
+        "stays in the journal, waiting, and is not sent again until laned restarts; every other row goes up as usual. "
+        "A laned bug or a damaged row.",
+        "Never delete or edit the journal. Report the lane id, the seq and the detail to the laned maintainers and "
+        "to the centre (the row is missing there). After the fix (a laned update) the row goes up by itself: it "
+        "still waits in the outbox, and `oldest_pending_seq` in the health snapshot points at it meanwhile.",
+        hold_s=3600.0),
     # -- the lane ---------------------------------------------------------------------------------
     AlarmSpec(
         "etc_closed", _C, _CRIT,

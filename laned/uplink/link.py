@@ -17,7 +17,10 @@ One :meth:`CentreLink.session` is one MQTT connection::
   retain flag and message expiry of :func:`laned.uplink.contract.delivery`, content type
   ``application/json`` and payload format indicator 1;
 * every received payload is checked against the contract; one that does not conform is
-  logged (topic and member) and dropped: a bad message never ends the link, nor the lane.
+  logged (topic and member) and dropped: a bad message never ends the link, nor the lane;
+* every PUBACK's MQTT 5 reason code is read (:class:`PublishRefusals`): a broker that
+  refuses the lane's publishes on a topic (0x87 Not authorized: its ACL) is reported,
+  once per topic, and its owner (the uplink service) raises ``uplink_publish_refused``.
 
 Whatever goes wrong with the connection (TLS, refused, lost, a PUBACK that never comes)
 comes out as :class:`LinkDown` with a reason a field engineer can act on. Reconnecting is
@@ -34,7 +37,7 @@ import enum
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +65,11 @@ JITTER = 0.2  # each back-off delay is spread ±20 %, so lanes cut off together 
 CLOSE_TIMEOUT_S = 2.0  # a clean close (offline state, DISCONNECT) waits no longer on a broker gone quiet
 PENDING_CALLS_MARGIN = 16  # state, health, alarms and the subscription besides the outbox windows
 
+
+# MQTT 5 reason codes of 0x80 and above are failures (MQTT 5.0, section 2.4): in a PUBACK,
+# 0x87 Not authorized is a broker ACL refusing the topic, 0x97 Quota exceeded, 0x99 Payload
+# format invalid… Below 0x80: accepted (0x10 No matching subscribers included).
+REASON_FAILURE = 0x80
 
 # Rows published per turn of the event loop by Session.publish_all (a message costs ~0.1 ms
 # of the loop: JSON, paho's packet, the socket write; a batch's rows ~20 µs each); the
@@ -202,10 +210,58 @@ def _reason(err: BaseException) -> str:
 
 @dataclass
 class LinkStats:
-    """Counters over every session since start (``laned status``, tests)."""
+    """Counters over every session since start (``laned status``, the health snapshot's counters)."""
 
     sessions: int = 0  # connections made
+    lost: int = 0  # connections lost (not closed by laned)
     dropped: int = 0  # received payloads that did not conform to the contract
+    refused: int = 0  # publishes the broker refused (PUBACK reason code 0x80 or above)
+
+
+class PublishRefusals:
+    """The broker's answers to the lane's QoS 1 publishes, per topic: which topics it
+    refuses now (sans-IO; :class:`~laned.uplink.mqtt_client.SlicedClient` feeds it every
+    PUBACK while :meth:`watching`, and every refusal).
+
+    A refusal of a topic is logged once, when it starts, and ``on_change`` is told; so is
+    the first publish the broker takes on that topic again. A refused transaction is not
+    lost: no ``tx/ack`` comes for it, so it goes up again when its ack is overdue — which is
+    also how the lane finds out that the centre has fixed its ACL.
+    """
+
+    def __init__(self, stats: LinkStats, on_change: Callable[[Mapping[str, str]], None] | None = None) -> None:
+        self.stats = stats
+        self.on_change = on_change  # called with the topics refused now (topic -> reason)
+        self._refused: dict[str, str] = {}
+
+    @property
+    def refused(self) -> Mapping[str, str]:
+        """Topic -> the broker's reason (``Not authorized (0x87)``), for the topics it refuses now."""
+        return dict(self._refused)
+
+    def watching(self) -> bool:
+        """Whether accepted publishes matter now (a topic is refused): the MQTT client then
+        reports every PUBACK, else only refusals — a backlog's drain is thousands a second."""
+        return bool(self._refused)
+
+    def answer(self, topic: str, code: int, reason: str) -> None:
+        """The broker's PUBACK for a publish on ``topic``: reason ``code`` (``reason``, its name)."""
+        if code >= REASON_FAILURE:
+            self.stats.refused += 1
+            if topic in self._refused:
+                return
+            self._refused[topic] = f"{reason} (0x{code:02x})"
+            log.error("centre link: the broker refuses what this lane publishes on %s: %s (0x%02x). The link stays "
+                      "up but these messages do not reach the centre (transactions stay in the journal and go up "
+                      "again); the centre must let this lane write the topic in its broker's ACL "
+                      "(uplink_publish_refused)", topic, reason, code)
+        elif topic in self._refused:
+            del self._refused[topic]
+            log.info("centre link: the broker takes this lane's publishes on %s again", topic)
+        else:
+            return
+        if self.on_change is not None:
+            self.on_change(self.refused)
 
 
 class Session:
@@ -216,18 +272,26 @@ class Session:
         self.settings = settings
         self.stats = stats
 
-    async def publish(self, msg: UplinkMessage, *, correlation_data: bytes | None = None) -> None:
+    async def publish(self, msg: UplinkMessage, *, correlation_data: bytes | None = None,
+                      expiry_s: int | None = None) -> None:
         """Publish ``msg`` on its channel, as the contract's delivery table says; returns
-        once the broker has it (PUBACK for QoS 1) — which says nothing about the centre.
-        ``correlation_data``: MQTT 5 correlation data (a command's, copied onto its result)."""
+        once the broker has answered (PUBACK for QoS 1) — which says nothing about the
+        centre, and a refusal in it goes to :class:`PublishRefusals`, not to the caller.
+        ``correlation_data``: MQTT 5 correlation data (a command's, copied onto its result).
+        ``expiry_s``: the message expiry instead of the contract's, for a message that waited
+        (what is left of the contract's); never longer than the contract's."""
         c = contract()
         delivery = c.delivery(msg.MESSAGE)
         topic = c.topic(delivery.channel, self.settings.lane_id)
-        if correlation_data is None:
-            properties = _publish_properties(delivery.expiry_s)
+        expiry = delivery.expiry_s
+        if expiry_s is not None:
+            expiry = max(1, expiry_s if expiry is None else min(expiry, expiry_s))
+        if correlation_data is None and expiry == delivery.expiry_s:
+            properties = _publish_properties(expiry)
         else:
-            properties = _properties(PacketTypes.PUBLISH, delivery.expiry_s)
-            properties.CorrelationData = correlation_data
+            properties = _properties(PacketTypes.PUBLISH, expiry)
+            if correlation_data is not None:
+                properties.CorrelationData = correlation_data
         try:
             await self._client.publish(topic, msg.to_json().encode("utf-8"), qos=delivery.qos,
                                        retain=delivery.retain, properties=properties,
@@ -318,6 +382,8 @@ class CentreLink:
         self.wall = wall
         self.state = LinkState.DOWN
         self.stats = LinkStats()
+        # What the broker refuses, over every session (a wrong ACL outlives a reconnect).
+        self.refusals = PublishRefusals(self.stats)
 
     def _tls(self) -> ssl.SSLContext:
         """Read the files on every connect, so that a renewed certificate installed in
@@ -347,6 +413,7 @@ class CentreLink:
         # aiomqtt warns about every publish beyond 10 awaiting its PUBACK; a full window of
         # transactions (plus state, health and alarms) is normal here, not a problem.
         client.pending_calls_threshold = 2 * s.max_inflight + PENDING_CALLS_MARGIN
+        client.puback_watcher = self.refusals
         return client
 
     @asynccontextmanager
@@ -376,6 +443,8 @@ class CentreLink:
             yield session
         except LinkDown:
             lost = True
+            if self.state is LinkState.UP:  # a session that stood, lost (not a failed connect)
+                self.stats.lost += 1
             raise
         finally:
             # Stopping (cancelled) or done: say offline ourselves. Lost: the broker has

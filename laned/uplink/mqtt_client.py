@@ -8,27 +8,65 @@ during which no RSU frame is answered. :class:`SlicedClient` reads at most
 :data:`READ_SLICE` packets per callback and, if TLS still holds bytes the socket will not
 signal again, schedules the rest for the next turn of the loop.
 
-This leans on paho-mqtt 2.x internals (``_packet_read``, ``_loop_rc_handle``, ``_sock``)
-and aiomqtt 2.x's ``_on_socket_open``: pyproject pins both to their major version, and
-the HIL tests run every publish and receive of the uplink through this reader.
+It also reads each PUBACK's MQTT 5 reason code, which aiomqtt drops: its ``publish``
+returns when the PUBACK comes, whatever the broker said, and paho hands the code only to
+``on_publish``. A broker whose ACL refuses a topic answers 0x87 (Not authorized) and
+discards the message; :attr:`SlicedClient.puback_watcher` hears of it, with the topic.
+
+This leans on paho-mqtt 2.x internals (``_packet_read``, ``_loop_rc_handle``, ``_sock``,
+``_out_messages``: the message is still there while ``on_publish`` runs) and aiomqtt
+2.x's ``_on_socket_open`` and ``_on_publish``: pyproject pins both to their major version,
+and the HIL tests run every publish and receive of the uplink through this client.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol
 
 import aiomqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.client import MQTT_ERR_AGAIN
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 # Packets handled per turn of the loop: a PUBACK costs ~0.03 ms, a centre ack ~0.1 ms.
 READ_SLICE = 32
 
 
+FAILURE = 0x80  # MQTT 5 reason codes from 0x80 on are failures (MQTT 5.0, section 2.4)
+
+
+class PubackWatcher(Protocol):
+    """Who hears the broker's PUBACK reason codes (laned.uplink.link.PublishRefusals)."""
+
+    def watching(self) -> bool:
+        """Whether accepted publishes matter now; refusals are always reported."""
+
+    def answer(self, topic: str, code: int, reason: str) -> None:
+        """The broker answered a publish on ``topic`` with reason ``code`` (``reason``: its name)."""
+
+
 class SlicedClient(aiomqtt.Client):
     """:class:`aiomqtt.Client` whose socket reader handles at most :data:`READ_SLICE`
-    packets per loop callback (see the module docstring)."""
+    packets per loop callback, and whose PUBACKs' reason codes go to :attr:`puback_watcher`
+    (see the module docstring)."""
+
+    puback_watcher: PubackWatcher | None = None
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int,  # noqa: ANN401
+                    reason_code: ReasonCode, properties: Properties) -> None:
+        # paho calls this on the event loop (from the socket reader above), for a QoS 1
+        # PUBACK (and for a QoS 0 message once written, with reason Success). aiomqtt's
+        # own handling first: the publish waiting for this PUBACK returns, whatever follows.
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+        watcher = self.puback_watcher
+        if watcher is not None:
+            code = getattr(reason_code, "value", 0)
+            if isinstance(code, int) and (code >= FAILURE or watcher.watching()):
+                message = client._out_messages.get(mid)  # noqa: SLF001 - paho pops it after this callback
+                if message is not None:
+                    watcher.answer(message.topic, code, str(reason_code))
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:  # noqa: ANN401
         super()._on_socket_open(client, userdata, sock)

@@ -38,7 +38,17 @@ The rules it keeps:
   counted in :attr:`~OutboxWindow.retransmissions`;
 * an ack for a seq not in flight is harmless: nothing to free, :meth:`~OutboxWindow.acked`
   does not return it, so the journal marks nothing for it (the row goes up again and is
-  acked then).
+  acked then);
+* an ack names a seq, not a copy, and nothing of a previous connection is remembered. So
+  an ack the broker queued for the lane while it was away (the centre acked a copy sent
+  before the outage) frees the copy in flight *now*, and the journal marks it if its version
+  is the one sent now. Where the row changed in between (an unknown outcome settled by a
+  C8 re-fetch during the outage), the row is marked delivered on the strength of the old
+  copy's ack. The centre then holds the old copy (``unknown``, ``reconcile_required``)
+  and, normally, the new one that went up at the reconnect; if that one were lost, its
+  reconciliation of the unknown row settles it (docs/uplink.md, "Acks");
+* a row that cannot be encoded for the centre (:meth:`~OutboxWindow.quarantine`) is not
+  published again in this process, whatever the connection, until it changes.
 
 :func:`backlog_level` turns the journal's backlog count into the ``uplink_backlog_50/80/95``
 alarm levels; raising them is the health layer's job.
@@ -96,6 +106,9 @@ class OutboxWindow(Generic[R]):
         # Acked, not yet marked in the journal (key -> version acked): a scan that finds such
         # a row still waiting there must not send it again (settled() ends this).
         self._settling: dict[int, str] = {}
+        # Rows that cannot be encoded (key -> version): never sent again by this process,
+        # over every connection; a new version of the row gets its chance.
+        self._quarantined: dict[int, str] = {}
         self.published = 0  # rows handed out to publish, retransmissions included
         self.retransmissions = 0  # rows published again because their ack was overdue
 
@@ -194,6 +207,8 @@ class OutboxWindow(Generic[R]):
             return False  # already in flight in this connection
         if self._settling.get(key) == version:
             return False  # acked: the journal's mark is on its way
+        if self._quarantined.get(key) == version:
+            return False  # cannot be encoded: it waits in the journal
         self._in_flight.pop(key, None)  # a changed row goes to the end: the dict stays in sending order
         self._in_flight[key] = _Flight(row, version, now)
         self.published += 1
@@ -213,6 +228,20 @@ class OutboxWindow(Generic[R]):
         done = {key: self._in_flight.pop(key).version for key in list(keys)}
         self._settling.update(done)
         return done
+
+    def quarantine(self, row: R) -> None:
+        """``row`` cannot be encoded for the centre: take it out of the window and never
+        hand this version of it out again (it stays waiting in the journal)."""
+        key = self._key(row)
+        self._quarantined[key] = self._version(row)
+        if self._in_flight.pop(key, None) is not None:
+            self.published -= 1  # handed out, never published
+        self._live.pop(key, None)
+
+    @property
+    def quarantined(self) -> list[int]:
+        """The keys that cannot be encoded, ascending."""
+        return sorted(self._quarantined)
 
     def settled(self, keys: Iterable[int]) -> None:
         """The journal has marked these acked keys (or failed to: then a later scan sends them again)."""

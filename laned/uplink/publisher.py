@@ -7,7 +7,9 @@ what the window has room for from the journal, in the writer's background, and p
 it — several transaction rows per message where several are ready; a ``tx/ack`` frees the
 window at once, and the rows are marked delivered in the journal after, in one commit per
 burst of acks. It gives way to a vehicle's transaction (``LaneView.vehicle_busy``), so a
-C6 never waits behind a batch being read and encoded.
+C6 never waits behind a batch being read and encoded. A row that cannot be encoded is set
+aside for the life of the process (``uplink_row_unsendable``), never published, never
+deleted: the rest go on, and a restart does not fail on it either.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from laned.cancellation import stop_if_cancelled
 from laned.journal.errors import JournalStorageError
 from laned.journal.records import JournalEntry
 from laned.journal.writer_queue import HOLD_MAX_S, BoundedHold
+from laned.lane.events import ClearAlarm, RaiseAlarm
+from laned.uplink.contract import ContractError
 from laned.uplink.link import Session
 from laned.uplink.messages import AckStream, TxAck
 from laned.uplink.reporting import LaneView
@@ -70,18 +74,21 @@ class OutboxPublisher:
     """The outbox streams and how they are published (see the module docstring).
 
     ``journal`` runs an operation in the journal writer's background; ``storage_trouble``
-    reports a journal failure once (the rows wait in the journal, nothing is lost).
+    reports a journal failure once (the rows wait in the journal, nothing is lost);
+    ``alarm`` raises the lane's alarms (None: none).
     """
 
     def __init__(self, settings: PublishSettings, *, journal: Callable[[Callable[[Any], Any]], asyncio.Future[Any]],
                  lane: LaneView, wall: Callable[[], dt.datetime], monotonic: Callable[[], float],
-                 storage_trouble: Callable[[str, JournalStorageError], None]) -> None:
+                 storage_trouble: Callable[[str, JournalStorageError], None],
+                 alarm: Callable[[RaiseAlarm | ClearAlarm], None] | None = None) -> None:
         self.settings = settings
         self._journal = journal
         self.lane = lane
         self.wall = wall
         self.monotonic = monotonic
         self._storage_trouble = storage_trouble
+        self._alarm = alarm
         self.tx = tx_stream(settings.window, settings.batch_max)
         self.reconcile = reconcile_stream(settings.window)
         self._newest = 0  # the highest tx seq fetched as new (live) in this connection
@@ -103,6 +110,11 @@ class OutboxPublisher:
         self._live_due = True
         for stream in self.streams:
             stream.wake.set()
+
+    @property
+    def newest(self) -> int:
+        """The highest tx seq fetched as new (live) so far."""
+        return self._newest
 
     def connected(self, newest: int) -> None:
         """A new connection: nothing is assumed delivered; rows above ``newest`` (the
@@ -204,9 +216,34 @@ class OutboxPublisher:
                      self.settings.ack_timeout_s)
         if rows or late:
             await self.give_way()
-            await session.publish_all(stream.messages(rows + late))
+            await self._publish(session, stream, rows + late)
         stream.more = bool(limit) and len(scanned) == limit and w.room() > 0
         return last_sweep
+
+    async def _publish(self, session: Session, stream: OutboxStream[Any], rows: list[Any]) -> None:
+        try:
+            await session.publish_all(stream.messages(rows))
+        except ContractError:
+            # A row the contract's message cannot carry (a laned bug, a damaged row). Left
+            # in the window, it would fail this pump again on every wake-up; raised, it
+            # would end the daemon, and the restart would read the row again and fail the
+            # same way. So: find it, one row per message, and publish the others (the
+            # centre de-duplicates any that went up before the failure).
+            for row in rows:
+                try:
+                    await session.publish_all(stream.messages([row]))
+                except ContractError as err:
+                    self._quarantine(stream, row, err)
+                await asyncio.sleep(0)  # a message alone does not yield in publish_all; a window is 2,048
+
+    def _quarantine(self, stream: OutboxStream[Any], row: Any, err: ContractError) -> None:
+        seq = stream.seq(row)
+        stream.window.quarantine(row)
+        log.error("centre link: %s seq %d cannot be encoded for the centre (%s). It stays in the journal, waiting, "
+                  "and is not sent again until laned restarts; the other rows go on. A laned bug or a damaged row: "
+                  "report the lane id and the seq (uplink_row_unsendable)", stream.name, seq, err)
+        if self._alarm is not None:
+            self._alarm(RaiseAlarm("uplink_row_unsendable", f"{stream.name} seq {seq}: {err}"))
 
     async def _look_back(self, stream: OutboxStream[Any], now: float) -> list[Any]:
         """What waits from the oldest unacked row on, up to the window's size: SCAN_BATCH rows

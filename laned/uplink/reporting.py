@@ -1,17 +1,22 @@
-"""What the uplink reports of the lane: its retained state, health snapshots and the
-backlog alarms (``laned.uplink.service`` publishes them). Sans-IO: times are passed in."""
+"""What the uplink reports of the lane: its retained state, health snapshots with their
+counters, the backlog alarms, and which alarm changes go up after an outage
+(``laned.uplink.service`` publishes them). Sans-IO: times are passed in."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import laned
+from laned.health.alarms import AlarmChange
 from laned.health.checks import CheckResult, CheckStatus, HealthChecker, LaneSnapshot
 from laned.lane.events import ClearAlarm, Device, RaiseAlarm
-from laned.uplink.messages import ActiveAlarm, Check, ClosedBy, HealthSnapshot, LaneState, LaneStatus, OutboxState
+from laned.uplink.messages import (
+    ActiveAlarm, AlarmCount, Check, ClosedBy, HealthCounters, HealthSnapshot, LaneState, LaneStatus, OutboxState,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +60,19 @@ def lane_state(lane_id: str, lane: LaneView, at: dt.datetime) -> LaneState:
                      software_version=laned.__version__)
 
 
+def alarm_counts(monitor: Any) -> tuple[AlarmCount, ...]:
+    """The registry's raises (conditions) and occurrences (events) per code since start."""
+    if monitor is None:
+        return ()
+    counts: Mapping[str, int] = monitor.registry.counts
+    return tuple(AlarmCount(code=code, count=n) for code, n in sorted(counts.items()) if n > 0)
+
+
 def health_snapshot(lane_id: str, monitor: Any, lane: LaneView, at: dt.datetime, outbox: OutboxState, *,
-                    uptime_s: int) -> HealthSnapshot:
+                    uptime_s: int, counters: HealthCounters | None = None) -> HealthSnapshot:
     """A ``health`` message: the latest checks (a :class:`RecordingChecker`'s), the active
-    alarms, what closes ETC and the outbox. ``monitor`` None: no checks, no alarms."""
+    alarms, what closes ETC, the outbox and the uplink's counters. ``monitor`` None: no
+    checks, no alarms."""
     results = monitor.checker.latest if monitor is not None and isinstance(monitor.checker,
                                                                              RecordingChecker) else []
     alarms = monitor.registry.active() if monitor is not None else []
@@ -68,7 +82,70 @@ def health_snapshot(lane_id: str, monitor: Any, lane: LaneView, at: dt.datetime,
         checks=tuple(Check.from_result(r) for r in results),
         alarms=tuple(ActiveAlarm.from_alarm(a) for a in alarms),
         closed_by=tuple(ClosedBy(device=d, reason=why) for d, why in sorted(closed.items())) or None,
-        outbox=outbox, software_version=laned.__version__, uptime_s=uptime_s)
+        outbox=outbox, software_version=laned.__version__, uptime_s=uptime_s, counters=counters)
+
+
+# -- alarm changes that waited for the link -------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class AlarmToSend:
+    """One alarm change to publish: with what is left of the channel's message expiry
+    (None: the contract's, or none), and how many earlier changes of its code were left out."""
+
+    change: AlarmChange
+    expiry_s: int | None
+    left_out: int = 0
+
+    @property
+    def note(self) -> str:
+        if not self.left_out:
+            return ""
+        return (f"the lane left out {self.left_out} earlier change{'s' if self.left_out > 1 else ''} of "
+                f"{self.change.code} made while it could not publish (too many to send)")
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmReplay:
+    """What :func:`alarm_replay` decided: the changes to publish, in order, and what it left
+    out (``expired``: older than the channel's expiry; ``collapsed``: superseded by a later
+    change of the same code because there were more than the limit)."""
+
+    send: tuple[AlarmToSend, ...]
+    expired: int = 0
+    collapsed: int = 0
+
+
+def alarm_replay(changes: Sequence[AlarmChange], now: float, *, expiry_s: int | None, limit: int) -> AlarmReplay:
+    """The alarm changes (oldest first, monotonic ``at``) that waited to be published —
+    a second while connected, the whole outage after a reconnect — as they go up:
+
+    * each with what is left of the channel's ``expiry_s``: one that waited longer than that
+      is not sent at all, as the broker would have dropped it had it been queued there;
+    * all of them, in order, if at most ``limit``; else only the latest change of each code
+      (the centre learns how each alarm stands, and its ``cause`` says how many were left
+      out), in the order of those changes — so an alarm storm in a long outage does not
+      become a storm of messages at the reconnect.
+    """
+    if limit < 1:
+        raise ValueError(f"the alarm replay limit is {limit!r}, expected 1 or more changes")
+    fresh: list[tuple[AlarmChange, int | None]] = []
+    expired = 0
+    for change in changes:
+        if expiry_s is None:
+            fresh.append((change, None))
+            continue
+        left = expiry_s - int(max(0.0, now - change.at))
+        if left <= 0:
+            expired += 1
+        else:
+            fresh.append((change, left))
+    if len(fresh) <= limit:
+        return AlarmReplay(tuple(AlarmToSend(c, left) for c, left in fresh), expired=expired)
+    per_code = Counter(c.code for c, _ in fresh)
+    latest = {c.code: i for i, (c, _) in enumerate(fresh)}  # the index of each code's last change
+    send = tuple(AlarmToSend(c, left, left_out=per_code[c.code] - 1)
+                 for i, (c, left) in enumerate(fresh) if latest[c.code] == i)
+    return AlarmReplay(send, expired=expired, collapsed=len(fresh) - len(send))
 
 
 def backlog_alarms(level: int | None, detail: str) -> list[RaiseAlarm | ClearAlarm]:

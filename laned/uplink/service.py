@@ -12,15 +12,21 @@ connected:
 * applies the centre's reconciliation answers (``reconcile``) to the journal
   (``settle_from_centre``) and publishes the results (``reconcile/result``), a second
   stream acked by ``tx/ack`` with ``stream: reconcile``;
-* publishes the retained lane state (on connect and on change), health snapshots (every
-  ``health_interval_s`` and on every alarm change) and each alarm raise/clear;
+* publishes the retained lane state (on connect and on change), health snapshots with the
+  uplink's counters (every ``health_interval_s`` and on every alarm change) and each alarm
+  raise/clear — those made while the link was down after the next connect, in order
+  (bounded, and within the alarm topic's expiry: :func:`~laned.uplink.reporting.alarm_replay`);
+* raises ``uplink_publish_refused`` while the broker refuses a topic it publishes on (its
+  PUBACKs, :class:`~laned.uplink.link.PublishRefusals`);
 * hands commands (``cmd``) to a hook: executing them is not this module's business.
 
 The journal is read only through :meth:`JournalWriter.submit_async`, so the event loop
 never waits on SQLite. While the link is down the lane keeps charging: the journal is the
 outbox; ``centre_link_down`` is raised after ``[uplink] link_down_alarm_s`` and the
-``uplink_backlog_50/80/95`` alarms follow the backlog. A link failure is handled here;
-anything else that goes wrong ends the task, and with it the daemon (a bug, loudly).
+``uplink_backlog_50/80/95`` alarms follow the backlog. A link failure is handled here, and
+so is a journal that fails to read or write (``JournalStorageError``: reported once, tried
+again later, nothing lost — the disk's own alarm is ``journal_not_writable``); anything
+else that goes wrong ends the task, and with it the daemon (a bug, loudly).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,15 +45,15 @@ from laned.health.alarms import AlarmChange
 from laned.journal.errors import JournalError, JournalStorageError
 from laned.journal.records import Backlog, JournalEntry, ReconcileRecord, ReconcileStatus, TxState
 from laned.lane.events import ClearAlarm, RaiseAlarm
-from laned.uplink.contract import ContractError, validate
+from laned.uplink.contract import ContractError, contract, validate
 from laned.uplink.link import Backoff, CentreLink, Incoming, LinkDown, LinkSettings, LinkState, Session
 from laned.uplink.messages import (
-    AlarmMsg, AckStream, HealthSnapshot, LaneState, OutboxState, ReconcileAnswer, ReconcileOutcome, TxAck,
-    UplinkMessage,
+    AlarmMsg, AckStream, HealthCounters, HealthSnapshot, LaneState, OutboxState, ReconcileAnswer, ReconcileOutcome,
+    TxAck, UplinkMessage,
 )
 from laned.uplink.outbox import backlog_level
 from laned.uplink.publisher import OutboxPublisher, PublishSettings
-from laned.uplink.reporting import LaneView, backlog_alarms, health_snapshot, lane_state
+from laned.uplink.reporting import LaneView, alarm_counts, alarm_replay, backlog_alarms, health_snapshot, lane_state
 
 if TYPE_CHECKING:
     from laned.config import UplinkSection
@@ -62,6 +68,11 @@ CommandHook = Callable[[Incoming, Session], Awaitable[None]]
 
 WATCH_S = 1.0  # lane state, alarm changes and health: looked at this often (the health cycle's pace)
 BACKLOG_CHECK_S = 5.0  # the backlog count (an index count) for the uplink_backlog_* alarms
+# Alarm changes published one by one after an outage, at most: each waits for its PUBACK (a
+# round trip to the broker), and the health snapshot that follows lists the active alarms
+# anyway. A lane makes a few changes an hour; 200 is a day of a flapping device. Beyond it,
+# the latest change of each code goes up (laned.uplink.reporting.alarm_replay).
+ALARM_REPLAY_MAX = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +107,15 @@ class UplinkService:
         self.on_command = on_command or self._command_not_executed
         self.outbox = OutboxPublisher(
             PublishSettings(window=settings.window, batch_max=settings.batch_max, ack_timeout_s=settings.ack_timeout_s),
-            journal=self._journal, lane=lane, wall=wall, monotonic=monotonic, storage_trouble=self._storage_trouble)
+            journal=self._journal, lane=lane, wall=wall, monotonic=monotonic, storage_trouble=self._storage_trouble,
+            alarm=self._alarm)
+        link.refusals.on_change = self._refusals_changed
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
         self._backlog_level: int | None = None
         self._backlog: tuple[int, int | None] = (0, None)  # count, oldest seq
+        # How many of the monitor's changes (every change since start, in order) are
+        # published: kept over reconnects, so that what changed while the link was down
+        # goes up after the next connect.
         self._alarm_index = 0
         self._published_state: LaneState | None = None
         self._down_since: float | None = None
@@ -192,7 +208,7 @@ class UplinkService:
 
     async def _link_down(self, reason: str) -> None:
         if reason != self._down_reason:  # each new reason once, not every attempt
-            await self._count_backlog()
+            await self._recount_backlog()
             count, oldest = self._backlog
             log.warning("centre link %s: %s. The lane keeps charging; %d rows wait in the journal%s and go up when "
                         "the link is back; retrying with back-off (%g–%g s)", self.link.settings.where(), reason,
@@ -207,7 +223,7 @@ class UplinkService:
         down = 0.0 if self._down_since is None else self.monotonic() - self._down_since
         self._down_since, self._down_reason = None, ""
         self._backoff.reset()
-        await self._count_backlog()
+        await self._recount_backlog()
         count, oldest = self._backlog
         log.info("centre link: connected to %s as %s after %.1f s; %d unacknowledged rows go up%s",
                  self.link.settings.where(), self.link.settings.client_id, down, count,
@@ -217,9 +233,16 @@ class UplinkService:
     async def _serve(self, session: Session) -> None:
         # In the writer's order, not its background: a row journalled after this read goes up
         # live, one before it with the backlog — so rows go up in seq order from the start.
-        self.outbox.connected(await self.writer.submit_async(lambda mj: mj.journal.last_seq()))
+        try:
+            newest: int = await self.writer.submit_async(lambda mj: mj.journal.last_seq())
+        except JournalStorageError as err:
+            # Without it, rows above the newest fetched so far go up as new, the rest with the
+            # backlog: every row all the same, some perhaps ahead of older ones (the centre
+            # does not need the order).
+            self._storage_trouble("reading the journal's last seq at connect", err)
+            newest = self.outbox.newest
+        self.outbox.connected(newest)
         self._published_state = None
-        self._alarm_index = len(self.monitor.changes) if self.monitor is not None else 0
         await self._link_up()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -274,9 +297,15 @@ class UplinkService:
         log.info("reconcile: the centre's answer %s on seq %d (%s): %s%s", answer.answer_id, answer.seq,
                  answer.outcome, record.result, f" — {record.detail}" if record.detail else "")
         if record.result is ReconcileStatus.APPLIED:
-            entry: JournalEntry = await self._journal(lambda mj: mj.journal.get(answer.seq))
-            if entry.state is not TxState.INTENT:
-                self.outbox.tx.window.live(entry)  # the settled row goes up again (its ack was cleared)
+            try:
+                entry: JournalEntry = await self._journal(lambda mj: mj.journal.get(answer.seq))
+            except JournalStorageError as err:
+                self._storage_trouble(f"reading seq {answer.seq} after applying the centre's answer", err)
+                # Its ack was cleared with the answer: a scan from its seq finds it waiting.
+                self.outbox.resend_from(answer.seq)
+            else:
+                if entry.state is not TxState.INTENT:
+                    self.outbox.tx.window.live(entry)  # the settled row goes up again (its ack was cleared)
             self.outbox.tx.wake.set()
         self.outbox.reconcile.window.live(record)
         self.outbox.reconcile.wake.set()
@@ -305,24 +334,42 @@ class UplinkService:
                 if self._published_state is not None:  # the connect published it already
                     await self._publish_checked(session, state)
                 self._published_state = state
-            changes = self._new_alarm_changes()
-            for change in changes:
-                await self._publish_checked(session, AlarmMsg.from_change(change, self.lane_id))
-            if changes or self.monotonic() >= next_health:
+            changed = await self._publish_alarm_changes(session)
+            if changed or self.monotonic() >= next_health:
                 await self._publish_checked(session, self._health())
                 next_health = self.monotonic() + self.settings.health_interval_s
             await asyncio.sleep(WATCH_S)  # the health cycle's pace; nothing here is urgent
 
-    def _new_alarm_changes(self) -> list[AlarmChange]:
+    async def _publish_alarm_changes(self, session: Session) -> bool:
+        """Publish the alarm changes not published yet, oldest first: those of the last
+        watch, or after a connect every change made while the link was down (bounded,
+        within the alarm topic's expiry). True if there were any. Counted as published once
+        all have gone: a link lost half-way sends them all again after the next connect."""
         if self.monitor is None:
-            return []
+            return False
         changes: list[AlarmChange] = self.monitor.changes[self._alarm_index:]
+        if not changes:
+            return False
+        expiry_s = contract().delivery(AlarmMsg.MESSAGE).expiry_s
+        replay = alarm_replay(changes, self.monotonic(), expiry_s=expiry_s, limit=ALARM_REPLAY_MAX)
+        if replay.expired or replay.collapsed:
+            log.warning("centre link: %d alarm changes waited to be published; %d go up now. Left out: %d older than "
+                        "the alarm topic's expiry (%s s), %d as too many (of each alarm, its latest change goes up, "
+                        "saying how many it stands for). The active alarms are in the health snapshot",
+                        len(changes), len(replay.send), replay.expired, expiry_s, replay.collapsed)
+        for item in replay.send:
+            await self._publish_checked(session, AlarmMsg.from_change(item.change, self.lane_id, note=item.note),
+                                        expiry_s=item.expiry_s)
+            # A stop that came while its PUBACK was awaited may have been dropped there
+            # (laned.cancellation): after an outage there can be many of them to send.
+            stop_if_cancelled()
         self._alarm_index += len(changes)
-        return changes
+        return True
 
-    async def _publish_checked(self, session: Session, msg: UplinkMessage) -> None:
+    async def _publish_checked(self, session: Session, msg: UplinkMessage, *, expiry_s: int | None = None) -> None:
         """State, health and alarms are few: check them against the contract before they go,
-        so a message the centre would reject is reported here, once, instead."""
+        so a message the centre would reject is reported here, once, instead. ``expiry_s``:
+        what is left of the channel's expiry for a message that waited (None: the contract's)."""
         try:
             validate(msg.MESSAGE, msg.to_dict())
         except ContractError as err:
@@ -331,14 +378,23 @@ class UplinkService:
                 log.error("centre link: not publishing a %s that does not conform to the contract (%s); "
                           "this is a laned bug, report it", msg.MESSAGE, err)
             return
-        await session.publish(msg)
+        await session.publish(msg, expiry_s=expiry_s)
 
     def _health(self) -> HealthSnapshot:
         count, oldest = self._backlog
         return health_snapshot(self.lane_id, self.monitor, self.lane, self.wall(),
                                OutboxState(pending=count, oldest_pending_seq=oldest,
                                            last_acked_seq=self.outbox.tx.last_acked),
-                               uptime_s=int(self.monotonic() - self._started))
+                               uptime_s=int(self.monotonic() - self._started), counters=self.counters())
+
+    def counters(self) -> HealthCounters:
+        """What the uplink has counted since start (the health snapshot's ``counters``)."""
+        stats = self.link.stats
+        tx, results = self.outbox.tx.window, self.outbox.reconcile.window
+        return HealthCounters(tx_published=tx.published, tx_retransmissions=tx.retransmissions,
+                              results_published=results.published, link_sessions=stats.sessions,
+                              link_lost=stats.lost, received_dropped=stats.dropped, publish_refused=stats.refused,
+                              alarms=alarm_counts(self.monitor))
 
     async def _backlog_watch(self) -> None:
         """The backlog, connected or not: the uplink_backlog_* alarms and the health snapshot."""
@@ -365,6 +421,21 @@ class UplinkService:
         backlog: Backlog = await self._journal(lambda mj: mj.journal.outbox_backlog())
         self._backlog = (backlog.count, backlog.oldest_seq)
         return backlog
+
+    async def _recount_backlog(self) -> None:
+        """The backlog for a log line: a journal that fails leaves the last count known."""
+        try:
+            await self._count_backlog()
+        except JournalStorageError as err:
+            self._storage_trouble("counting the outbox backlog", err)
+
+    def _refusals_changed(self, refused: Mapping[str, str]) -> None:
+        """The broker started or stopped refusing a topic (laned.uplink.link.PublishRefusals)."""
+        if refused:
+            self._alarm(RaiseAlarm("uplink_publish_refused",
+                                   "; ".join(f"{topic}: {reason}" for topic, reason in sorted(refused.items()))))
+        else:
+            self._alarm(ClearAlarm("uplink_publish_refused", "the broker takes the lane's publishes again"))
 
     def _storage_trouble(self, what: str, err: JournalStorageError) -> None:
         key = f"{what}: {err}"

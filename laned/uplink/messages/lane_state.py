@@ -90,6 +90,27 @@ class OutboxState:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AlarmCount:
+    code: str
+    count: int  # raises of a condition, occurrences of an event, since laned started
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthCounters:
+    """What the uplink has counted since laned started (the health snapshot's ``counters``):
+    in-memory counts, so they restart from 0 with laned; the centre compares snapshots."""
+
+    tx_published: int  # transaction rows handed to the broker, retransmissions included
+    tx_retransmissions: int  # of those, rows published again because their ack was overdue
+    results_published: int  # reconciliation results handed to the broker, retransmissions included
+    link_sessions: int  # connections to the broker made
+    link_lost: int  # connections lost (not closed by laned)
+    received_dropped: int  # centre messages dropped because they did not conform to the contract
+    publish_refused: int  # publishes the broker refused (PUBACK reason code 0x80 or above)
+    alarms: tuple[AlarmCount, ...] = ()  # per alarm code, the codes raised at least once
+
+
+@dataclass(frozen=True, kw_only=True)
 class HealthSnapshot(UplinkMessage):
     """Periodic health (topic ``health``)."""
 
@@ -105,6 +126,7 @@ class HealthSnapshot(UplinkMessage):
     outbox: OutboxState | None = None
     software_version: str | None = None
     uptime_s: int | None = None
+    counters: HealthCounters | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,8 +151,11 @@ class AlarmMsg(UplinkMessage):
     cause: str | None = None
 
     @classmethod
-    def from_change(cls, change: AlarmChange, lane_id: str) -> AlarmMsg:
+    def from_change(cls, change: AlarmChange, lane_id: str, *, note: str = "") -> AlarmMsg:
+        """The message of one registry change; ``note`` is added to its cause (what the lane
+        left out before it, when the changes of a long outage were too many to send)."""
         a = change.alarm
+        cause = "; ".join(part for part in (change.cause, note) if part)
         return cls(lane_id=lane_id, change=change.change, code=a.code, kind=a.kind, severity=a.severity,
                    raised_at=a.raised_at, at=change.wall, count=a.count, total=a.total, zh=change.zh, en=change.en,
-                   detail=a.detail or None, acknowledged=a.acknowledged, cause=change.cause or None)
+                   detail=a.detail or None, acknowledged=a.acknowledged, cause=cause or None)
