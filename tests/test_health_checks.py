@@ -362,3 +362,28 @@ def test_the_health_layer_is_sans_io():
         assert not forbidden, f"{name} imports {forbidden}"
         calls = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
         assert not calls & {"now", "utcnow", "today", "monotonic", "time"}, f"{name} reads a clock"
+
+
+def test_a_daemon_running_for_months_keeps_a_bounded_number_of_alarm_changes_and_says_how_many_it_dropped(
+        monkeypatch):
+    """A flapping device makes thousands of changes a day: memory must not grow with them.
+    Whoever reads the changes by number (the uplink, after an outage) learns how many of
+    those it asks for are gone."""
+    from laned.health import monitor as monitor_module
+    from laned.health.monitor import HealthMonitor
+    from laned.lane.events import ClearAlarm, RaiseAlarm
+
+    monkeypatch.setattr(monitor_module, "CHANGES_KEPT", 10)
+    clock = [0.0]
+    monitor = HealthMonitor(registry=AlarmRegistry(), settings=CFG, post=lambda ev: None,
+                            monotonic=lambda: clock[0], wall=lambda: wall(clock[0]))
+    for i in range(20):
+        clock[0] = i * 3600.0  # an hour apart: a flapping alarm would be held back (flap suppression)
+        monitor.lane_alarm(RaiseAlarm("uplink_publish_refused", f"tx: try {i}") if i % 2 == 0
+                           else ClearAlarm("uplink_publish_refused"))
+    assert monitor.changes_total == 20 and len(monitor.changes) == 10
+    changes, lost = monitor.changes_since(4)
+    assert lost == 6 and [c.at for c in changes] == [i * 3600.0 for i in range(10, 20)]
+    changes, lost = monitor.changes_since(15)
+    assert lost == 0 and [c.at for c in changes] == [i * 3600.0 for i in range(15, 20)]
+    assert monitor.changes_since(20) == ([], 0)

@@ -10,6 +10,8 @@ pulled and plugged in again. Waiting is on conditions with deadlines, never on s
 
 from __future__ import annotations
 
+from collections import deque
+
 import asyncio
 import contextlib
 import datetime as dt
@@ -261,6 +263,28 @@ async def test_an_alarm_raised_and_cleared_during_an_outage_reaches_the_centre_i
     # waited the whole outage (an hour and a minute), rsu_offline's raise a minute.
     assert [expiry for _, expiry in sent] == [86_400 - 3660, 86_400 - 60, 86_400, 86_400]
     assert sent[1][0].detail == "serial port closed (EIO)"
+
+
+async def test_changes_no_longer_kept_in_memory_are_counted_and_the_rest_still_go_up_in_order(
+        scene: Scene, caplog: pytest.LogCaptureFixture) -> None:
+    async with scene.running():
+        await until(lambda: ("centre_link_down", "cleared") in scene.broker.alarms(), "the first connect's alarms")
+        before = len(scene.broker.alarms())
+        scene.monitor.changes = deque(scene.monitor.changes, maxlen=3)  # a long outage's worth, in small
+        scene.link.pull_cable()
+        await until(lambda: not scene.service.connected and scene.monitor.registry.is_active("centre_link_down"),
+                    "the link down, centre_link_down raised")
+        scene.clock[0] += 60.0
+        scene.monitor.lane_alarm(RaiseAlarm("rsu_offline", "serial port closed (EIO)"))
+        scene.clock[0] += 60.0
+        scene.monitor.lane_alarm(ClearAlarm("rsu_offline", "link back"))
+        scene.broker.up = True
+        await until(lambda: scene.service.connected and ("centre_link_down", "cleared") in scene.broker.alarms()[before:],
+                    "the reconnect's alarms")
+        # Three kept: centre_link_down's raise is gone; the rsu_offline changes and the clear go up.
+        assert scene.broker.alarms()[before:] == [("rsu_offline", "raised"), ("rsu_offline", "cleared"),
+                                                  ("centre_link_down", "cleared")]
+    assert "1 alarm changes made while the link was down are no longer kept" in caplog.text
 
 
 def test_after_a_long_outage_changes_older_than_the_alarm_topics_expiry_are_not_sent() -> None:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import logging
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from laned.observation import Observation
 log = logging.getLogger("laned.health")
 
 CHECK_INTERVAL_S = 1.0  # the checks' cadence; degraded modes themselves are events, not polled
+CHANGES_KEPT = 10_000  # alarm changes kept in memory (HealthMonitor.changes); a lane makes a few an hour
 
 
 class HealthMonitor:
@@ -57,7 +60,11 @@ class HealthMonitor:
         self.rsu_ready = rsu_ready
         self.monotonic = monotonic
         self.wall = wall
-        self.changes: list[AlarmChange] = []  # every change since start, for laned status and tests
+        # The latest changes, for the uplink (which publishes them in order, also those made
+        # while the link was down) and tests. Bounded: a daemon runs for months and a
+        # flapping device makes thousands a day.
+        self.changes: deque[AlarmChange] = deque(maxlen=CHANGES_KEPT)
+        self.changes_total = 0  # every change since start, kept or not: the number of the next one
         self.observe = observe
         self._disk_low: bool | None = None
         self._fees_expired: str | None = None
@@ -181,9 +188,17 @@ class HealthMonitor:
                     self.post(DeviceStatus(Device.DISK, not low, r.detail if low else ""))
                 self._disk_low = low
 
+    def changes_since(self, number: int) -> tuple[list[AlarmChange], int]:
+        """The changes from the ``number``-th since start (0: the first) on, in order, and how
+        many of those are no longer kept (:data:`CHANGES_KEPT`)."""
+        first_kept = self.changes_total - len(self.changes)
+        lost = max(0, first_kept - number)
+        return list(itertools.islice(self.changes, max(number, first_kept) - first_kept, None)), lost
+
     def _report(self, changes: list[AlarmChange]) -> None:
         for c in changes:
             self.changes.append(c)
+            self.changes_total += 1
             if self.observe is not None:
                 self.observe(Observation(c.at, f"alarm_{c.change}", {"code": c.code, "detail": c.alarm.detail}))
             if c.raised:

@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from laned.cancellation import stop_if_cancelled
-from laned.health.alarms import AlarmChange
 from laned.journal.errors import JournalError, JournalStorageError
 from laned.journal.records import Backlog, JournalEntry, ReconcileRecord, ReconcileStatus, TxState
 from laned.lane.events import ClearAlarm, RaiseAlarm
@@ -347,9 +346,13 @@ class UplinkService:
         all have gone: a link lost half-way sends them all again after the next connect."""
         if self.monitor is None:
             return False
-        changes: list[AlarmChange] = self.monitor.changes[self._alarm_index:]
+        changes, lost = self.monitor.changes_since(self._alarm_index)
+        if lost:
+            log.warning("centre link: %d alarm changes made while the link was down are no longer kept in memory and "
+                        "do not go up (the log has them); the active alarms are in the health snapshot", lost)
         if not changes:
-            return False
+            self._alarm_index += lost
+            return bool(lost)
         expiry_s = contract().delivery(AlarmMsg.MESSAGE).expiry_s
         replay = alarm_replay(changes, self.monotonic(), expiry_s=expiry_s, limit=ALARM_REPLAY_MAX)
         if replay.expired or replay.collapsed:
@@ -363,7 +366,7 @@ class UplinkService:
             # A stop that came while its PUBACK was awaited may have been dropped there
             # (laned.cancellation): after an outage there can be many of them to send.
             stop_if_cancelled()
-        self._alarm_index += len(changes)
+        self._alarm_index += lost + len(changes)
         return True
 
     async def _publish_checked(self, session: Session, msg: UplinkMessage, *, expiry_s: int | None = None) -> None:
