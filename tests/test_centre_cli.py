@@ -226,3 +226,24 @@ def test_ledger_of_an_empty_database_says_no_lane_is_present(tmp_path: Path) -> 
     Ledger(db).close()
     code, output = invoke("ledger", "--db", str(db), "--lane", LANE)
     assert code == 2 and "lanes present: none" in one_line(output)
+
+
+def test_the_centre_refuses_to_sign_a_seq_or_version_the_lane_could_not_verify() -> None:
+    """Past 2**53 - 1 an RFC 8785 signer and the lane disagree on the signed text (asyncapi.yaml,
+    "Signatures"): the centre says so instead of sending what the lane must refuse."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from laned.centre.commanding import build_command
+    from laned.centre.errors import CentreError
+    from laned.centre.lists import build_list
+    from laned.uplink.messages import ListKind
+
+    key, now = Ed25519PrivateKey.generate(), dt.datetime.now(dt.UTC)
+    with pytest.raises(CentreError, match=r"cannot be signed: \$\.seq is 9007199254740993"):
+        build_command(lane_id="L1", command="close_etc", args={"reason": "RSU maintenance"}, seq=2**53 + 1, now=now,
+                      private_key=key, key_id="k1")
+    with pytest.raises(CentreError, match=r"cannot be signed: \$\.version is 9007199254740993"):
+        build_list(kind=ListKind.FEE_TABLE, version=2**53 + 1, data=b"x", now=now, valid_from=now,
+                   expires_at=now + dt.timedelta(days=1), private_key=key, key_id="k1")

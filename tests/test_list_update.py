@@ -218,6 +218,17 @@ def test_a_manifest_without_a_signature_is_refused():
     refused(download(), json.dumps(body).encode(), lu.ListRefusal.MISSING_SIGNATURE)
 
 
+def test_a_manifest_whose_version_rfc_8785_cannot_write_exactly_is_refused_malformed():
+    """A version past 2**53 - 1 is signed by a JCS library as another text than the lane
+    verifies: refused as malformed, naming the member, before any key is tried."""
+    body = {k: v for k, v in FULL_42.body.items() if k != "signature"}
+    body["version"] = 2**53 + 1
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    body["signature"] = base64.b64encode(KEY.sign(text)).decode()
+    out = refused(download(), json.dumps(body).encode(), lu.ListRefusal.MALFORMED)
+    assert "$.version" in out.text and "beyond the integers a signature can cover" in out.text
+
+
 def test_a_manifest_changed_after_signing_is_refused_bad_signature():
     body = dict(FULL_42.body, size=FULL_42.body["size"] + 1)
     out = refused(download(), json.dumps(body).encode(), lu.ListRefusal.BAD_SIGNATURE)

@@ -183,6 +183,20 @@ def test_a_payload_with_no_canonical_form_is_refused_as_bad_request_before_any_s
     refused(raw, c.RefusalCode.BAD_REQUEST, m.RefusalReason.MALFORMED)
 
 
+def test_a_command_whose_seq_is_beyond_what_rfc_8785_writes_exactly_is_refused_and_never_signed():
+    """JCS writes a number as an IEEE double: a centre signing seq 2**53 + 1 with a JCS library
+    signs other bytes than the lane verifies. Such a payload is refused, not half-verified."""
+    body = payload(seq=2**53 + 1)
+    with pytest.raises(ValueError, match="beyond the integers a signature can cover"):
+        signed(body)
+    text = json.dumps({**body, "key_id": KEY_ID}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    signature = base64.b64encode(KEY.sign(text.encode())).decode()
+    raw = json.dumps({**body, "key_id": KEY_ID, "signature": signature}).encode()
+    refusal = refused(raw, c.RefusalCode.BAD_REQUEST, m.RefusalReason.MALFORMED)
+    assert "seq" in refusal.detail
+    accepted(signed(payload(seq=2**53 - 1)))  # the largest it covers
+
+
 def test_a_command_without_a_lane_id_is_refused_as_bad_request():
     body = payload()
     del body["lane_id"]

@@ -63,6 +63,8 @@ def build_command(*, lane_id: str, command: str, args: Mapping[str, Any], seq: i
         data = sign(body, private_key, key_id)
     except CommandKeyError as err:
         raise CentreError(str(err)) from None
+    except ValueError as err:  # no canonical form: an integer past what RFC 8785 writes exactly
+        raise CentreError(f"{name} for lane {lane_id} cannot be signed: {err}") from None
     payload = json.loads(data)
     try:
         validate("CommandRequest", payload)

@@ -82,6 +82,8 @@ def build_list(*, kind: ListKind, version: int, data: bytes, now: dt.datetime, v
     except ContractError as err:
         raise CentreError(f"{kind} version {version}: the manifest would be refused: {err.path}: {err.reason}") \
             from None
+    except ValueError as err:  # no canonical form: an integer past what RFC 8785 writes exactly
+        raise CentreError(f"{kind} version {version}: the manifest cannot be signed: {err}") from None
     return ListVersion(manifest=body, data=data)
 
 

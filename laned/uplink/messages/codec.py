@@ -19,7 +19,7 @@ import types
 import typing
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Final, Self
 
 from laned.strict_json import reject_constant
 from laned.uplink.contract import ContractError, validate
@@ -250,10 +250,36 @@ def compact_json(payload: Any) -> str:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
+# The integers on which Python's JSON and RFC 8785 agree: JCS writes a number as ECMAScript
+# does (an IEEE double), so 2**53 + 1 would be signed as one text and verified as another.
+JCS_SAFE_INT: Final = 2**53 - 1
+
+
 def canonical_json(payload: Mapping[str, Any]) -> bytes:
-    """RFC 8785 (JCS) form of a payload without floats: sorted keys, no white space, UTF-8."""
+    """RFC 8785 (JCS) form of a payload without floats: sorted keys, no white space, UTF-8.
+
+    ValueError for an integer beyond ±:data:`JCS_SAFE_INT` (or a float): there JCS and this
+    form differ, and a centre signing with a JCS library would not be verified."""
+    _check_jcs_numbers(payload, "$")
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
+
+
+def _check_jcs_numbers(value: Any, path: str) -> None:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, int):
+        if not -JCS_SAFE_INT <= value <= JCS_SAFE_INT:
+            raise ValueError(f"{path} is {value}, beyond the integers a signature can cover (±{JCS_SAFE_INT}, "
+                             "RFC 8785)")
+    elif isinstance(value, float):
+        raise ValueError(f"{path} is a number with a fraction, which a signed payload does not carry")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_jcs_numbers(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_jcs_numbers(item, f"{path}[{i}]")
 
 
 class UplinkMessage:
