@@ -33,7 +33,7 @@ from typer.testing import CliRunner
 from mosquitto_broker import TOPIC_ROOT, MosquittoBroker, free_port, mosquitto_binary
 from mqtt_pki import CENTRE, Pki, make_pki
 from laned.centre import AutoReconcile, BrokerSettings, Centre, CentreSettings
-from laned.centre.lists import build_list
+from laned.centre.lists import ListVersion, build_list
 from laned.cli import app
 from laned.uplink.commands import CentreKeys, MemoryLedger, Verified, load_public_key, verify
 from laned.uplink.contract import contract, validate
@@ -306,6 +306,32 @@ async def test_a_fee_table_is_published_signed_and_a_missing_chunk_is_sent_again
     assert b"".join(c.data for c in sorted(chunks, key=lambda c: c.index)) == table
     assert hashlib.sha256(table).digest() == manifest.sha256
     assert (again.index, again.data) == (1, table[64:128])
+
+
+async def test_a_lane_back_after_missing_a_status_list_delta_is_offered_it_on_its_list_versions(
+        broker: MosquittoBroker, pki: Pki, tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    now = dt.datetime.now(dt.UTC)
+
+    def status_list(version: int, base: int | None = None) -> ListVersion:
+        data = json.dumps({"version": version, **({"base": base} if base else {}), "add": []}).encode()
+        return build_list(kind=ListKind.STATUS_LIST, version=version, data=data, now=now, valid_from=now,
+                          expires_at=now + dt.timedelta(days=7), private_key=key, key_id=KEY_ID, base_version=base)
+
+    async with Centre(settings(broker, pki, tmp_path / "centre.db")) as centre:
+        # Published (laned centre publish-list) while the lane was offline beyond its session.
+        for version in (status_list(42), status_list(43, 42)):
+            centre.ledger.store_list(version.kind, version.version, version.manifest, version.data)
+        async with fake_lane(broker, pki) as lane:
+            versions = example("in_use", "ListVersions") | {"lane_id": LANE, "at": now.isoformat()}
+            versions["status_list"] = {"version": 42}
+            validate("ListVersions", versions)
+            await lane.publish("list/versions", versions)
+            manifest = ListManifest.from_json((await lane.next("list/manifest")).payload)
+            chunk = ListChunk.from_json((await lane.next("list/chunk")).payload)
+    assert (manifest.version, manifest.base_version) == (43, 42)
+    key.public_key().verify(manifest.signature, manifest.signed_bytes())
+    assert (chunk.version, chunk.data) == (43, status_list(43, 42).data)
 
 
 async def test_the_cli_signs_a_command_with_a_generated_key_and_prints_the_lanes_result(

@@ -454,3 +454,9 @@ class Ledger:
         row = self._read(lambda con: con.execute("SELECT manifest, data FROM lists WHERE kind = ? AND version = ?",
                                                  (kind, version)).fetchone())
         return None if row is None else (dict(json.loads(row[0])), bytes(row[1]))
+
+    def list_manifests(self) -> list[dict[str, Any]]:
+        """The signed manifest of every version held, both kinds (without their data: a
+        national status list is hundreds of MB)."""
+        rows = self._read(lambda con: con.execute("SELECT manifest FROM lists ORDER BY kind, version").fetchall())
+        return [dict(json.loads(r[0])) for r in rows]

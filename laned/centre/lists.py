@@ -8,6 +8,10 @@ version serves every lane; it is published retained on each lane's ``list/manife
 a message expiry up to its ``expires_at``, the chunks on ``list/chunk``. A lane that misses
 chunks asks on ``list/request``; the running centre answers from its database.
 
+A lane that missed versions (offline longer than its MQTT session) gets only the last
+retained manifest back; :func:`catch_up` picks, from the lane's ``list/versions``, what the
+running centre offers it (docs/centre.md, "Lanes that missed list versions").
+
 ``build_list`` signs the bytes it is given (tests send bad content on purpose).
 ``laned centre publish-list`` first reads them with the lane's own parsers
 (:func:`check_content`): a file the lane would refuse — not a status list or fee table, or
@@ -20,6 +24,7 @@ import base64
 import datetime as dt
 import hashlib
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +35,7 @@ from laned.lane.fee_table import FeeTable, FeeTableError, local_naive
 from laned.lane.status_list import StatusListError, parse_payload
 from laned.uplink.commands import signature_of
 from laned.uplink.contract import ContractError, validate
-from laned.uplink.messages import Compression, ListChunk, ListFormat, ListKind, ListManifest
+from laned.uplink.messages import Compression, ListChunk, ListFormat, ListKind, ListManifest, ListVersions
 
 DEFAULT_CHUNK_SIZE = 65536  # 64 KiB: a chunk is one MQTT message well below any broker's limit
 FORMATS = {ListKind.STATUS_LIST: ListFormat.STATUS_JSON, ListKind.FEE_TABLE: ListFormat.FEE_TOML}
@@ -171,3 +176,94 @@ def _own_start(data: bytes) -> dt.datetime | None:
     except (UnicodeDecodeError, ValueError, RecursionError):  # TOMLDecodeError is a ValueError
         return None
     return value if isinstance(value, dt.datetime) and value.tzinfo is not None else None
+
+
+# -- lanes that missed versions ---------------------------------------------------------------------
+
+# The same version is offered to the same lane again only after this long: a lane that
+# reconnects while it downloads a national list (~800 MB) publishes list/versions again,
+# and must not be sent the whole list again on every reconnect. Its own list/request (after
+# its chunk timeout) fetches what it still lacks meanwhile.
+OFFER_COOLDOWN_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """Publish ``version`` of ``kind`` to the lane; ``reason`` says why, for the log."""
+
+    kind: ListKind
+    version: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CannotCatchUp:
+    """The lane is behind, but nothing the centre holds takes it forward."""
+
+    kind: ListKind
+    reason: str
+
+
+def catch_up(held: Sequence[Mapping[str, Any]], lane: ListVersions,
+             now: dt.datetime) -> list[Offer | CannotCatchUp]:
+    """What to offer a lane that published ``lane`` (its ``list/versions``), from the signed
+    manifests ``held`` (every version in the centre's database); nothing for a kind it is up
+    to date in. Expired versions are never offered, nor a status list before its
+    ``valid_from`` (the lane refuses both).
+
+    A status list: the delta on the version the lane uses (the newest, if several), so a
+    lane several deltas behind walks the chain one delta per ``list/versions``; failing
+    that, the newest full list; failing that, :class:`CannotCatchUp`. A fee table is always
+    whole: the newest, if newer than both the lane's table and its pending one.
+    """
+    live = [m for m in held if dt.datetime.fromisoformat(str(m["expires_at"])) > now]
+    found: list[Offer | CannotCatchUp] = []
+    status = _status_list(
+        [m for m in live if m["kind"] == ListKind.STATUS_LIST
+         and dt.datetime.fromisoformat(str(m["valid_from"])) <= now],
+        None if lane.status_list is None else lane.status_list.version)
+    if status is not None:
+        found.append(status)
+    tables = (lane.fee_table, lane.fee_table_pending)
+    has = max((t.version for t in tables if t is not None), default=None)
+    newest = max((int(m["version"]) for m in live if m["kind"] == ListKind.FEE_TABLE), default=None)
+    if newest is not None and (has is None or newest > has):
+        found.append(Offer(ListKind.FEE_TABLE, newest, "the lane has no fee table" if has is None else
+                           f"the lane's newest fee table is version {has}"))
+    return found
+
+
+def _status_list(held: Sequence[Mapping[str, Any]], has: int | None) -> Offer | CannotCatchUp | None:
+    newer = [m for m in held if has is None or int(m["version"]) > has]
+    if not newer:
+        return None
+    newest = max(int(m["version"]) for m in newer)
+    uses = "the lane has no status list" if has is None else f"the lane uses status list version {has}"
+    deltas = [int(m["version"]) for m in newer if has is not None and m.get("base_version") == has]
+    if deltas:
+        return Offer(ListKind.STATUS_LIST, max(deltas), f"{uses}; the delta {has}→{max(deltas)} (newest held "
+                     f"{newest})")
+    fulls = [int(m["version"]) for m in newer if m.get("base_version") is None]
+    if fulls:
+        return Offer(ListKind.STATUS_LIST, max(fulls), f"{uses}, no delta on it held; the newest full list")
+    bases = sorted({int(m["base_version"]) for m in newer})
+    return CannotCatchUp(ListKind.STATUS_LIST, f"{uses}; the centre holds versions up to {newest}, but only as "
+                         f"deltas on version(s) {', '.join(map(str, bases))} and no full list"
+                         f"{'' if has is None else f' newer than {has}'}: publish a full list (laned centre publish-list "
+                         "without --base-version) to bring it up to date")
+
+
+class RecentOffers:
+    """Which version of each kind was offered to each lane, and when (time passed in, seconds):
+    the same version again only after ``cooldown_s``; another version at once."""
+
+    def __init__(self, cooldown_s: float = OFFER_COOLDOWN_S) -> None:
+        self.cooldown_s = cooldown_s
+        self._last: dict[tuple[str, str], tuple[int, float]] = {}
+
+    def due(self, lane_id: str, kind: str, version: int, now_s: float) -> bool:
+        last = self._last.get((lane_id, str(kind)))
+        return last is None or last[0] != version or now_s - last[1] >= self.cooldown_s
+
+    def note(self, lane_id: str, kind: str, version: int, now_s: float) -> None:
+        self._last[(lane_id, str(kind))] = (version, now_s)

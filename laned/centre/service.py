@@ -18,7 +18,9 @@ that breaks it is logged with its topic and the offending member, counted, and d
   conflict in its own table, logged as an error for a person);
 * an unknown outcome — listed as pending; with ``auto_reconcile`` on, answered at once;
   every answer is repeated every ``answer_repeat_s`` until the lane reports its result;
-* ``state``, ``health``, ``alarm``, ``list/versions`` — the last one kept per lane;
+* ``state``, ``health``, ``alarm``, ``list/versions`` — the last one kept per lane; a lane's
+  ``list/versions`` behind the versions the centre holds is offered what it misses
+  (:func:`laned.centre.lists.catch_up`; the same version at most once per cooldown);
 * ``cmd/result`` — recorded, and handed to whoever waits for it (:meth:`Centre.send_command`);
 * ``list/request`` — the chunks asked for, from the lists the centre published.
 
@@ -54,7 +56,7 @@ from laned.centre.commanding import DEFAULT_LIFETIME_S, build_command
 from laned.centre.errors import CentreError, CommandTimeout
 from laned.centre.intake import Inbound, Intake
 from laned.centre.ledger import Ledger, StoreOutcome
-from laned.centre.lists import ListVersion
+from laned.centre.lists import CannotCatchUp, ListVersion, RecentOffers, catch_up
 from laned.centre.outbound import publish_command, publish_list_version
 from laned.centre.reconcile import AutoReconcile, auto_answer
 from laned.uplink.contract import route
@@ -134,6 +136,7 @@ class Centre:
         self._answers_due = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._served_once = False
+        self._offers = RecentOffers()  # list versions offered to lanes, so one is not sent again and again
         self.connections = 0  # successful connections so far (a reconnect adds one)
         self.intake = Intake(self.ledger.note_invalid)
         self.dropped = self.intake.dropped  # invalid payloads by channel
@@ -293,6 +296,7 @@ class Centre:
             log.info("centre: lane %s alarm %s %s (%s): %s", item.lane_id, msg.code, msg.change, msg.severity, msg.en)
         elif isinstance(msg, ListVersions):
             await self._db(self.ledger.note_list_versions, msg, now)
+            await self._offer_missing(client, msg, now)
         elif isinstance(msg, CommandResult):
             await self._command_result(msg)
         elif isinstance(msg, ListRequest):
@@ -341,6 +345,33 @@ class Centre:
             await publish(client, "listChunk", request.lane_id, version.chunk(index).to_json())
         log.info("centre: lane %s: sent %d chunk(s) of %s version %d", request.lane_id, len(wanted), request.kind,
                  request.version)
+
+    async def _offer_missing(self, client: aiomqtt.Client, lane: ListVersions, now: dt.datetime) -> None:
+        """Publish to a lane the list versions it missed (offline longer than its MQTT session,
+        it got only the last retained manifest back, perhaps of the other kind)."""
+        held = await self._db(self.ledger.list_manifests)
+        for found in catch_up(held, lane, now):
+            if isinstance(found, CannotCatchUp):
+                log.warning("centre: lane %s cannot catch up on its %s: %s", lane.lane_id, found.kind, found.reason)
+                continue
+            if not self._offers.due(lane.lane_id, found.kind, found.version, now.timestamp()):
+                log.debug("centre: lane %s: %s version %d was offered less than %.0f s ago; not again yet",
+                          lane.lane_id, found.kind, found.version, self._offers.cooldown_s)
+                continue
+            stored = await self._db(self.ledger.list_version, str(found.kind), found.version)
+            if stored is None:
+                continue  # removed from the database since
+            # Noted before publishing: a publish cut by a lost connection is not started over
+            # on the lane's next list/versions; the lane asks for the chunks it lacks itself.
+            self._offers.note(lane.lane_id, found.kind, found.version, now.timestamp())
+            log.info("centre: lane %s is behind: %s; offering %s version %d", lane.lane_id, found.reason, found.kind,
+                     found.version)
+            try:
+                await publish_list_version(client, ListVersion(manifest=stored[0], data=stored[1]), [lane.lane_id],
+                                           now)
+            except CentreError as err:
+                log.warning("centre: lane %s: could not offer %s version %d: %s", lane.lane_id, found.kind,
+                            found.version, err)
 
     # -- storing and acknowledging ---------------------------------------------------------------------
 
@@ -459,4 +490,7 @@ class Centre:
         if client is None:
             raise CentreError(f"the centre is not connected to {self.settings.broker.describe()}")
         await self._db(self.ledger.store_list, version.kind, version.version, version.manifest, version.data)
-        await publish_list_version(client, version, lanes, self._clock())
+        now = self._clock()
+        for lane_id in lanes:  # the lane's list/versions meanwhile (a reconnect mid-download) asks for no 2nd copy
+            self._offers.note(lane_id, version.kind, version.version, now.timestamp())
+        await publish_list_version(client, version, lanes, now)
