@@ -270,10 +270,22 @@ def test_a_list_without_its_manifest_counts_as_old_but_closes_nothing_by_default
     assert lane.posted == []
 
 
+def next_vehicles_intent(lane: Any) -> dict[str, Any]:
+    """Another vehicle (OBU, card and plate: not one that just paid) pays after a pause; its intent record."""
+    from tests.lane_harness import card_file
+
+    lane.advance(5)
+    other = b"\xa1\xfe\x33\x01"
+    lane.b2(obu_id=other)
+    lane.b3(obu_id=other, plate="鲁B54321")
+    lane.b4(obu_id=other, card=card_file(plate="鲁B54321", number="2301000099999999"))
+    return [r for kind, _, r in (j for j in lane.journal if len(j) == 3) if kind == "intent"][-1]
+
+
 def test_a_transaction_is_priced_and_journalled_with_the_versions_in_use_at_its_b2():
     """An install between a transaction's B2 and its B4/B5 does not relabel it: the record
     names the versions that decided it (and the next transaction names the new ones)."""
-    from tests.lane_harness import Fees, Listed, card_file
+    from tests.lane_harness import Fees, Listed
     from tests.lane_harness import Lane as MachineLane
 
     class NewFees(Fees):
@@ -289,12 +301,7 @@ def test_a_transaction_is_priced_and_journalled_with_the_versions_in_use_at_its_
     lane.b4()
     intent = next(r for kind, _, r in (j for j in lane.journal if len(j) == 3) if kind == "intent")
     assert (intent["fee_table_version"], intent["status_list_version"], intent["fee"]) == (7, 42, 3500)
-    lane.advance(5)
-    other = b"\xa1\xfe\x33\x01"  # another vehicle, card and plate: not one that just paid
-    lane.b2(obu_id=other)
-    lane.b3(obu_id=other, plate="鲁B54321")
-    lane.b4(obu_id=other, card=card_file(plate="鲁B54321", number="2301000099999999"))
-    second = [r for kind, _, r in (j for j in lane.journal if len(j) == 3) if kind == "intent"][-1]
+    second = next_vehicles_intent(lane)
     assert (second["fee_table_version"], second["status_list_version"], second["fee"]) == (8, 43, 4100)
 
 
@@ -320,7 +327,6 @@ def test_a_tariff_change_during_a_transaction_prices_it_with_the_table_of_its_b2
     """At a fee table's valid_from the schedule switches in place (the health monitor's tick).
     A vehicle whose B2 came before is priced and recorded with the table in force at its B2,
     as its status list is; the next vehicle pays the new tariff under the new version."""
-    from tests.lane_harness import card_file
     from tests.lane_harness import Lane as MachineLane
 
     old = FeeTable(7, dt.datetime(2026, 1, 1), {("3701-0102", 1): 3500})
@@ -335,10 +341,5 @@ def test_a_tariff_change_during_a_transaction_prices_it_with_the_table_of_its_b2
     intent = next(r for kind, _, r in (j for j in lane.journal if len(j) == 3) if kind == "intent")
     assert (intent["fee_table_version"], intent["fee"]) == (7, 3500)
     lane.b5()
-    lane.advance(5)
-    other = b"\xa1\xfe\x33\x01"  # another vehicle, card and plate: not one that just paid
-    lane.b2(obu_id=other)
-    lane.b3(obu_id=other, plate="鲁B54321")
-    lane.b4(obu_id=other, card=card_file(plate="鲁B54321", number="2301000099999999"))
-    second = [r for kind, _, r in (j for j in lane.journal if len(j) == 3) if kind == "intent"][-1]
+    second = next_vehicles_intent(lane)
     assert (second["fee_table_version"], second["fee"]) == (8, 4100)
