@@ -464,7 +464,10 @@ async def test_a_backlog_is_stored_in_few_commits_and_acknowledged_in_few_ranges
                 acked |= set(range(ack.first_seq, ack.last_seq + 1))
         counts = centre.ledger.counts(LANE)
     assert acked == set(range(1, rows + 1))
-    assert len(got) <= rows // 50, len(got)  # ranges of many rows each, not one ack per row
+    # Ranges of many rows each, not one ack per row (3,000). How many rows one range holds
+    # depends on how many arrive within the centre's 50 ms ack delay: ~50 on a busy CI run
+    # (61 acks), so the bound asks for 20 on average, not 50.
+    assert len(got) <= rows // 20, len(got)
     assert (counts.stored, counts.duplicates_dropped, counts.gaps) == (rows, 0, ())
 
 

@@ -239,6 +239,18 @@ async def running(work: Any) -> AsyncIterator[None]:
             await task
 
 
+@contextlib.asynccontextmanager
+async def traffic(lane: Lane) -> AsyncIterator[None]:
+    """The lane journalling while the block runs (:meth:`Lane.traffic`). On the way out its
+    last write, which the cancellation does not stop (laned.journal.writer), has committed
+    and the uplink knows of it — else the end check could pass before that row exists and
+    fail once it does."""
+    async with running(lane.traffic()):
+        yield
+    await lane.writer.submit_async(lambda mj: None)  # lane operations run in order: the last one is done
+    lane.service.notify()
+
+
 # -- 1. the broker away a long while, the lane charging meanwhile ---------------------------------
 
 OUTAGE_S = 120.0  # "minutes": past the back-off's 30 s cap, so the lane retries at the cap
@@ -251,7 +263,7 @@ async def test_a_broker_stopped_a_long_while_loses_nothing_and_the_first_row_goe
     # broker returns: the time to the first row is the one a real lane shows after minutes.
     async with Centre(centre_settings(broker, pki, tmp_path / "centre.db")) as centre, \
             lane_uplink(tmp_path, pki, net, reconnect_min_s=1.0, reconnect_max_s=30.0) as lane:
-        async with running(lane.traffic()):
+        async with traffic(lane):
             await until(lambda: centre.ledger.counts(LANE).stored >= 20, "rows at the centre before the outage")
             await broker.stop()
             await until(lambda: not lane.service.connected, "the lane saw the broker go")
@@ -304,7 +316,7 @@ async def test_a_network_that_resets_delays_slices_or_swallows_in_flight_publish
         tmp_path: Path, pki: Pki, broker: MosquittoBroker, net: TcpProxy, fault: str) -> None:
     async with Centre(centre_settings(broker, pki, tmp_path / "centre.db")) as centre, \
             lane_uplink(tmp_path, pki, net) as lane:
-        async with running(lane.traffic()):
+        async with traffic(lane):
             await until(lambda: centre.ledger.counts(LANE).stored >= 20, "rows at the centre before the fault")
             await until(lambda: bool(lane.service.in_flight()), "rows in flight")
             sessions = lane.service.link.stats.sessions
