@@ -160,14 +160,18 @@ def journal(tmp_path: Path) -> list[dict[str, Any]]:
 
 async def drive(emu: RsuEmulator, tmp_path: Path, obu_id: str) -> dict[str, Any]:
     """A vehicle with ``obu_id`` (and a card and plate of its own: not one that paid just
-    now) comes to the antenna; its journal row once written."""
+    now) comes to the antenna; its journal row once final (a charge's row is ``intent``
+    between its C6 and its B5's commit: reading it then is a race, not a result)."""
     before = len(journal(tmp_path))
     n = int(obu_id, 16) % 10_000
     emu.add_obu(ObuScenario(obu_id=obu_id, balance=500_00, card_number=f"230100001234{n:04d}", plate=f"鲁A{n:05d}"),
                 arrive_in=0.0)
-    await until(lambda: any(r["obu_id"] == bytes.fromhex(obu_id) or r["obu_id"] == obu_id
-                            for r in journal(tmp_path)[before:]), f"the journal row of OBU {obu_id}")
-    return [r for r in journal(tmp_path)[before:] if r["obu_id"] in (bytes.fromhex(obu_id), obu_id)][-1]
+
+    def rows() -> list[dict[str, Any]]:
+        return [r for r in journal(tmp_path)[before:] if r["obu_id"] in (bytes.fromhex(obu_id), obu_id)]
+
+    await until(lambda: any(r["state"] != "intent" for r in rows()), f"the final journal row of OBU {obu_id}")
+    return [r for r in rows() if r["state"] != "intent"][-1]
 
 
 async def test_a_status_list_from_the_centre_refuses_the_next_vehicle_on_it_a_delta_applies_and_a_restart_keeps_it(
