@@ -442,6 +442,7 @@ async def display_lost(tmp: Path, outage_s: float = OUTAGE_S, debounce: float | 
                                       "the display to be written again")
         run.notes["rewritten_s"] = rewritten - run.back_at
         run.notes["shown_after"] = display.shown()
+        run.notes["shown_after_at"] = display.writes[-1].at  # the write it shows (the lane may have moved on)
         run.notes["stale_latches"] = stale_latches(bench, run.fault_at)
         if policy == "close":
             await recovered(run)
