@@ -37,7 +37,7 @@ from laned.health.sdnotify import Notifier, Watchdog
 from laned.lane.events import Device, DeviceStatus, FrameIn, FrameLost, LinkLost, LinkUp
 from laned.lane.fee_table import FeeSchedule
 from laned.lane.machine import LaneMachine
-from laned.lane.status_list import StatusList, StatusListError
+from laned.lane.status_list import StatusList, StatusListError, StatusListUnreadable
 from laned.protocol import get_profile
 from laned.uplink.list_apply import StatusListInUse, load_fee_tables, load_status_list, set_aside_corrupt
 
@@ -137,15 +137,20 @@ def load_fees(cfg: Config, now: dt.datetime | None = None) -> tuple[FeeSchedule 
 def load_status(cfg: Config) -> StatusListInUse | None:
     """The status list file and the manifest kept beside it (``status_list.path``), if any.
 
-    A file that cannot be loaded is moved aside (``<path>.corrupt``, for the field engineer)
+    A file whose bytes are wrong is moved aside (``<path>.corrupt``, for the field engineer)
     and the lane starts with no list — ``status_list_missing`` — rather than not at all: a
-    lane that stops at start never runs to take the centre's replacement."""
+    lane that stops at start never runs to take the centre's replacement. A file the system
+    will not read (permission, I/O error) may be good: it stays where it is and the start
+    fails with :class:`StatusListUnreadable`, as for a configuration error — moving it aside
+    would throw away a good list for a fault that is the disk's or the file owner's."""
     if cfg.status_list is None or not cfg.status_list.path.exists():
         return None
     path = cfg.status_list.path
     try:
         return load_status_list(path)
-    except (StatusListError, OSError) as err:
+    except StatusListUnreadable:
+        raise
+    except StatusListError as err:
         moved, problems = set_aside_corrupt(path)
         log.error("status list: %s. Moved aside for inspection: %s. laned starts with no status list (alarm "
                   "status_list_missing; no OBU or card is refused as listed) until the centre's list arrives: its "

@@ -14,6 +14,8 @@ import datetime as dt
 import logging
 from pathlib import Path
 
+import pytest
+
 from laned.app import load_status, status_valid_from
 from laned.config import Config, parse_config
 from laned.health.alarms import AlarmRegistry
@@ -96,3 +98,72 @@ def test_a_good_file_is_loaded_as_before_and_nothing_is_moved(tmp_path):
     assert status is not None and status.version == 7
     assert load_status_list(tmp_path / "status_list.bin").version == 7
     assert [p.name for p in tmp_path.iterdir()] == ["status_list.bin"]
+
+
+def test_a_good_file_the_system_will_not_read_stops_the_start_and_stays_where_it_is(tmp_path, monkeypatch):
+    # A permission error says nothing about the list's bytes: setting it aside would throw
+    # away a good list for a fault that is the file owner's. laned run turns it into exit 2.
+    from laned.lane.status_list import StatusListError, StatusListUnreadable
+    from laned.lane.status_list import file as list_file
+
+    cfg = config(tmp_path)
+    path = tmp_path / "status_list.bin"
+    saved_list(path, 9)
+    good = path.read_bytes()
+
+    def denied(file, mode="r", *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(file))
+
+    monkeypatch.setattr(list_file, "open", denied, raising=False)
+    with pytest.raises(StatusListUnreadable) as caught:
+        load_status(cfg)
+    assert isinstance(caught.value, StatusListError)  # what `laned run` reports as "cannot start", exit 2
+    assert str(caught.value) == f"status list file {path}: cannot be read (Permission denied); not loaded"
+    assert path.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == ["status_list.bin"]
+    monkeypatch.undo()
+    status = load_status(cfg)  # the owner put right: the same file loads on the next start
+    assert status is not None and status.version == 9
+
+
+def test_a_folder_where_the_file_should_be_stops_the_start_and_is_left_alone(tmp_path):
+    from laned.lane.status_list import StatusListUnreadable
+
+    cfg = config(tmp_path)
+    (tmp_path / "status_list.bin").mkdir()
+    with pytest.raises(StatusListUnreadable, match="cannot be read"):
+        load_status(cfg)
+    assert (tmp_path / "status_list.bin").is_dir()
+    assert not (tmp_path / "status_list.bin.corrupt").exists()
+
+
+def test_laned_run_with_an_unreadable_status_list_exits_2_with_one_line(tmp_path):
+    from importlib import resources
+
+    from typer.testing import CliRunner
+
+    from laned.cli import app
+
+    fees = tmp_path / "fees.toml"
+    fees.write_text((resources.files("laned") / "data" / "fee_table_sim.toml").read_text(encoding="utf-8"))
+    (tmp_path / "status_list.bin").mkdir()
+    conf = tmp_path / "laned.toml"
+    conf.write_text(f"""
+[lane]
+lane_id = "{LANE}"
+network = "3701"
+station = "0201"
+lane_number = 3
+direction = "exit"
+[rsu]
+port = "/dev/null"
+[journal]
+path = "{tmp_path / 'journal.db'}"
+[fee_table]
+path = "{fees}"
+[status_list]
+path = "{tmp_path / 'status_list.bin'}"
+""")
+    done = CliRunner().invoke(app, ["run", "--config", str(conf)])
+    assert done.exit_code == 2, done.output
+    assert f"cannot start: status list file {tmp_path / 'status_list.bin'}: cannot be read" in done.output
+    assert not (tmp_path / "journal.db").exists()  # refused before anything was opened

@@ -134,6 +134,7 @@ from laned.lane.status_list.entries import (
     Entry,
     Key,
     StatusListError,
+    StatusListUnreadable,
     card_key,
     obu_key,
 )
@@ -145,6 +146,6 @@ from laned.lane.status_list.store import StatusList
 __all__ = [
     "BULK_CHARS", "CHUNK", "COPY_UNIT", "DEFAULT_REASON", "FILE_FORMAT", "GALLOP", "MAGIC", "MAX_VERSION",
     "MERGE_PIECES", "PACKED_BLOCK", "PARSE_STEP", "SORT_RUN", "STEP_WORK", "TEXT_PIECE", "Delta", "Entry", "Key", "PackedEntries",
-    "StatusList", "StatusListError", "card_key", "obu_key", "parse_payload", "parse_payload_steps",
+    "StatusList", "StatusListError", "StatusListUnreadable", "card_key", "obu_key", "parse_payload", "parse_payload_steps",
     "parse_text_steps", "text_pieces",
 ]

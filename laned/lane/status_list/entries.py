@@ -25,6 +25,13 @@ class StatusListError(ValueError):
     """A list, delta, entry or file that cannot be used; says which and why."""
 
 
+class StatusListUnreadable(StatusListError):
+    """The file is there but the system would not give its bytes (permission, I/O error).
+
+    Unlike a file whose bytes are wrong, its content may be good: it is not set aside, and
+    the fault (the disk, the file's owner) is the field engineer's to mend."""
+
+
 class Key(NamedTuple):
     """An identity as stored: its partition and its ident (see the module docstring)."""
 

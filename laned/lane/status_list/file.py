@@ -15,11 +15,13 @@ import struct
 import sys
 import zlib
 from array import array
+from collections.abc import Callable
+from io import BufferedReader
 from pathlib import Path
 
 from laned.atomic_file import write_atomic
 from laned.lane import status_list as tuning
-from laned.lane.status_list.entries import StatusListError, valid_part
+from laned.lane.status_list.entries import StatusListError, StatusListUnreadable, valid_part
 from laned.lane.status_list.packed import Part, Snapshot
 
 MAGIC = b"LNDSTAT1"
@@ -43,57 +45,61 @@ def read_file(path: Path) -> Snapshot:
         return StatusListError(f"status list file {path}: {problem}; not loaded")
 
     try:
-        fh = open(path, "rb")
+        with open(path, "rb") as fh:
+            return _read(fh, bad)
     except OSError as err:
-        raise bad(f"cannot open ({err.strerror})") from None
-    with fh:
-        size = os.fstat(fh.fileno()).st_size
-        head = fh.read(_HEAD.size)
-        crc_raw = fh.read(_CRC.size)
-        if len(head) + len(crc_raw) < _HEAD.size + _CRC.size:
-            raise bad(f"truncated: {size} bytes, shorter than the header")
-        magic, fmt, _, version, count, nparts = _HEAD.unpack(head)
-        if magic != MAGIC:
-            raise bad(f"not a laned status list (starts with {magic!r})")
-        if fmt != FILE_FORMAT:
-            raise bad(f"format {fmt}, this laned reads format {FILE_FORMAT}")
-        if nparts > _MAX_PARTS:
-            raise bad(f"corrupt: {nparts} partitions")
-        expected = _HEAD.size + _CRC.size + nparts * _DIR.size + count * 8
-        if size < expected:
-            raise bad(f"truncated: {size} bytes, the header announces {count:,} entries in {expected} bytes")
-        if size > expected:
-            raise bad(f"corrupt: {size} bytes, the header announces {count:,} entries in {expected} bytes")
-        directory = fh.read(nparts * _DIR.size)
-        crc = zlib.crc32(directory, zlib.crc32(head))
-        parts = []
-        for name_raw, n in _DIR.iter_unpack(directory):
-            name = name_raw.rstrip(b"\0").decode("ascii", "replace")
-            if not valid_part(name) or n == 0:
-                raise bad(f"corrupt: directory has partition {name_raw!r} with {n} entries")
-            parts.append((name, n))
-        if sum(n for _, n in parts) != count:
-            raise bad("corrupt: the directory does not add up to the header's entry count")
-        tables: dict[str, Part] = {}
-        for name, n in parts:
-            chunks = []
-            for start in range(0, n, tuning.CHUNK):
-                chunk = array("Q", [0]) * min(tuning.CHUNK, n - start)  # exact size, no regrowth
-                view = memoryview(chunk).cast("B")
-                got = 0
-                while got < len(view):
-                    read = fh.readinto(view[got:])
-                    if not read:
-                        raise bad(f"truncated in partition {name}")
-                    got += read
-                crc = zlib.crc32(view, crc)
-                view.release()
-                if sys.byteorder != "little":
-                    chunk.byteswap()
-                chunks.append(chunk)
-            tables[name] = Part.of(chunks)
-        if crc != _CRC.unpack(crc_raw)[0]:
-            raise bad("corrupt (checksum mismatch)")
+        raise StatusListUnreadable(f"status list file {path}: cannot be read ({err.strerror or err}); "
+                                   "not loaded") from None
+
+
+def _read(fh: BufferedReader, bad: Callable[[str], StatusListError]) -> Snapshot:
+    size = os.fstat(fh.fileno()).st_size
+    head = fh.read(_HEAD.size)
+    crc_raw = fh.read(_CRC.size)
+    if len(head) + len(crc_raw) < _HEAD.size + _CRC.size:
+        raise bad(f"truncated: {size} bytes, shorter than the header")
+    magic, fmt, _, version, count, nparts = _HEAD.unpack(head)
+    if magic != MAGIC:
+        raise bad(f"not a laned status list (starts with {magic!r})")
+    if fmt != FILE_FORMAT:
+        raise bad(f"format {fmt}, this laned reads format {FILE_FORMAT}")
+    if nparts > _MAX_PARTS:
+        raise bad(f"corrupt: {nparts} partitions")
+    expected = _HEAD.size + _CRC.size + nparts * _DIR.size + count * 8
+    if size < expected:
+        raise bad(f"truncated: {size} bytes, the header announces {count:,} entries in {expected} bytes")
+    if size > expected:
+        raise bad(f"corrupt: {size} bytes, the header announces {count:,} entries in {expected} bytes")
+    directory = fh.read(nparts * _DIR.size)
+    crc = zlib.crc32(directory, zlib.crc32(head))
+    parts = []
+    for name_raw, n in _DIR.iter_unpack(directory):
+        name = name_raw.rstrip(b"\0").decode("ascii", "replace")
+        if not valid_part(name) or n == 0:
+            raise bad(f"corrupt: directory has partition {name_raw!r} with {n} entries")
+        parts.append((name, n))
+    if sum(n for _, n in parts) != count:
+        raise bad("corrupt: the directory does not add up to the header's entry count")
+    tables: dict[str, Part] = {}
+    for name, n in parts:
+        chunks = []
+        for start in range(0, n, tuning.CHUNK):
+            chunk = array("Q", [0]) * min(tuning.CHUNK, n - start)  # exact size, no regrowth
+            view = memoryview(chunk).cast("B")
+            got = 0
+            while got < len(view):
+                read = fh.readinto(view[got:])
+                if not read:
+                    raise bad(f"truncated in partition {name}")
+                got += read
+            crc = zlib.crc32(view, crc)
+            view.release()
+            if sys.byteorder != "little":
+                chunk.byteswap()
+            chunks.append(chunk)
+        tables[name] = Part.of(chunks)
+    if crc != _CRC.unpack(crc_raw)[0]:
+        raise bad("corrupt (checksum mismatch)")
     return Snapshot(version, tables, count)
 
 
