@@ -43,8 +43,9 @@ from types import TracebackType
 
 from mqtt_pki import Pki
 
-from laned.sim.broker import TOPIC_ROOT as TOPIC_ROOT
-from laned.sim.broker import lane_topics, tls_listener, write_access_files
+from laned.provisioning.broker_access import TOPIC_ROOT as TOPIC_ROOT
+from laned.provisioning.broker_access import lane_topics, tls_listener
+from laned.sim.broker import write_access_files
 from laned.sim.broker import free_port as free_port
 from laned.uplink.contract import Direction
 

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from laned.sim.pki import ca_certificate
+from laned.provisioning.certificates import ca_certificate
 
 CENTRE = "centre"  # the centre's client identity (its certificate's CN)
 KEY_MODE = 0o600

@@ -60,7 +60,7 @@ from laned.uplink.reporting import LaneView
 from laned.uplink.publisher import GIVE_WAY_MAX_S
 from laned.uplink.service import UplinkService, UplinkSettings
 from laned.uplink.tls import client_tls_context
-from laned.sim.broker import acl_text
+from laned.provisioning.broker_access import acl_text
 from laned.sim.rsu_emulator import EmulatorSettings, RsuEmulator
 from laned.sim.rsu_scenario import ObuScenario
 

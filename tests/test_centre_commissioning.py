@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner
 
 from laned.cli import app
-from laned.sim.broker import lane_topics
+from laned.provisioning.broker_access import lane_topics
 from laned.uplink.contract import Direction
 from laned.uplink.tls import check_client_certificate, client_tls_context
 

@@ -69,3 +69,17 @@ def test_the_drivers_share_the_lanes_value_types_not_copies_of_them():
 
     assert lane_io.InputSample is signals.InputSample and lane_io.Signal is signals.Signal
     assert lane_io.Light is signals.Light and fee_display.DisplayContent is display.DisplayContent
+
+
+# What ships to a lane PC or a centre never imports the simulator: laned/sim/ is emulated
+# devices and a throw-away centre; what both need (certificates, broker rules) is in
+# laned/provisioning/. Only the CLI's `sim` command and the simulator itself import it.
+NOT_SIM = ("centre", "provisioning", "uplink", "journal", "health", "drivers", "config")
+NOT_SIM_FILES = sorted([*(p for part in NOT_SIM for p in (PACKAGE / part).rglob("*.py")), *PACKAGE.glob("*.py")])
+
+
+@pytest.mark.parametrize("path", NOT_SIM_FILES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_the_centre_and_the_lane_services_import_nothing_from_the_simulator(path):
+    bad = sorted({f"{module} (line {line})" for module, line in _imports(path)
+                  if module == "laned.sim" or module.startswith("laned.sim.")})
+    assert not bad, f"laned/{path.relative_to(PACKAGE)} imports {', '.join(bad)}: the simulator is not shipped code"

@@ -18,7 +18,7 @@ lane from a laptop").
   ``lane.key``.
 
 :func:`write_broker_config` writes a ``mosquitto.conf`` beside its ACL and an empty
-password file, with the same rules as the simulator's broker (laned/sim/broker.py): one
+password file, with the same rules as the simulator's broker (laned/provisioning/broker_access.py): one
 TLS listener requiring a certificate from the CA, the CN as the username, no anonymous
 and no password logins; and an ACL naming each lane, which may write only its lane→centre
 topics and read only its centre→lane topics, read from the uplink contract so that the two
@@ -46,9 +46,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from laned.centre.errors import CentreError
-from laned.sim.broker import TOPIC_ROOT, lane_topics, tls_listener
-from laned.sim.pki import CENTRE, Authority, Credentials, ca_certificate, issue, subject_name
-from laned.uplink.contract import Direction
+from laned.provisioning.broker_access import lane_acl_text, tls_listener
+from laned.provisioning.certificates import CENTRE, Authority, Credentials, ca_certificate, issue, subject_name
 
 LANE_ID = re.compile(r"[A-Za-z0-9_.-]{1,32}")  # the contract's LaneId (docs/asyncapi.yaml)
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -206,25 +205,6 @@ def pki_lanes(folder: Path) -> tuple[str, ...]:
     if not lanes_dir.is_dir():
         return ()
     return tuple(sorted(d.name for d in lanes_dir.iterdir() if (d / f"{LANE_STEM}.pem").is_file()))
-
-
-def lane_acl_text(lanes: Sequence[str], centre: str = CENTRE) -> str:
-    """The ACL file: each lane by name (its certificate's CN), on its own topics per
-    direction as the contract lists them; the centre on every lane's topics. A certificate
-    of the CA made out to anything else may connect but neither publish nor receive."""
-    lines = ["# Written by laned centre broker-config (laned/centre/commissioning.py) from the uplink",
-             "# contract. Users are client certificate CNs (use_identity_as_username). Anything not",
-             "# granted is denied.", ""]
-    for lane_id in lanes:
-        prefix = f"{TOPIC_ROOT}/{lane_id}/"
-        lines += [f"# lane {lane_id}: publishes (lane -> centre), then receives (centre -> lane)",
-                  f"user {lane_id}",
-                  *(f"topic write {prefix}{suffix}" for suffix in lane_topics(Direction.SEND)),
-                  *(f"topic read {prefix}{suffix}" for suffix in lane_topics(Direction.RECEIVE)),
-                  ""]
-    lines += ["# the centre (laned centre) reads and writes every lane's topics",
-              f"user {centre}", f"topic readwrite {TOPIC_ROOT}/#", ""]
-    return "\n".join(lines)
 
 
 def broker_config_text(*, port: int, bind: str, ca_cert: Path, cert: Path, key: Path, acl: Path,

@@ -33,14 +33,13 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from laned.sim.pki import CENTRE, SimPki
-from laned.uplink.contract import Direction, contract
+from laned.provisioning.broker_access import acl_text, tls_listener
+from laned.provisioning.certificates import CENTRE
+from laned.sim.pki import SimPki
 
 log = logging.getLogger("laned.sim.broker")
 
 MOSQUITTO_ENV = "LANED_SIM_MOSQUITTO"
-TOPIC_ROOT = "etc/v1"
-_LANE_PREFIX = TOPIC_ROOT + "/{lane_id}/"
 START_TIMEOUT_S = 5.0  # mosquitto listens within ~50 ms; 5 s covers a loaded 2-core box
 STOP_TIMEOUT_S = 5.0  # a clean shutdown without persistence takes milliseconds
 POLL_S = 0.02
@@ -76,53 +75,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def lane_topics(direction: Direction) -> tuple[str, ...]:
-    """The contract's channels in one direction, as suffixes below ``etc/v1/<lane_id>/``."""
-    found = []
-    for channel in contract().channels:
-        delivery = contract().delivery(channel)
-        if delivery.direction is direction:
-            if not delivery.address.startswith(_LANE_PREFIX):
-                raise BrokerError(f"channel {channel} ({delivery.address}) is not below {_LANE_PREFIX}: "
-                                  "the ACL cannot confine it to its lane")
-            found.append(delivery.address.removeprefix(_LANE_PREFIX))
-    return tuple(found)
-
-
-def acl_text(centre: str = CENTRE) -> str:
-    """The ACL file: per-lane patterns (``%u`` is the certificate's CN, the lane id) and the
-    centre's identity (the simulator's and the tests' brokers use the same one)."""
-    return "\n".join([
-        "# Written by laned (laned/sim/broker.py). %u is the client certificate's CN",
-        "# (use_identity_as_username), i.e. the lane id. Anything not granted is denied.",
-        "",
-        "# lane -> centre: the lane may publish these, under its own id only",
-        *(f"pattern write {TOPIC_ROOT}/%u/{suffix}" for suffix in lane_topics(Direction.SEND)),
-        "",
-        "# centre -> lane: the lane may subscribe to (and receive) these, under its own id only",
-        *(f"pattern read {TOPIC_ROOT}/%u/{suffix}" for suffix in lane_topics(Direction.RECEIVE)),
-        "",
-        "# the centre reads and writes every lane's topics",
-        f"user {centre}",
-        f"topic readwrite {TOPIC_ROOT}/#",
-        "",
-    ])
-
-
-def tls_listener(port: int, host: str, cafile: Path, certfile: Path, keyfile: Path) -> list[str]:
-    """A listener that takes only clients with a certificate from ``cafile``, each known by
-    its certificate's CN (the lane id, or the centre), which the ACL's ``%u`` names."""
-    return [
-        f"listener {port} {host}",
-        f"cafile {cafile}",
-        f"certfile {certfile}",
-        f"keyfile {keyfile}",
-        "require_certificate true",
-        "use_identity_as_username true",
-        "tls_version tlsv1.2",  # the minimum (Mosquitto >= 2.0); 1.3 is offered too
-    ]
 
 
 def write_access_files(acl_path: Path, password_path: Path, centre: str = CENTRE) -> None:

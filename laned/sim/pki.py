@@ -12,8 +12,8 @@ mode 0600 by ``os.open``, never readable by others, not even for a moment):
 - the centre's client certificate (CN ``centre``, which the ACL lets read and write
   every lane's topics).
 
-Its building blocks (:func:`ca_certificate`, :func:`issue`) also make the PKI of
-``laned centre pki`` for commissioning a lane from a laptop (laned/centre/commissioning.py).
+Its building blocks (laned/provisioning/certificates.py) also make the PKI of ``laned
+centre pki`` for commissioning a lane from a laptop.
 
 Keys are EC P-256: generated in microseconds, so the run starts at once. The certificates
 are valid for two days from a minute ago (a broker whose clock is a little behind still
@@ -24,29 +24,18 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-CENTRE = "centre"  # the centre's client identity (its certificate's CN), as the ACL names it
-KEY_MODE = 0o600
+from laned.provisioning.certificates import CENTRE, Authority, Credentials, ca_certificate, issue, subject_name
+
 VALIDITY = dt.timedelta(days=2)
-BACKDATE = dt.timedelta(minutes=1)  # clock skew allowance between this process and the broker
 ORGANISATION = "laned sim"
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """One TLS identity on disk: its certificate and its private key (mode 0600)."""
-
-    name: str  # the subject CN
-    cert: Path
-    key: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,92 +49,23 @@ class SimPki:
     centre: Credentials
 
 
-@dataclass(frozen=True, slots=True)
-class Authority:
-    """A CA held in memory: its key signs the certificates :func:`issue` makes."""
-
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-
-
 def make_sim_pki(folder: Path, lane_id: str) -> SimPki:
     """Generate the PKI into ``folder``, which must not hold one already (keys are never
     written over: a second run gets its own folder)."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = ca_certificate(ca_key, subject_name("laned sim CA"), now)
+    ca_cert = ca_certificate(ca_key, subject_name("laned sim CA", ORGANISATION), now, validity=VALIDITY)
     ca_path = folder / "ca.pem"
     ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     ca = Authority(ca_key, ca_cert)
-    server = issue(folder, ca, "server", "localhost", now, ExtendedKeyUsageOID.SERVER_AUTH,
+
+    def client(stem: str, name: str) -> Credentials:
+        return issue(folder, ca, stem, name, now, ExtendedKeyUsageOID.CLIENT_AUTH, validity=VALIDITY,
+                     organisation=ORGANISATION)
+
+    server = issue(folder, ca, "server", "localhost", now, ExtendedKeyUsageOID.SERVER_AUTH, validity=VALIDITY,
+                   organisation=ORGANISATION,
                    san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))])
-    lane = issue(folder, ca, "lane", lane_id, now, ExtendedKeyUsageOID.CLIENT_AUTH)
-    centre = issue(folder, ca, "centre", CENTRE, now, ExtendedKeyUsageOID.CLIENT_AUTH)
-    return SimPki(folder=folder, ca_cert=ca_path, server=server, lane=lane, centre=centre)
-
-
-def ca_certificate(key: ec.EllipticCurvePrivateKey, subject: x509.Name, now: dt.datetime, *,
-                   validity: dt.timedelta = VALIDITY, backdate: dt.timedelta = BACKDATE) -> x509.Certificate:
-    """A self-signed CA certificate for ``key`` (the simulator's and the tests' PKIs): it
-    issues end-entity certificates only (path length 0)."""
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - backdate)
-        .not_valid_after(now + validity)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-
-
-def subject_name(common_name: str, organisation: str = ORGANISATION) -> x509.Name:
-    """A subject name: the organisation and the CN (the identity the broker knows)."""
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def issue(folder: Path, ca: Authority, stem: str, common_name: str, now: dt.datetime,
-          usage: x509.ObjectIdentifier, *, san: list[x509.GeneralName] | None = None,
-          validity: dt.timedelta = VALIDITY, organisation: str = ORGANISATION) -> Credentials:
-    """An end-entity certificate for a new EC P-256 key, signed by ``ca``: written as
-    ``<stem>.pem`` and ``<stem>.key`` (mode 0600, never over an existing key) in ``folder``.
-    ``usage`` is server or client authentication; ``san`` the broker's names."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject_name(common_name, organisation))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + validity)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
-                                     crl_sign=False, content_commitment=False, data_encipherment=False,
-                                     key_agreement=True, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
-    )
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    cert = builder.sign(ca.key, hashes.SHA256())
-    cert_path, key_path = folder / f"{stem}.pem", folder / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    write_private_key(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()))
-    return Credentials(name=common_name, cert=cert_path, key=key_path)
-
-
-def write_private_key(path: Path, data: bytes) -> None:
-    """Write a key file created with mode 0600 (the umask can only narrow it), replacing none."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_MODE)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
+    return SimPki(folder=folder, ca_cert=ca_path, server=server, lane=client("lane", lane_id),
+                  centre=client("centre", CENTRE))
