@@ -35,6 +35,7 @@ log = logging.getLogger("laned.health")
 
 CHECK_INTERVAL_S = 1.0  # the checks' cadence; degraded modes themselves are events, not polled
 CHANGES_KEPT = 10_000  # alarm changes kept in memory (HealthMonitor.changes); a lane makes a few an hour
+# (how many of them go up one by one after an outage is the uplink's: ALARM_REPLAY_MAX, docs/alarms.md)
 
 
 class HealthMonitor:
