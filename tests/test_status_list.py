@@ -13,7 +13,7 @@ from hypothesis import given, settings
 
 from laned.lane import status_list
 from laned.lane.status_list import (
-    Delta, Entry, Key, StatusList, StatusListError, card_key, obu_key, parse_payload, parse_payload_steps,
+    Delta, Entry, Key, StatusList, StatusListError, StatusListUnreadable, card_key, obu_key, parse_payload, parse_payload_steps,
 )
 from laned.uplink.list_apply import apply_delta
 
@@ -289,7 +289,7 @@ def test_a_corrupt_or_truncated_file_is_refused_and_the_old_state_kept(tmp_path)
     refused(b"NOTALIST" + good[8:], "not a laned status list")
     refused(good[:8] + struct.pack("<H", 9) + good[10:], "format 9")
     path.unlink()
-    with pytest.raises(StatusListError, match="cannot open"):
+    with pytest.raises(StatusListUnreadable, match="cannot be read"):
         sl.load(path)
     assert state(sl) == before
 
