@@ -202,6 +202,30 @@ async def test_an_unknown_outcome_gets_an_auto_answer_and_the_result_is_acknowle
     assert (ack.first_seq, ack.last_seq) == (1843, 1843)
 
 
+async def test_the_centres_ack_names_what_it_holds_as_unknown_until_the_settled_copy_arrives(
+        broker: MosquittoBroker, pki: Pki, tmp_path: Path) -> None:
+    # What lets a lane tell the ack of its unknown copy, queued by the broker during an
+    # outage, from the ack of the copy it settled since (docs/uplink.md, "Acks").
+    async with Centre(settings(broker, pki, tmp_path / "centre.db")) as centre, fake_lane(broker, pki) as lane:
+        unknown = tx_payload(1843, name="unknown_outcome")
+        for payload in (tx_payload(1842), unknown, tx_payload(1844)):
+            await lane.publish("tx", payload)
+        first = await lane.acks_covering({1842, 1843, 1844})
+        settled = {**unknown, "state": "charged", "reconcile_required": False, "tac": "5e2f8c01",
+                   "reason": "charged", "updated_at": "2024-11-22T09:45:00.000+08:00"}
+        del settled["detail"]
+        validate("Transaction", settled)
+        await lane.publish("tx", settled)
+        second = await lane.acks_covering({1843})
+        await lane.publish("tx", unknown)  # a late copy of the unknown row: the settled one stays
+        third = await lane.acks_covering({1843})
+        held = centre.ledger.transaction(LANE, 1843)
+    assert [a.unknown_seqs for a in first if a.covers(1843)] == [(1843,)]
+    assert all(a.unknown_seqs is None for a in first if not a.covers(1843))
+    assert [a.unknown_seqs for a in second + third] == [None, None]
+    assert held is not None and str(held.state) == "charged"
+
+
 async def test_a_command_reaches_the_lane_signed_and_its_result_comes_back(
         broker: MosquittoBroker, pki: Pki, tmp_path: Path) -> None:
     key = Ed25519PrivateKey.generate()

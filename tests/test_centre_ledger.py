@@ -76,6 +76,18 @@ def test_an_unknown_outcome_settled_later_replaces_the_stored_state_and_is_no_du
     assert ledger.transaction(LANE, 7) == settled
 
 
+def test_the_ledger_says_which_stored_seqs_it_holds_as_unknown_so_the_ack_can_name_them(ledger: Ledger) -> None:
+    unknown = tx(7, name="unknown_outcome")
+    settled = tx(7, name="unknown_outcome", state="charged", reconcile_required=False, reconciled=True,
+                 tac="5e2f8c01", updated_at="2024-11-23T02:15:01.120+08:00")
+    outcomes, held = ledger.store_transactions_held([tx(6), unknown, tx(8)], NOW)
+    assert outcomes == [StoreOutcome.NEW] * 3 and held == {LANE: {7}}
+    # The unknown copy and the settled one in the same batch: the settled one is held.
+    assert ledger.store_transactions_held([unknown, settled], NOW)[1] == {}
+    # A late copy of the unknown row after the settled one: a duplicate, and not unknown.
+    assert ledger.store_transactions_held([unknown], NOW) == ([StoreOutcome.DUPLICATE], {})
+
+
 def test_the_same_seq_with_another_uuid_is_a_conflict_kept_aside_never_overwriting(ledger: Ledger) -> None:
     first = tx(5)
     other = tx(5, tx_uuid="11111111-2222-4333-8444-555555555555", amount=9900)
@@ -171,6 +183,31 @@ def test_the_watermark_is_the_contiguous_prefix() -> None:
 def test_acks_coalesce_contiguous_seqs_into_ranges_that_validate() -> None:
     made = acks(LANE, AckStream.TX, [5, 3, 4, 9, 10, 3, 12], NOW)
     assert [(a.first_seq, a.last_seq) for a in made] == [(3, 5), (9, 10), (12, 12)]
+    for ack in made:
+        validate("TxAck", ack.to_dict())
+
+
+def test_an_ack_names_the_seqs_of_its_range_the_centre_holds_as_unknown() -> None:
+    made = acks(LANE, AckStream.TX, [3, 4, 5, 9, 10, 12], NOW, unknown={4, 10})
+    assert [(a.first_seq, a.last_seq, a.unknown_seqs) for a in made] == [(3, 5, (4,)), (9, 10, (10,)),
+                                                                          (12, 12, None)]
+    for ack in made:
+        validate("TxAck", ack.to_dict())
+    assert "unknown_seqs" not in made[-1].to_dict()  # omitted, not an empty list
+
+
+def test_a_run_naming_more_unknown_seqs_than_the_contract_allows_is_cut_into_acks_that_validate(monkeypatch) -> None:
+    import laned.centre.acks as acks_module
+
+    monkeypatch.setattr(acks_module, "UNKNOWN_SEQS_MAX", 2)
+    made = acks(LANE, AckStream.TX, range(1, 11), NOW, unknown={2, 3, 5, 7, 10})
+    assert [(a.first_seq, a.last_seq, a.unknown_seqs) for a in made] == [(1, 4, (2, 3)), (5, 9, (5, 7)),
+                                                                          (10, 10, (10,))]
+    monkeypatch.undo()
+    bound = contract().document["components"]["schemas"]["TxAck"]["properties"]["unknown_seqs"]["maxItems"]
+    assert acks_module.UNKNOWN_SEQS_MAX == bound
+    made = acks(LANE, AckStream.TX, range(1, 3 * bound + 1), NOW, unknown=range(1, 3 * bound + 1))
+    assert [len(a.unknown_seqs or ()) for a in made] == [bound] * 3
     for ack in made:
         validate("TxAck", ack.to_dict())
 

@@ -598,6 +598,18 @@ def test_an_ack_whose_range_runs_backwards_is_refused_naming_last_seq():
     assert err.path == "$.last_seq"
 
 
+def test_an_ack_naming_an_unknown_seq_outside_its_range_is_refused_naming_it():
+    ack = example("TxAck", "range_with_an_unknown_outcome")
+    assert m.TxAck.from_dict(ack).unknown_seqs == (1843,)
+    err = _refused("TxAck", {**ack, "unknown_seqs": [1841, 1845]})
+    assert err.path == "$.unknown_seqs[1]" and "outside the acked range 1840…1844" in err.reason
+
+
+def test_an_ack_of_reconciliation_results_names_no_unknown_seqs():
+    err = _refused("TxAck", {**example("TxAck", "one_reconciliation"), "unknown_seqs": [1843]})
+    assert err.path == "$.unknown_seqs" and "stream tx" in err.reason
+
+
 def test_a_manifest_whose_chunk_count_does_not_fit_its_size_is_refused():
     err = _refused("ListManifest", {**example("ListManifest", "status_list_delta"), "chunk_count": 5})
     assert err.path == "$.chunk_count" and "make 4" in err.reason

@@ -176,9 +176,9 @@ def test_a_row_that_changed_in_flight_goes_up_again_after_the_ack_of_the_old_cop
     assert journal.outbox_backlog().count == 0 and journal.get(seq).state is TxState.CHARGED
 
 
-def test_an_ack_the_broker_queued_during_an_outage_marks_the_copy_in_flight_after_the_reconnect(journal):
-    # What docs/uplink.md ("Acks") says happens, and what reconciliation repairs: an ack
-    # names a seq, and the window remembers nothing of the connection before.
+def test_an_ack_the_broker_queued_during_an_outage_does_not_mark_the_row_settled_since(journal):
+    # The window remembers nothing of the connection before; the ack says which seqs the
+    # centre holds as unknown, so the one for the unknown copy is not taken for the charged.
     seq = journal.record_intent(TransactionIntent(obu_id=b"\x01\x02\x03\x04", amount=100,
                                                   purchase_time=dt.datetime(2026, 11, 22, 10)), at(0)).seq
     journal.mark_unknown(seq, "no B5", at(1))
@@ -189,8 +189,26 @@ def test_an_ack_the_broker_queued_during_an_outage_marks_the_copy_in_flight_afte
     journal.resolve_unknown(seq, B5Result(tac=TAC), at(2))  # a C8 re-fetch while the link is down
     up.window.connected()
     assert up.publish() == [seq]  # the charged copy
-    assert up.ack(seq, seq) == 1  # the queued ack of the unknown copy marks the charged row
+    queued = up.window.acked(seq, seq, held={seq: "unknown"})  # the ack of the unknown copy arrives
+    assert queued == {} and up.window.version_in_flight(seq) == "charged"  # still waiting for its own
+    assert journal.outbox_backlog().count == 1
+    assert [r.seq for r in up.window.overdue(ACK_TIMEOUT_S, ACK_TIMEOUT_S)] == [seq]  # lost? it goes again
+    assert up.ack(seq, seq) == 1  # the centre's ack of the charged copy names no unknown seq
+    assert journal.get(seq).state is TxState.CHARGED and journal.outbox_backlog().count == 0
     assert up.published == [(seq, "unknown"), (seq, "charged")]
+
+
+def test_an_ack_naming_a_seq_as_unknown_frees_the_unknown_copy_in_flight_as_any_ack(journal):
+    rows = events(journal, 2)
+    seq = journal.record_intent(TransactionIntent(obu_id=b"\x01\x02\x03\x04", amount=100,
+                                                  purchase_time=dt.datetime(2026, 11, 22, 10)), at(0)).seq
+    journal.mark_unknown(seq, "no B5", at(1))
+    up = Uplink(journal, size=10)
+    up.window.connected()
+    assert up.publish() == [*rows, seq]
+    assert up.window.acked(rows[0], seq, held={seq: "unknown"}) == {rows[0]: "event", rows[1]: "event",
+                                                                    seq: "unknown"}
+    assert up.window.in_flight == []
 
 
 def test_a_live_queue_that_overflows_leaves_the_rows_to_the_scan(journal):

@@ -75,8 +75,9 @@ class Scene:
             self.operations.append(before - self.journal.outbox_backlog().count)
         return future
 
-    async def ack(self, first: int, last: int) -> None:
-        self.publisher.on_ack(TxAck(lane_id=LANE, stream=AckStream.TX, first_seq=first, last_seq=last))
+    async def ack(self, first: int, last: int, unknown: tuple[int, ...] | None = None) -> None:
+        self.publisher.on_ack(TxAck(lane_id=LANE, stream=AckStream.TX, first_seq=first, last_seq=last,
+                                    unknown_seqs=unknown))
         task = asyncio.create_task(self.publisher.mark_acked())
         for _ in range(100):
             await asyncio.sleep(0)
@@ -97,6 +98,25 @@ async def test_an_ack_of_a_whole_window_is_marked_in_parts_and_every_row_is_deli
     assert scene.journal.outbox_backlog().count == 0
     assert scene.publisher.tx.last_acked == 700
     assert scene.publisher.tx.window.in_flight == []
+
+
+async def test_an_ack_for_the_unknown_copy_of_a_row_settled_since_leaves_the_settled_copy_in_flight(
+        tmp_path, caplog):
+    # After an outage the broker delivers the centre's ack of the unknown copy; the lane
+    # settled the row meanwhile (a C8 re-fetch) and has the charged copy in flight.
+    scene = Scene(tmp_path / "j.db", 3, in_flight=False)
+    seq = scene.journal.record_intent(TransactionIntent(obu_id=b"\x01\x02\x03\x04", amount=100,
+                                                        purchase_time=dt.datetime(2024, 11, 22, 9, 30)), T0).seq
+    scene.journal.mark_unknown(seq, "no B5", T0)
+    scene.journal.resolve_unknown(seq, B5Result(tac=bytes.fromhex("fe12ff34")), T0)
+    window = scene.publisher.tx.window
+    window.take(scene.journal.outbox_after(0, 10), 0.0)
+    with caplog.at_level(logging.INFO, logger="laned"):
+        await scene.ack(1, seq, unknown=(seq,))
+    assert scene.journal.outbox_backlog().count == 1 and window.in_flight == [seq]  # the other three marked
+    assert f"is for the unknown copy of seqs [{seq}]" in caplog.text
+    await scene.ack(seq, seq)  # the centre's ack of the charged copy
+    assert scene.journal.outbox_backlog().count == 0 and window.in_flight == []
 
 
 async def test_a_journal_failure_while_marking_leaves_every_part_waiting_and_is_reported_once(tmp_path):

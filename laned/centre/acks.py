@@ -11,13 +11,16 @@ stream into as few :class:`TxAck` as there are contiguous runs. A lane draining 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from bisect import bisect_left, bisect_right
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from laned.centre.seqranges import coalesce
 from laned.uplink.messages import AckStream, TxAck
 
+# The contract's bound on TxAck.unknown_seqs (maxItems).
+UNKNOWN_SEQS_MAX = 1024
 # 50 ms: a lane waits for its ack no longer than a person notices, and a burst of rows
 # (a backlog after an outage) shares one commit and one ack per run.
 ACK_DELAY_S = 0.05
@@ -27,10 +30,28 @@ ACK_BATCH_MAX = 500
 M = TypeVar("M")
 
 
-def acks(lane_id: str, stream: AckStream, seqs: Iterable[int], acked_at: dt.datetime | None = None) -> list[TxAck]:
-    """One TxAck per contiguous run of ``seqs`` (any order, repeats allowed), ascending."""
-    return [TxAck(lane_id=lane_id, stream=stream, first_seq=r.first, last_seq=r.last, acked_at=acked_at)
-            for r in coalesce(seqs)]
+def acks(lane_id: str, stream: AckStream, seqs: Iterable[int], acked_at: dt.datetime | None = None, *,
+         unknown: Collection[int] = ()) -> list[TxAck]:
+    """One TxAck per contiguous run of ``seqs`` (any order, repeats allowed), ascending.
+
+    ``unknown``: those of ``seqs`` the ledger holds as unknown outcomes, named in the ack
+    of their run (``unknown_seqs``) so that a lane tells an ack of its unknown copy from
+    one of the settled copy; a run naming more than :data:`UNKNOWN_SEQS_MAX` is cut."""
+    held = sorted(set(unknown))
+    out: list[TxAck] = []
+    for run in coalesce(seqs):
+        inside = held[bisect_left(held, run.first):bisect_right(held, run.last)]
+        first = run.first
+        for i in range(0, len(inside), UNKNOWN_SEQS_MAX):
+            named = inside[i:i + UNKNOWN_SEQS_MAX]
+            last = run.last if i + UNKNOWN_SEQS_MAX >= len(inside) else inside[i + UNKNOWN_SEQS_MAX] - 1
+            out.append(TxAck(lane_id=lane_id, stream=stream, first_seq=first, last_seq=last, acked_at=acked_at,
+                             unknown_seqs=tuple(named)))
+            first = last + 1
+        if not inside:
+            out.append(TxAck(lane_id=lane_id, stream=stream, first_seq=run.first, last_seq=run.last,
+                             acked_at=acked_at))
+    return out
 
 
 @dataclass

@@ -37,6 +37,7 @@ from typing import Any, Self, TypeVar
 from laned.centre import schema
 from laned.centre.errors import CentreStorageError
 from laned.centre.seqranges import SeqRange, SeqSet
+from laned.journal.records import TxState
 from laned.masking import mask_card, mask_plate
 from laned.uplink.messages import (
     AlarmMsg,
@@ -203,16 +204,29 @@ class Ledger:
         ``payloads``: the messages' JSON as received, kept as is (re-encoding each message
         would cost two thirds of the time a backlog takes to store); by default re-encoded.
         """
+        return self.store_transactions_held(messages, received_at, payloads)[0]
+
+    def store_transactions_held(self, messages: Sequence[TransactionMsg], received_at: dt.datetime,
+                                payloads: Sequence[str] | None = None
+                                ) -> tuple[list[StoreOutcome], dict[str, set[int]]]:
+        """:meth:`store_transactions`, and per lane the seqs of the batch the ledger holds
+        as unknown outcomes once it is stored — a late copy of an unknown row does not undo
+        its settled one — for the ack to name (``TxAck.unknown_seqs``)."""
         seen = _iso(received_at)
         outcomes: list[StoreOutcome] = []
+        unknown: dict[str, set[int]] = {}
         counts: dict[str, dict[str, int]] = {}
         texts = payloads if payloads is not None else [m.to_json() for m in messages]
         if len(texts) != len(messages):
             raise ValueError(f"{len(messages)} messages but {len(texts)} payloads")
         with self._write() as con:
             for msg, text in zip(messages, texts):
-                outcome = self._store_one(con, msg, text, seen)
+                outcome, held = self._store_one(con, msg, text, seen)
                 outcomes.append(outcome)
+                if held == TxState.UNKNOWN:
+                    unknown.setdefault(msg.lane_id, set()).add(msg.seq)
+                else:  # the batch may hold an unknown copy, then the settled one
+                    unknown.get(msg.lane_id, set()).discard(msg.seq)
                 c = counts.setdefault(msg.lane_id, {"received": 0, "stored": 0, "updated": 0,
                                                     "duplicates_dropped": 0, "conflicts": 0})
                 c["received"] += 1
@@ -224,12 +238,14 @@ class Ledger:
             for msg, outcome in zip(messages, outcomes):
                 if outcome is StoreOutcome.NEW:
                     self._seqset(msg.lane_id).add(msg.seq)
-        return outcomes
+        return outcomes, {lane_id: seqs for lane_id, seqs in unknown.items() if seqs}
 
     def store_transaction(self, msg: TransactionMsg, received_at: dt.datetime) -> StoreOutcome:
         return self.store_transactions([msg], received_at)[0]
 
-    def _store_one(self, con: sqlite3.Connection, msg: TransactionMsg, payload: str, seen: str) -> StoreOutcome:
+    def _store_one(self, con: sqlite3.Connection, msg: TransactionMsg, payload: str,
+                   seen: str) -> tuple[StoreOutcome, str]:
+        """How ``msg`` was taken, and the state the ledger holds for its seq now."""
         row = con.execute("SELECT tx_uuid, state, reconciled, updated_unix, payload FROM transactions "
                           "WHERE lane_id = ? AND seq = ?", (msg.lane_id, msg.seq)).fetchone()
         values = (str(msg.state), int(msg.reconcile_required), int(msg.reconciled), _iso(msg.created_at),
@@ -240,12 +256,12 @@ class Ledger:
                         "reconciled, created_at, updated_at, updated_unix, amount, plate, card_number, payload, "
                         "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (msg.lane_id, msg.seq, msg.tx_uuid, msg.kind, *values))
-            return StoreOutcome.NEW
+            return StoreOutcome.NEW, str(msg.state)
         stored_uuid, state, reconciled, updated_unix, stored_payload = row
         if stored_uuid != msg.tx_uuid:
             con.execute("INSERT INTO conflicts (lane_id, seq, tx_uuid, stored_uuid, payload, received_at) "
                         "VALUES (?, ?, ?, ?, ?, ?)", (msg.lane_id, msg.seq, msg.tx_uuid, stored_uuid, payload, seen))
-            return StoreOutcome.CONFLICT
+            return StoreOutcome.CONFLICT, str(state)
         newer = msg.updated_at.timestamp() > updated_unix
         changed = (str(msg.state), int(msg.reconciled)) != (state, reconciled) or payload != stored_payload
         # A copy older than what is held is a late duplicate: the newer row stays.
@@ -254,8 +270,8 @@ class Ledger:
                         "updated_at = ?, updated_unix = ?, amount = ?, plate = ?, card_number = ?, payload = ?, "
                         "received_at = ?, updates = updates + 1 WHERE lane_id = ? AND seq = ?",
                         (*values, msg.lane_id, msg.seq))
-            return StoreOutcome.UPDATED
-        return StoreOutcome.DUPLICATE
+            return StoreOutcome.UPDATED, str(msg.state)
+        return StoreOutcome.DUPLICATE, str(state)
 
     def gaps(self, lane_id: str) -> list[SeqRange]:
         """The seqs missing from 1 to the highest held for the lane, as ranges."""

@@ -302,10 +302,12 @@ class Centre:
         elif isinstance(msg, ListRequest):
             await self._list_request(client, msg)
 
-    def _store_transaction_batch(self, items: list[Inbound],
-                                 now: dt.datetime) -> tuple[list[TransactionMsg], list[StoreOutcome]]:
+    def _store_transaction_batch(self, items: list[Inbound], now: dt.datetime
+                                 ) -> tuple[list[TransactionMsg], list[StoreOutcome], dict[str, set[int]]]:
         msgs, texts = self.intake.transactions(items, now)
-        return msgs, self.ledger.store_transactions(msgs, now, texts) if msgs else []
+        if not msgs:
+            return msgs, [], {}
+        return msgs, *self.ledger.store_transactions_held(msgs, now, texts)
 
     def _store_result_batch(self, items: list[Inbound], now: dt.datetime) -> list[ReconcileResult]:
         results, _ = self.intake.parse_all(ReconcileResult, items, now)
@@ -405,7 +407,7 @@ class Centre:
 
     async def _store_transactions(self, received: list[Inbound]) -> None:
         now = self._clock()
-        batch, outcomes = await self._db(self._store_transaction_batch, received, now)
+        batch, outcomes, unknown = await self._db(self._store_transaction_batch, received, now)
         committed: dict[str, list[int]] = {}
         answers = 0
         for msg, outcome in zip(batch, outcomes):
@@ -426,7 +428,7 @@ class Centre:
                                                         f"auto:{self.settings.auto_reconcile}"):
                     answers += 1
         for lane_id, seqs in committed.items():
-            for ack in acks(lane_id, AckStream.TX, seqs, now):
+            for ack in acks(lane_id, AckStream.TX, seqs, now, unknown=unknown.get(lane_id, ())):
                 self._acks_out.put_nowait((lane_id, ack.to_json()))
         if answers:
             self._answers_due.set()

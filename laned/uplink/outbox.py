@@ -39,14 +39,13 @@ The rules it keeps:
 * an ack for a seq not in flight is harmless: nothing to free, :meth:`~OutboxWindow.acked`
   does not return it, so the journal marks nothing for it (the row goes up again and is
   acked then);
-* an ack names a seq, not a copy, and nothing of a previous connection is remembered. So
-  an ack the broker queued for the lane while it was away (the centre acked a copy sent
-  before the outage) frees the copy in flight *now*, and the journal marks it if its version
-  is the one sent now. Where the row changed in between (an unknown outcome settled by a
-  C8 re-fetch during the outage), the row is marked delivered on the strength of the old
-  copy's ack. The centre then holds the old copy (``unknown``, ``reconcile_required``)
-  and, normally, the new one that went up at the reconnect; if that one were lost, its
-  reconciliation of the unknown row settles it (docs/uplink.md, "Acks");
+* an ack names seqs, and nothing of a previous connection is remembered: an ack the
+  broker queued for the lane while it was away (the centre acked a copy sent before the
+  outage) arrives after the reconnect. The one row that can change in between is an
+  unknown outcome (settled by a C8 re-fetch during the outage), so the centre's ack names
+  the seqs it holds as unknown (``TxAck.unknown_seqs``): a settled copy in flight named
+  there is not the one acked and stays in flight (``acked(…, held=…)``) until the ack of
+  the settled copy (docs/uplink.md, "Acks");
 * a row that cannot be encoded for the centre (:meth:`~OutboxWindow.quarantine`) is not
   published again in this process, whatever the connection, until it changes.
 
@@ -57,7 +56,7 @@ alarm levels; raising them is the health layer's job.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, TypeVar
 
 from laned.journal.records import JournalEntry, ReconcileRecord
@@ -215,19 +214,29 @@ class OutboxWindow(Generic[R]):
         return True
 
     # -- what comes back -----------------------------------------------------------------------------
-    def acked(self, first_seq: int, last_seq: int) -> dict[int, str]:
+    def acked(self, first_seq: int, last_seq: int, *, held: Mapping[int, str] | None = None) -> dict[int, str]:
         """The centre acked ``first_seq`` … ``last_seq``: free the window.
 
         Returns the keys that were in flight in the range with the version published (for
         the journal's ``outbox_ack(…, sent=…)``); keys not in flight are not returned.
+        ``held``: for keys of the range, the version the centre says it holds. A copy in
+        flight of another version is not the one the ack is for (it is an older copy's,
+        queued by the broker across a reconnect): it stays in flight, waiting for its own.
         """
         if last_seq - first_seq < len(self._in_flight):  # a run of a 500-row commit, or less
             keys: Iterable[int] = (k for k in range(first_seq, last_seq + 1) if k in self._in_flight)
         else:  # a wide range (a centre acking everything up to here): walk what is in flight
             keys = sorted(k for k in self._in_flight if first_seq <= k <= last_seq)
+        if held:
+            keys = [k for k in keys if held.get(k, self._in_flight[k].version) == self._in_flight[k].version]
         done = {key: self._in_flight.pop(key).version for key in list(keys)}
         self._settling.update(done)
         return done
+
+    def version_in_flight(self, key: int) -> str | None:
+        """The version of ``key``'s copy in flight, if one is."""
+        flight = self._in_flight.get(key)
+        return None if flight is None else flight.version
 
     def quarantine(self, row: R) -> None:
         """``row`` cannot be encoded for the centre: take it out of the window and never

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from laned.cancellation import stop_if_cancelled
 from laned.journal.errors import JournalStorageError
-from laned.journal.records import JournalEntry
+from laned.journal.records import JournalEntry, TxState
 from laned.journal.writer_queue import HOLD_MAX_S, BoundedHold
 from laned.lane.events import ClearAlarm, RaiseAlarm
 from laned.uplink.contract import ContractError
@@ -276,7 +276,16 @@ class OutboxPublisher:
     # -- acks ----------------------------------------------------------------------------------------
     def on_ack(self, ack: TxAck) -> None:
         stream = self.stream(ack.stream)
-        sent = stream.window.acked(ack.first_seq, ack.last_seq)
+        held = dict.fromkeys(ack.unknown_seqs, str(TxState.UNKNOWN)) if ack.unknown_seqs else None
+        sent = stream.window.acked(ack.first_seq, ack.last_seq, held=held)
+        if held:
+            older = [seq for seq in held if stream.window.version_in_flight(seq) is not None]
+            if older:
+                log.info("centre link: %s ack %d…%d is for the unknown copy of seqs %s, which the lane has settled "
+                         "since (an ack queued across a reconnect): their settled copies stay in flight until the "
+                         "centre acks them", ack.stream, ack.first_seq, ack.last_seq, older)
+                if not sent:
+                    return
         if not sent:
             log.info("centre link: %s ack for seqs %d…%d names nothing in flight (a repeat, or a copy sent "
                      "before a reconnect); nothing marked, such rows go up again", ack.stream, ack.first_seq,

@@ -187,7 +187,12 @@ def _absolute(iso: str, unix: float) -> dt.datetime:
 
 @dataclass(frozen=True, kw_only=True)
 class TxAck(UplinkMessage):
-    """The centre stored ``first_seq`` … ``last_seq`` of a stream (topic ``tx/ack``)."""
+    """The centre stored ``first_seq`` … ``last_seq`` of a stream (topic ``tx/ack``).
+
+    ``unknown_seqs`` (stream ``tx`` only): the seqs of the range the centre holds as an
+    unknown outcome. A lane whose copy of such a row in flight is settled knows the ack is
+    for an older copy (one the broker kept for it across an outage) and keeps the settled
+    copy waiting for its own ack."""
 
     MESSAGE: ClassVar[str] = "TxAck"
 
@@ -196,6 +201,7 @@ class TxAck(UplinkMessage):
     first_seq: int
     last_seq: int
     acked_at: dt.datetime | None = None
+    unknown_seqs: tuple[int, ...] | None = None
 
     def covers(self, seq: int) -> bool:
         return self.first_seq <= seq <= self.last_seq
@@ -203,6 +209,15 @@ class TxAck(UplinkMessage):
     def _check(self) -> None:
         if self.last_seq < self.first_seq:
             raise _Invalid("$.last_seq", f"{self.last_seq} is below first_seq {self.first_seq}")
+        if self.unknown_seqs is None:
+            return
+        if self.stream is not AckStream.TX:
+            raise _Invalid("$.unknown_seqs", f"only an ack of stream tx names unknown outcomes, this is of "
+                                             f"stream {self.stream}")
+        for i, seq in enumerate(self.unknown_seqs):
+            if not self.covers(seq):
+                raise _Invalid(f"$.unknown_seqs[{i}]", f"{seq} is outside the acked range "
+                                                       f"{self.first_seq}…{self.last_seq}")
 
 
 @dataclass(frozen=True, kw_only=True)
