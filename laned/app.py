@@ -368,7 +368,7 @@ async def run_lane(cfg: Config, *, stop: asyncio.Event | None = None,
             uplink = UplinkService.from_config(
                 cfg.uplink, settings.lane_id, writer=writer, monitor=monitor,
                 lane=LaneView(etc_open=lambda: not machine.modes.closed, closed_by=lambda: machine.modes.closed_by,
-                              vehicle_busy=vehicle_busy),
+                              vehicle_busy=vehicle_busy, counters=lambda: machine.counters),
                 wall=lambda: clock().astimezone(zone))
             journal_port = NotifyingJournal(writer, uplink.notify, loop)
             uplink.lists = make_list_service(cfg, cfg.uplink, machine, monitor, status_in_use, fees,

@@ -10,7 +10,7 @@ pulled and plugged in again. Waiting is on conditions with deadlines, never on s
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 
 import asyncio
 import contextlib
@@ -31,12 +31,13 @@ from laned.health.monitor import HealthMonitor
 from laned.journal import Journal, TransactionIntent, TxState
 from laned.journal.errors import JournalStorageError
 from laned.lane.events import ClearAlarm, RaiseAlarm
+from laned.lane.outcomes import Reason
 from laned.uplink import service as service_module
 from laned.uplink.link import CentreLink, Incoming, LinkDown, LinkSettings, LinkState
 from laned.uplink.messages import (
     AckStream, AlarmMsg, EncodedRows, HealthSnapshot, ReconcileAnswer, ReconcileResult, TxAck, UplinkMessage,
 )
-from laned.uplink.contract import validate
+from laned.uplink.contract import contract, validate
 from laned.uplink.reporting import LaneView, alarm_replay
 from laned.uplink.service import UplinkService, UplinkSettings
 
@@ -185,6 +186,9 @@ class Scene:
         self.broker = Broker()
         self.link = FakeLink(self.broker)
         self.watches = 0  # the service's watch looks at the lane state once per round
+        # The lane machine's counters as the health snapshot reads them (a zero is not reported).
+        self.lane_counters = Counter({Reason.CHARGED: 5, Reason.INSUFFICIENT_BALANCE: 1, "frame_damaged": 2,
+                                      "b5_error_0a": 1, "heartbeat": 0})
         # No debounce on the alarms these scenarios raise: each change happens when it is made.
         registry = AlarmRegistry(debounce_s={"rsu_offline": 0, "centre_link_down": 0},
                                  clear_debounce_s={"rsu_offline": 0})
@@ -194,7 +198,8 @@ class Scene:
             self.link, self.writer,
             UplinkSettings(window=8, ack_timeout_s=30.0, reconnect_min_s=0.01, reconnect_max_s=0.02,
                            health_interval_s=HEALTH_INTERVAL_S),
-            monitor=self.monitor, lane=LaneView(etc_open=self._etc_open, closed_by=dict), wall=lambda: T0,
+            monitor=self.monitor, lane=LaneView(etc_open=self._etc_open, closed_by=dict,
+                                                counters=lambda: self.lane_counters), wall=lambda: T0,
             monotonic=self.now)
         self.link.service = self.service
 
@@ -343,6 +348,10 @@ async def test_health_goes_up_every_health_interval_without_any_change_and_carri
     # centre_link_down: pending from the start, raised at once here (no debounce), cleared on connect.
     assert [(a.code, a.count) for a in counters.alarms] == [("centre_link_down", 1)]
     assert health.outbox is not None and health.outbox.last_acked_seq == seqs[0]
+    # The lane machine's counts: the vehicles by outcome, the rest as lane events.
+    assert [(c.code, c.count) for c in counters.outcomes] == [("charged", 5), ("insufficient_balance", 1)]
+    assert [(c.code, c.count) for c in counters.lane_events] == [("b5_error_0a", 1), ("frame_damaged", 2)]
+    validate("HealthSnapshot", health.to_dict())
 
 
 # -- a journal that fails on the uplink's reads -----------------------------------------------------
@@ -430,3 +439,18 @@ async def test_a_broker_refusing_the_lanes_tx_topic_raises_an_alarm_naming_it_un
         await until(lambda: ("uplink_publish_refused", "cleared") in scene.broker.alarms(), "the clear")
         await until(lambda: any(h.counters is not None and h.counters.publish_refused == 1
                                 for h in scene.broker.messages(HealthSnapshot)), "the refusal counted in health")
+
+
+def test_the_lane_counts_keep_to_the_contracts_bounds_keeping_the_most_frequent() -> None:
+    from laned.uplink import reporting
+
+    counts = Counter({f"b5_error_{i:02x}": i + 1 for i in range(256)})
+    counts.update({Reason.CHARGED: 3})
+    outcomes, events = reporting.lane_counts({**counts, **{f"event_{i}": 1 for i in range(400)}})
+    assert [(c.code, c.count) for c in outcomes] == [("charged", 3)]
+    assert len(events) == reporting.LANE_EVENTS_MAX  # 656 codes: the 512 most frequent go up
+    assert {f"b5_error_{i:02x}" for i in range(256)} <= {c.code for c in events}
+    assert [c.code for c in events] == sorted(c.code for c in events)
+    schema = contract().document["components"]["schemas"]["HealthCounters"]["properties"]
+    assert (schema["outcomes"]["maxItems"], schema["lane_events"]["maxItems"]) == (
+        reporting.OUTCOMES_MAX, reporting.LANE_EVENTS_MAX)

@@ -14,8 +14,10 @@ import laned
 from laned.health.alarms import AlarmChange
 from laned.health.checks import CheckResult, CheckStatus, HealthChecker, LaneSnapshot
 from laned.lane.events import ClearAlarm, Device, RaiseAlarm
+from laned.lane.outcomes import Reason
 from laned.uplink.messages import (
-    ActiveAlarm, AlarmCount, Check, ClosedBy, HealthCounters, HealthSnapshot, LaneState, LaneStatus, OutboxState,
+    ActiveAlarm, AlarmCount, Check, ClosedBy, HealthCounters, HealthSnapshot, LaneCount, LaneState, LaneStatus,
+    OutboxState,
 )
 
 
@@ -27,6 +29,7 @@ class LaneView:
     etc_open: Callable[[], bool]
     closed_by: Callable[[], Mapping[Device, str]]
     vehicle_busy: Callable[[], bool] = lambda: False
+    counters: Callable[[], Mapping[str, int]] = dict  # the lane machine's counts since start
 
 
 class RecordingChecker(HealthChecker):
@@ -66,6 +69,29 @@ def alarm_counts(monitor: Any) -> tuple[AlarmCount, ...]:
         return ()
     counts: Mapping[str, int] = monitor.registry.counts
     return tuple(AlarmCount(code=code, count=n) for code, n in sorted(counts.items()) if n > 0)
+
+
+# The contract's bounds on HealthCounters.outcomes / lane_events (maxItems).
+OUTCOMES_MAX, LANE_EVENTS_MAX = 128, 512
+
+
+def lane_counts(counters: Mapping[str, int]) -> tuple[tuple[LaneCount, ...], tuple[LaneCount, ...]]:
+    """The lane machine's counts since start, split into the vehicles' outcomes (a
+    :class:`~laned.lane.outcomes.Reason`: charged, low_balance, blacklisted …) and its other
+    events (frame_damaged, b5_timeout …), each by code. Within the contract's bounds: should
+    there ever be more codes, the most frequent are kept."""
+    reasons = {r.value for r in Reason}
+    outcomes: list[LaneCount] = []
+    events: list[LaneCount] = []
+    for code, n in counters.items():
+        if n > 0:
+            (outcomes if str(code) in reasons else events).append(LaneCount(code=str(code), count=n))
+
+    def bounded(counts: list[LaneCount], limit: int) -> tuple[LaneCount, ...]:
+        kept = sorted(counts, key=lambda c: -c.count)[:limit]
+        return tuple(sorted(kept, key=lambda c: c.code))
+
+    return bounded(outcomes, OUTCOMES_MAX), bounded(events, LANE_EVENTS_MAX)
 
 
 def health_snapshot(lane_id: str, monitor: Any, lane: LaneView, at: dt.datetime, outbox: OutboxState, *,

@@ -52,7 +52,9 @@ from laned.uplink.messages import (
 )
 from laned.uplink.outbox import backlog_level
 from laned.uplink.publisher import OutboxPublisher, PublishSettings
-from laned.uplink.reporting import LaneView, alarm_counts, alarm_replay, backlog_alarms, health_snapshot, lane_state
+from laned.uplink.reporting import (
+    LaneView, alarm_counts, alarm_replay, backlog_alarms, health_snapshot, lane_counts, lane_state,
+)
 
 if TYPE_CHECKING:
     from laned.config import UplinkSection
@@ -394,10 +396,11 @@ class UplinkService:
         """What the uplink has counted since start (the health snapshot's ``counters``)."""
         stats = self.link.stats
         tx, results = self.outbox.tx.window, self.outbox.reconcile.window
+        outcomes, events = lane_counts(self.lane.counters())
         return HealthCounters(tx_published=tx.published, tx_retransmissions=tx.retransmissions,
                               results_published=results.published, link_sessions=stats.sessions,
                               link_lost=stats.lost, received_dropped=stats.dropped, publish_refused=stats.refused,
-                              alarms=alarm_counts(self.monitor))
+                              alarms=alarm_counts(self.monitor), outcomes=outcomes, lane_events=events)
 
     async def _backlog_watch(self) -> None:
         """The backlog, connected or not: the uplink_backlog_* alarms and the health snapshot."""

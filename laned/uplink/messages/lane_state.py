@@ -96,6 +96,12 @@ class AlarmCount:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LaneCount:
+    code: str
+    count: int  # since laned started
+
+
+@dataclass(frozen=True, kw_only=True)
 class HealthCounters:
     """What the uplink has counted since laned started (the health snapshot's ``counters``):
     in-memory counts, so they restart from 0 with laned; the centre compares snapshots."""
@@ -108,6 +114,8 @@ class HealthCounters:
     received_dropped: int  # centre messages dropped because they did not conform to the contract
     publish_refused: int  # publishes the broker refused (PUBACK reason code 0x80 or above)
     alarms: tuple[AlarmCount, ...] = ()  # per alarm code, the codes raised at least once
+    outcomes: tuple[LaneCount, ...] = ()  # vehicles by the lane's outcome reason (charged, low_balance …)
+    lane_events: tuple[LaneCount, ...] = ()  # the lane machine's other counts (frame_damaged, b5_timeout …)
 
 
 @dataclass(frozen=True, kw_only=True)
