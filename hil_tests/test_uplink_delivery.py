@@ -12,8 +12,9 @@ payload against the contract, keeps a ledger by seq (as the real centre de-dupli
 What is held: rows arrive in seq order and conform; only rows the centre acknowledged are
 marked delivered (never on PUBACK); without acks nothing is marked and rows are sent
 again after ``ack_timeout_s``; a broker restarted without persistence loses nothing
-unacknowledged; a reconciliation answer settles an unknown row and its result goes up and
-is acknowledged; the retained state is ``online`` after connect and ``offline`` (the last
+unacknowledged; an ack of a row's unknown copy arriving after the lane settled the row
+during an outage marks nothing; a reconciliation answer settles an unknown row and its
+result goes up and is acknowledged; the retained state is ``online`` after connect and ``offline`` (the last
 will) when the lane's connection dies; a malformed ack is dropped and logged, the link goes on;
 alarm changes made while the lane's cable was out reach the centre after it is back, in order;
 a broker whose ACL refuses the lane's ``tx`` raises ``uplink_publish_refused`` (its PUBACK
@@ -228,9 +229,10 @@ class Centre:
         elif suffix == "alarm":
             self.alarms.append(payload)
 
-    async def ack(self, stream: AckStream, first: int, last: int) -> None:
+    async def ack(self, stream: AckStream, first: int, last: int, *, unknown: tuple[int, ...] | None = None) -> None:
         assert self.client is not None
-        ack = TxAck(lane_id=self.lane_id, stream=stream, first_seq=first, last_seq=last, acked_at=wall())
+        ack = TxAck(lane_id=self.lane_id, stream=stream, first_seq=first, last_seq=last, acked_at=wall(),
+                    unknown_seqs=unknown)
         await self.client.publish(topic("tx/ack", self.lane_id), ack.to_json().encode(), qos=1)
 
     async def send(self, suffix: str, payload: bytes) -> None:
@@ -423,6 +425,31 @@ async def test_without_acks_nothing_is_marked_delivered_and_rows_are_sent_again_
     assert waited >= ACK_TIMEOUT_S * 0.8, f"sent again after {waited:.2f} s, before the ack timeout"
     assert [m["seq"] for m in centre.tx[:6]] == seqs + seqs
     assert centre.tx[0]["tx_uuid"] == centre.tx[3]["tx_uuid"]  # the same row, not a new one
+
+
+async def test_an_ack_of_the_unknown_copy_never_marks_the_row_the_lane_settled_during_an_outage(
+        lane: Lane, centre: Centre, relay: Relay, caplog: pytest.LogCaptureFixture) -> None:
+    # The centre's ack of an unknown copy can reach the lane after the lane settled the row
+    # (a C8 re-fetch while its cable was out): the broker keeps it for the lane's session.
+    # The ack names the seq as unknown at the centre, so the settled copy waits for its own.
+    centre.acking = False
+    async with uplink_running(lane):
+        seq = (await lane.charge(unknown=True)).seq
+        await until(lambda: centre.ledger.get(seq, {}).get("state") == "unknown", "the unknown copy at the centre")
+        relay.blocked = True
+        relay.cut()
+        await until(lambda: not lane.service.connected, "the lane saw its link drop")
+        b5 = B5Result(tac=bytes.fromhex("5e2f8c01"), balance_after=96500)
+        await lane.journal(lambda mj: mj.journal.resolve_unknown(seq, b5, wall()))
+        relay.blocked = False
+        await until(lambda: centre.ledger[seq]["state"] == "charged", "the settled copy after the reconnect")
+        with caplog.at_level(logging.INFO, logger="laned"):
+            await centre.ack(AckStream.TX, seq, seq, unknown=(seq,))  # the unknown copy's ack, late
+            await until(lambda: f"is for the unknown copy of seqs [{seq}]" in caplog.text, "the late ack taken")
+        assert await lane.unacked() == [seq]  # not marked on the unknown copy's ack
+        await centre.ack(AckStream.TX, seq, seq)  # the settled copy's ack names no unknown seq
+        await lane.unacked_becomes([])
+    assert centre.nonconforming == []
 
 
 # -- (c) the broker stops and comes back empty: nothing unacknowledged is lost ---------------------
