@@ -350,7 +350,11 @@ async def lane(tmp_path: Path, pki: Pki, relay: Relay, monitor: HealthMonitor) -
 async def uplink_running(lane: Lane) -> AsyncIterator[None]:
     task = asyncio.create_task(lane.service.run(), name="uplink")
     try:
-        await until(lambda: lane.service.connected, "the lane connected to the broker")
+        # Connected, and the outbox has read the journal's last seq: a row journalled before
+        # that read goes up with the backlog, after rows journalled later (live rows first),
+        # so a test that wants its rows in seq order journals them only after it.
+        await until(lambda: lane.service.connected and lane.service.outbox.tx.window.is_connected,
+                    "the lane connected to the broker, its outbox ready")
         yield
     finally:
         task.cancel()

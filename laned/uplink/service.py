@@ -233,7 +233,7 @@ class UplinkService:
 
     async def _serve(self, session: Session) -> None:
         # In the writer's order, not its background: a row journalled after this read goes up
-        # live, one before it with the backlog — so rows go up in seq order from the start.
+        # live, ahead of the backlog; every row before it with the backlog, in seq order.
         try:
             newest: int = await self.writer.submit_async(lambda mj: mj.journal.last_seq())
         except JournalStorageError as err:
