@@ -20,32 +20,22 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from laned.provisioning.certificates import ca_certificate
+from laned.provisioning.certificates import CENTRE as CENTRE
+from laned.provisioning.certificates import Authority, ca_certificate, end_entity, write_credentials
+from laned.provisioning.certificates import Credentials as Credentials
 
-CENTRE = "centre"  # the centre's client identity (its certificate's CN)
-KEY_MODE = 0o600
 VALIDITY = dt.timedelta(days=2)
 # A clock skew allowance: a certificate issued "now" is valid from a minute ago, so a
 # broker whose clock is a little behind the test's still accepts it.
 BACKDATE = dt.timedelta(minutes=1)
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """One TLS identity on disk: its certificate and its private key (mode 0600)."""
-
-    name: str  # the subject CN
-    cert: Path
-    key: Path
 
 
 @dataclass(frozen=True)
@@ -88,13 +78,10 @@ class Pki:
         authority = self.foreign_ca if by_foreign_ca else self.ca
         now = _now()
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = _certificate(
-            subject=_name(name), public_key=key.public_key(), issuer=authority,
-            not_before=not_before or now - BACKDATE, not_after=not_after or now + VALIDITY,
-            extended_usage=ExtendedKeyUsageOID.CLIENT_AUTH,
-        )
+        cert = end_entity(Authority(authority.key, authority.cert), _name(name), key.public_key(),
+                          not_before or now - BACKDATE, not_after or now + VALIDITY, ExtendedKeyUsageOID.CLIENT_AUTH)
         stem = file_stem or f"client-{name}"
-        return _write_credentials(self.folder, stem, name, cert, key)
+        return write_credentials(self.folder, stem, name, cert, key)
 
 
 def make_pki(folder: Path, lanes: tuple[str, ...] = ("G0001-01", "G0001-02")) -> Pki:
@@ -107,14 +94,11 @@ def make_pki(folder: Path, lanes: tuple[str, ...] = ("G0001-01", "G0001-02")) ->
     foreign_ca = _authority(folder, "someone else's CA", "foreign-ca")
     now = _now()
     server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = _certificate(
-        subject=_name("localhost"), public_key=server_key.public_key(), issuer=ca,
-        not_before=now - BACKDATE, not_after=now + VALIDITY,
-        extended_usage=ExtendedKeyUsageOID.SERVER_AUTH,
-        san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))],
-    )
+    server_cert = end_entity(Authority(ca.key, ca.cert), _name("localhost"), server_key.public_key(),
+                             now - BACKDATE, now + VALIDITY, ExtendedKeyUsageOID.SERVER_AUTH,
+                             san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))])
     pki = Pki(folder=folder, ca=ca, foreign_ca=foreign_ca,
-              server=_write_credentials(folder, "server", "localhost", server_cert, server_key))
+              server=write_credentials(folder, "server", "localhost", server_cert, server_key))
     for name in (*lanes, CENTRE):
         pki.client(name)
     pki.expired = pki.issue(lanes[0], file_stem=f"expired-{lanes[0]}",
@@ -144,44 +128,3 @@ def _authority(folder: Path, common_name: str, stem: str) -> _Authority:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     # The CA's key stays in memory: nothing outside this process issues certificates.
     return _Authority(name=common_name, key=key, cert=cert, path=path)
-
-
-def _certificate(*, subject: x509.Name, public_key: ec.EllipticCurvePublicKey, issuer: _Authority,
-                 not_before: dt.datetime, not_after: dt.datetime, extended_usage: x509.ObjectIdentifier,
-                 san: list[x509.GeneralName] | None = None) -> x509.Certificate:
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.cert.subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
-                                     crl_sign=False, content_commitment=False, data_encipherment=False,
-                                     key_agreement=True, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([extended_usage]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False)
-    )
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return builder.sign(issuer.key, hashes.SHA256())
-
-
-def _write_credentials(folder: Path, stem: str, name: str, cert: x509.Certificate,
-                       key: ec.EllipticCurvePrivateKey) -> Credentials:
-    cert_path = folder / f"{stem}.pem"
-    key_path = folder / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    write_private_key(key_path, key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption(),
-    ))
-    return Credentials(name=name, cert=cert_path, key=key_path)
-
-
-def write_private_key(path: Path, data: bytes) -> None:
-    """Write a key file created with mode 0600 (the umask can only narrow it), replacing none."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_MODE)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)

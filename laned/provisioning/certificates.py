@@ -75,14 +75,24 @@ def issue(folder: Path, ca: Authority, stem: str, common_name: str, now: dt.date
     ``<stem>.pem`` and ``<stem>.key`` (mode 0600, never over an existing key) in ``folder``.
     ``usage`` is server or client authentication; ``san`` the broker's names."""
     key = ec.generate_private_key(ec.SECP256R1())
+    cert = end_entity(ca, subject_name(common_name, organisation), key.public_key(), now - BACKDATE, now + validity,
+                      usage, san=san)
+    return write_credentials(folder, stem, common_name, cert, key)
+
+
+def end_entity(ca: Authority, subject: x509.Name, public_key: ec.EllipticCurvePublicKey, not_before: dt.datetime,
+               not_after: dt.datetime, usage: x509.ObjectIdentifier, *,
+               san: list[x509.GeneralName] | None = None) -> x509.Certificate:
+    """A certificate for ``public_key`` signed by ``ca``, not a CA itself, valid from
+    ``not_before`` to ``not_after`` (the tests make expired ones) for ``usage``."""
     builder = (
         x509.CertificateBuilder()
-        .subject_name(subject_name(common_name, organisation))
+        .subject_name(subject)
         .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + validity)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
                                      crl_sign=False, content_commitment=False, data_encipherment=False,
@@ -92,12 +102,18 @@ def issue(folder: Path, ca: Authority, stem: str, common_name: str, now: dt.date
     )
     if san:
         builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    cert = builder.sign(ca.key, hashes.SHA256())
+    return builder.sign(ca.key, hashes.SHA256())
+
+
+def write_credentials(folder: Path, stem: str, name: str, cert: x509.Certificate,
+                      key: ec.EllipticCurvePrivateKey) -> Credentials:
+    """``cert`` and ``key`` as ``<stem>.pem`` and ``<stem>.key`` (mode 0600, never over an
+    existing key) in ``folder``."""
     cert_path, key_path = folder / f"{stem}.pem", folder / f"{stem}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     write_private_key(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                   serialization.NoEncryption()))
-    return Credentials(name=common_name, cert=cert_path, key=key_path)
+    return Credentials(name=name, cert=cert_path, key=key_path)
 
 
 def write_private_key(path: Path, data: bytes) -> None:
