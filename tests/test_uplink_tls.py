@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hil_tests.mqtt_pki import Pki, make_pki, write_private_key
+from hil_tests.mqtt_pki import Pki, make_pki
+from laned.provisioning.certificates import write_private_key
 from laned.uplink.tls import (
     TlsConfigError,
     certificate_identity,
