@@ -336,9 +336,12 @@ class UplinkService:
                     await self._publish_checked(session, state)
                 self._published_state = state
             changed = await self._publish_alarm_changes(session)
-            if changed or self.monotonic() >= next_health:
+            now = self.monotonic()
+            if changed or now >= next_health:
+                # The next one is due an interval after this one was due, however long the
+                # publish waits for the broker.
+                next_health = now + self.settings.health_interval_s
                 await self._publish_checked(session, self._health())
-                next_health = self.monotonic() + self.settings.health_interval_s
             await asyncio.sleep(WATCH_S)  # the health cycle's pace; nothing here is urgent
 
     async def _publish_alarm_changes(self, session: Session) -> bool:
