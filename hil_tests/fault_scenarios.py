@@ -463,11 +463,16 @@ async def journal_disk_full(tmp: Path, outage_s: float = 1.5, debounce: float | 
     async with lane_bench(tmp, [], model=model, barrier=BARRIER, settings=QUIET_RSU, **alarm_knobs(debounce),
                           journal_options={"commit_hook": disk}) as bench:
         run = FaultRun(bench)
+        # Every screen the booth saw: the refusal screen may last only until ETC closes (the
+        # closed screen replaces it when the vehicle is not yet on the loop), so sampling the
+        # display once would race the vehicle.
+        screens: list[tuple[float, str, str]] = []
+        if (display := bench.display) is not None:
+            display.listeners.append(lambda w: screens.append((w.at, display.shown().line1, display.shown().line2)))
         disk.fill()
         first = await paid_car(bench, 1)
         run.fault_at = (await bench.until(lambda: disk.failures, T, "the intent to be attempted"))[0][0]
         await degraded(run)
-        run.notes["first_refusal"] = bench.display.shown() if bench.display else None
         model.divert(now_for(model), first)  # sent to the manual lane, it pulls over
         await bench.until(lambda: bench.c2_for("a1000001"), T, "the first vehicle to be stopped")
         second = await paid_car(bench, 2)
@@ -476,6 +481,7 @@ async def journal_disk_full(tmp: Path, outage_s: float = 1.5, debounce: float | 
         await asyncio.sleep(max(0.0, run.fault_at + outage_s - time.monotonic()))
         disk.free()
         run.back_at = time.monotonic()
+        run.notes["screens_during"] = [(l1, l2) for at, l1, l2 in screens if run.fault_at <= at < run.back_at]
         await recovered(run)
         third = await paid_car(bench, 3)
         run.served_at = await bench.until(lambda: sent_at(bench, "C6", "a1000003"), T, "the third vehicle to pay")
