@@ -52,7 +52,12 @@ Metrics (one JSON object per line, ``{"bench": "uplink", "metric", "value", "uni
 * ``drain_s`` — the drain's duration (as ``drain_tx_per_s`` times it), and ``lane_cpu_s``, ``centre_cpu_s``, ``broker_cpu_s``
   the CPU each process used meanwhile (all threads; the lane's includes the vehicles):
   the one near ``drain_s`` is the bottleneck;
-* ``transactions`` — the backlog's rows; ``vehicle_gap_ms`` the pause between vehicles.
+* ``transactions`` — the backlog's rows; ``vehicle_gap_ms`` the pause between vehicles;
+  ``lane_cpus`` the CPUs laned had to itself (``--lane-cpus``; 0: every process shares
+  every CPU, the default). With ``--lane-cpus 1`` laned's process runs on CPU 1 alone and
+  the bench (the emulated RSU), Mosquitto, the centre and ``mosquitto_pub`` on the other
+  CPUs: a lane PC whose centre and broker are elsewhere. ``drain_ratio`` then compares
+  with a ``mosquitto_pub`` held to fewer cores.
 
 For diagnosis, ``UPLINK_BENCH_C6=FILE`` times laned's own path from each B4 to its C6 (the
 daemon's methods wrapped, ``uplink_daemon.time_c6_path``) and adds ``c6_stage_*_p50_ms``/``_p99_ms``
@@ -86,7 +91,7 @@ sys.path.insert(0, str(ROOT / "hil_tests"))  # the test broker and PKI
 from lane_fixtures import prefill_backlog  # noqa: E402
 from mosquitto_broker import MosquittoBroker  # noqa: E402
 from mqtt_pki import CENTRE, Pki, make_pki  # noqa: E402
-from uplink_daemon import LATE_S, c6_stages  # noqa: E402
+from uplink_daemon import LANE_CPUS_ENV, LATE_S, c6_stages  # noqa: E402
 from turnaround_bench import (  # noqa: E402
     FEE_TABLE, Lane, cpu_seconds, lane_obu, percentile, run_block, stop_child,
 )
@@ -299,7 +304,7 @@ async def vehicles(lane: Lane, gap_s: float) -> None:
 
 
 async def measure(n: int, window: int | None, batch_max: int | None, workdir: Path | None = None,
-                  gap_ms: float = VEHICLE_GAP_MS) -> None:
+                  gap_ms: float = VEHICLE_GAP_MS, lane_cpus: frozenset[int] = frozenset()) -> None:
     with tempfile.TemporaryDirectory(prefix="uplink-bench-") as tmp:
         folder = Path(workdir or tmp)
         await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
@@ -327,13 +332,17 @@ async def measure(n: int, window: int | None, batch_max: int | None, workdir: Pa
                 config = write_config(folder, emu.path, broker, pki, window, batch_max)
                 lane_log = await asyncio.to_thread((folder / "laned.log").open, "wb")
                 with lane_log:
+                    env = {**os.environ, LANE_CPUS_ENV: ",".join(map(str, sorted(lane_cpus)))} if lane_cpus else None
                     daemon = await asyncio.create_subprocess_exec(
                         sys.executable, str(DAEMON), str(config), str(ticks),
-                        stdin=asyncio.subprocess.DEVNULL, stdout=lane_log, stderr=lane_log)
+                        stdin=asyncio.subprocess.DEVNULL, stdout=lane_log, stderr=lane_log, env=env)
                 await emu.wait_for(lambda: emu.state is RsuState.SEARCHING or daemon.returncode is not None,
                                    timeout=STARTUP_TIMEOUT_S, what="laned to initialise the RSU")
                 if daemon.returncode is not None:
                     raise RuntimeError(f"laned exited:\n{(folder / 'laned.log').read_text()[-2000:]}")
+                if lane_cpus and os.sched_getaffinity(daemon.pid) != lane_cpus:
+                    raise RuntimeError(f"laned runs on CPUs {sorted(os.sched_getaffinity(daemon.pid))}, "
+                                       f"not on --lane-cpus {sorted(lane_cpus)}")
                 await wait(lambda: centre_stored(centre_db) > 0, "the first row at the centre", STARTUP_TIMEOUT_S)
                 t0 = time.monotonic()
                 lane = Lane("laned", emu, lane_obu, pid=daemon.pid)
@@ -397,12 +406,24 @@ async def measure(n: int, window: int | None, batch_max: int | None, workdir: Pa
         emit("broker_cpu_s", broker_cpu, "s")
         emit("transactions", n, "transactions")
         emit("vehicle_gap_ms", gap_ms, "ms")
+        emit("lane_cpus", len(lane_cpus), "cpus")
         c6_to = os.environ.get("UPLINK_BENCH_C6")
         if c6_to:  # diagnosis: where laned's own B4-to-C6 time went, for the vehicles of the drain
             recorded_c6 = json.loads(await asyncio.to_thread(Path(c6_to).read_text))
             for stage, values in c6_stages(recorded_c6, t0, vehicles_end).items():
                 emit(f"c6_stage_{stage}_p50_ms", percentile(values, 50) * 1e3, "ms")
                 emit(f"c6_stage_{stage}_p99_ms", percentile(values, 99) * 1e3, "ms")
+
+
+def cpu_list(text: str) -> frozenset[int]:
+    """``1`` or ``2,3``: CPU numbers for ``--lane-cpus``."""
+    try:
+        cpus = frozenset(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of CPU numbers") from None
+    if not cpus or min(cpus) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: CPU numbers start at 0")
+    return cpus
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -413,12 +434,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep the databases and logs here (default: a temporary folder)")
     parser.add_argument("--vehicle-gap-ms", type=float, default=VEHICLE_GAP_MS,
                         help=f"pause after each vehicle before the next (default {VEHICLE_GAP_MS:g}; 0: back to back)")
+    parser.add_argument("--lane-cpus", type=cpu_list, default=frozenset(),
+                        help="CPUs for laned alone, e.g. 1 (default: every process shares every CPU); the "
+                             "broker, the centre and the emulated RSU run on the others, as on a lane PC "
+                             "whose centre and broker are elsewhere")
     args = parser.parse_args(argv)
+    if args.lane_cpus:
+        usable = os.sched_getaffinity(0)
+        if not args.lane_cpus <= usable:
+            parser.error(f"--lane-cpus: CPU {min(args.lane_cpus - usable)} is not one this process may use "
+                         f"({','.join(map(str, sorted(usable)))})")
+        if not usable - args.lane_cpus:
+            parser.error("--lane-cpus must leave at least one CPU for the broker, the centre and the RSU")
+        # Before any thread starts: the broker's and the centre's processes inherit it.
+        os.sched_setaffinity(0, usable - args.lane_cpus)
     if args.transactions < 1:
         parser.error("--transactions must be 1 or more")
     if args.vehicle_gap_ms < 0:
         parser.error("--vehicle-gap-ms must be 0 or more")
-    asyncio.run(measure(args.transactions, args.window, args.batch_max, args.workdir, args.vehicle_gap_ms))
+    asyncio.run(measure(args.transactions, args.window, args.batch_max, args.workdir, args.vehicle_gap_ms,
+                        args.lane_cpus))
     return 0
 
 

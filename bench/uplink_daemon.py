@@ -30,6 +30,7 @@ from typing import Any
 from laned.journal.store import Journal
 
 TICK_S = 0.001  # the daemon's ticker
+LANE_CPUS_ENV = "UPLINK_BENCH_LANE_CPUS"  # the CPUs laned runs on, set by ``uplink_bench.py --lane-cpus``
 LATE_S = 0.001  # a tick later than this is recorded (none: the loop was never blocked longer)
 
 
@@ -270,4 +271,6 @@ def c6_stages(times: dict[str, list[Any]], since: float, until: float) -> dict[s
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit("usage: uplink_daemon.py CONFIG TICKS (started by uplink_bench.py)")
+    if cpus := os.environ.get(LANE_CPUS_ENV):  # before any thread starts: every thread inherits it
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
     sys.exit(serve_laned(sys.argv[1], sys.argv[2]))

@@ -18,7 +18,7 @@ METRICS = {"drain_tx_per_s": "tx/s", "mosquitto_pub_msgs_per_s": "msgs/s", "drai
            "max_loop_block_ms": "ms", "max_loop_busy_ms": "ms", "loop_blocks_over_10ms": "ticks", "max_gc_ms": "ms", "c6_p50_ms": "ms", "c6_p99_ms": "ms", "c6_samples": "transactions",
            "c6_idle_p50_ms": "ms", "c6_idle_p99_ms": "ms",
            "drain_s": "s", "lane_cpu_s": "s", "centre_cpu_s": "s", "broker_cpu_s": "s", "transactions": "transactions",
-           "vehicle_gap_ms": "ms"}
+           "vehicle_gap_ms": "ms", "lane_cpus": "cpus"}
 # With UPLINK_BENCH_C6: laned's own B4-to-C6 path, stage by stage, p50 and p99 of each.
 STAGES = ("total", "machine", "queue", "insert_commit", "insert_commit_runq", "back")
 
@@ -37,6 +37,7 @@ def test_the_uplink_bench_drains_a_small_backlog_to_zero_and_prints_every_metric
     assert stages <= set(values), "a C6 stage missing"
     assert values["c6_stage_insert_commit_runq_p99_ms"] <= values["c6_stage_insert_commit_p99_ms"]
     assert values["backlog"] == 0 and values["transactions"] == 300 and values["vehicle_gap_ms"] == 20
+    assert values["lane_cpus"] == 0  # by default every process shares every CPU
     assert all(isinstance(v, (int, float)) for v in values.values())
     for name in ("drain_tx_per_s", "mosquitto_pub_msgs_per_s", "drain_ratio", "max_loop_block_ms", "c6_p50_ms", "c6_idle_p50_ms",
                  "c6_samples"):
@@ -52,3 +53,28 @@ def test_a_negative_vehicle_gap_is_refused_naming_the_option() -> None:
                           timeout=60)
     assert done.returncode == 2 and "--vehicle-gap-ms must be 0 or more" in done.stderr, done.stderr
     assert done.stdout == ""
+
+
+def test_laned_can_have_a_cpu_to_itself_and_still_drains_everything() -> None:
+    """--lane-cpus N: the bench checks laned runs on CPU N alone (and fails otherwise); on a
+    one-CPU machine the option is refused, since nothing would be left for the rest."""
+    usable = sorted(os.sched_getaffinity(0))
+    done = subprocess.run([sys.executable, str(BENCH), "--transactions", "200", "--lane-cpus", str(usable[-1])],
+                          capture_output=True, text=True, timeout=300)
+    if len(usable) == 1:
+        assert done.returncode == 2 and "must leave at least one CPU" in done.stderr, done.stderr
+        return
+    assert done.returncode == 0, done.stderr
+    values = {r["metric"]: r["value"] for r in map(json.loads, done.stdout.splitlines())}
+    assert values["lane_cpus"] == 1 and values["backlog"] == 0 and values["c6_samples"] > 0
+
+
+def test_lane_cpus_that_are_not_cpu_numbers_or_leave_nothing_for_the_rest_are_refused() -> None:
+    for argument, message in (("1,x", "'1,x' is not a comma-separated list of CPU numbers"),
+                              ("-1", "CPU numbers start at 0"),
+                              ("4096", "CPU 4096 is not one this process may use"),
+                              (",".join(map(str, sorted(os.sched_getaffinity(0)))), "must leave at least one CPU")):
+        done = subprocess.run([sys.executable, str(BENCH), "--lane-cpus", argument], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 2 and message in done.stderr, (argument, done.stderr)
+        assert done.stdout == ""
