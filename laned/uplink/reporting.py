@@ -75,17 +75,19 @@ def alarm_counts(monitor: Any) -> tuple[AlarmCount, ...]:
 OUTCOMES_MAX, LANE_EVENTS_MAX = 128, 512
 
 
+_REASONS = frozenset(r.value for r in Reason)
+
+
 def lane_counts(counters: Mapping[str, int]) -> tuple[tuple[LaneCount, ...], tuple[LaneCount, ...]]:
     """The lane machine's counts since start, split into the vehicles' outcomes (a
     :class:`~laned.lane.outcomes.Reason`: charged, low_balance, blacklisted …) and its other
     events (frame_damaged, b5_timeout …), each by code. Within the contract's bounds: should
     there ever be more codes, the most frequent are kept."""
-    reasons = {r.value for r in Reason}
     outcomes: list[LaneCount] = []
     events: list[LaneCount] = []
     for code, n in counters.items():
         if n > 0:
-            (outcomes if str(code) in reasons else events).append(LaneCount(code=str(code), count=n))
+            (outcomes if str(code) in _REASONS else events).append(LaneCount(code=str(code), count=n))
 
     def bounded(counts: list[LaneCount], limit: int) -> tuple[LaneCount, ...]:
         kept = sorted(counts, key=lambda c: -c.count)[:limit]
