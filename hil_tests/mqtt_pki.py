@@ -26,23 +26,20 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from laned.provisioning.certificates import CENTRE as CENTRE
-from laned.provisioning.certificates import Authority, ca_certificate, end_entity, write_credentials
+from laned.provisioning.certificates import (
+    BACKDATE, Authority, ca_certificate, end_entity, subject_name, write_credentials,
+)
 from laned.provisioning.certificates import Credentials as Credentials
 
 VALIDITY = dt.timedelta(days=2)
-# A clock skew allowance: a certificate issued "now" is valid from a minute ago, so a
-# broker whose clock is a little behind the test's still accepts it.
-BACKDATE = dt.timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
 class _Authority:
-    name: str
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
+    signer: Authority  # the key stays in memory: nothing outside this process issues certificates
     path: Path  # the CA certificate, PEM
 
 
@@ -78,7 +75,7 @@ class Pki:
         authority = self.foreign_ca if by_foreign_ca else self.ca
         now = _now()
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = end_entity(Authority(authority.key, authority.cert), _name(name), key.public_key(),
+        cert = end_entity(authority.signer, _name(name), key.public_key(),
                           not_before or now - BACKDATE, not_after or now + VALIDITY, ExtendedKeyUsageOID.CLIENT_AUTH)
         stem = file_stem or f"client-{name}"
         return write_credentials(self.folder, stem, name, cert, key)
@@ -94,7 +91,7 @@ def make_pki(folder: Path, lanes: tuple[str, ...] = ("G0001-01", "G0001-02")) ->
     foreign_ca = _authority(folder, "someone else's CA", "foreign-ca")
     now = _now()
     server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = end_entity(Authority(ca.key, ca.cert), _name("localhost"), server_key.public_key(),
+    server_cert = end_entity(ca.signer, _name("localhost"), server_key.public_key(),
                              now - BACKDATE, now + VALIDITY, ExtendedKeyUsageOID.SERVER_AUTH,
                              san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))])
     pki = Pki(folder=folder, ca=ca, foreign_ca=foreign_ca,
@@ -114,10 +111,7 @@ def _now() -> dt.datetime:
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "laned tests"),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])
+    return subject_name(common_name, "laned tests")
 
 
 def _authority(folder: Path, common_name: str, stem: str) -> _Authority:
@@ -126,5 +120,4 @@ def _authority(folder: Path, common_name: str, stem: str) -> _Authority:
     cert = ca_certificate(key, _name(common_name), now, validity=VALIDITY, backdate=BACKDATE)
     path = folder / f"{stem}.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    # The CA's key stays in memory: nothing outside this process issues certificates.
-    return _Authority(name=common_name, key=key, cert=cert, path=path)
+    return _Authority(signer=Authority(key, cert), path=path)
