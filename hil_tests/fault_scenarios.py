@@ -46,6 +46,7 @@ from lane_fixtures import FAST_RSU, T, LaneBench, lane_bench
 from laned.drivers.fee_display import DisplayContent
 from laned.drivers.lane_io import Light, Signal
 from laned.journal.testing import CommitFaults
+from laned.sim.modbus_devices import WriteRecord
 from laned.sim.lane_model import BarrierSpec, LaneGeometry, LaneModel
 from laned.sim.rsu_scenario import ObuScenario
 
@@ -468,7 +469,10 @@ async def journal_disk_full(tmp: Path, outage_s: float = 1.5, debounce: float | 
         # display once would race the vehicle.
         screens: list[tuple[float, str, str]] = []
         if (display := bench.display) is not None:
-            display.listeners.append(lambda w: screens.append((w.at, display.shown().line1, display.shown().line2)))
+            def seen(write: WriteRecord) -> None:
+                shown = display.shown()
+                screens.append((write.at, shown.line1, shown.line2))
+            display.listeners.append(seen)
         disk.fill()
         first = await paid_car(bench, 1)
         run.fault_at = (await bench.until(lambda: disk.failures, T, "the intent to be attempted"))[0][0]
