@@ -338,8 +338,8 @@ class UplinkService:
             changed = await self._publish_alarm_changes(session)
             now = self.monotonic()
             if changed or now >= next_health:
-                # The next one is due an interval after this one was due, however long the
-                # publish waits for the broker.
+                # Counted from before the publish: however long it waits for the broker, the
+                # next snapshot is not pushed later.
                 next_health = now + self.settings.health_interval_s
                 await self._publish_checked(session, self._health())
             await asyncio.sleep(WATCH_S)  # the health cycle's pace; nothing here is urgent
