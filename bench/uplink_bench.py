@@ -49,6 +49,11 @@ Metrics (one JSON object per line, ``{"bench": "uplink", "metric", "value", "uni
   ``c6_samples`` their number; ``c6_idle_p99_ms`` / ``c6_idle_p50_ms`` the same number of
   vehicles after the drain, in the same way, with nothing but their own rows to send: the
   difference is what the drain costs a C6;
+* ``c6_lane_p99_ms`` / ``c6_lane_p50_ms`` — laned's share of those turnarounds: from the
+  B4's last byte written by the emulator to laned's write of the C6 having returned (the
+  daemon notes when, on the same CLOCK_MONOTONIC), so without the emulator's own wake-up to
+  read the answer, which a real RSU does on its own processor, not on the lane PC's
+  cores; ``c6_lane_idle_p99_ms`` the same for the vehicles after the drain;
 * ``drain_s`` — the drain's duration (as ``drain_tx_per_s`` times it), and ``lane_cpu_s``, ``centre_cpu_s``, ``broker_cpu_s``
   the CPU each process used meanwhile (all threads; the lane's includes the vehicles):
   the one near ``drain_s`` is the bottleneck;
@@ -64,7 +69,9 @@ daemon's methods wrapped, ``uplink_daemon.time_c6_path``) and adds ``c6_stage_*_
 for the vehicles of the drain: ``total``, ``machine`` (B4 to the intent's submission),
 ``queue`` (waiting for the journal writer), ``insert_commit`` (the INSERT and its commit's
 fsync), ``insert_commit_runq`` (of that, the writer thread runnable but waiting for a core,
-from ``/proc/thread-self/schedstat``) and ``back`` (to the C6 written). ``UPLINK_BENCH_SLOW=FILE`` lists the event loop's
+from ``/proc/thread-self/schedstat``), ``insert_commit_cpu`` (its own CPU),
+``insert_commit_asleep`` (the rest: the fsync, or waiting for the GIL) and ``back`` (to
+the C6 written). ``UPLINK_BENCH_SLOW=FILE`` lists the event loop's
 slowest callbacks, ``UPLINK_BENCH_PROFILE=FILE`` profiles the daemon's loop thread.
 
     .venv/bin/python bench/uplink_bench.py [--transactions 100000]
@@ -97,7 +104,7 @@ from turnaround_bench import (  # noqa: E402
 )
 
 from laned.journal.store import Journal  # noqa: E402
-from laned.sim.rsu_emulator import EmulatorSettings, RsuEmulator, RsuState  # noqa: E402
+from laned.sim.rsu_emulator import EmulatorSettings, LogEntry, RsuEmulator, RsuState  # noqa: E402
 from laned.uplink.messages import TransactionMsg  # noqa: E402
 
 LANE_ID = "G0001-0201-03"
@@ -346,6 +353,7 @@ async def measure(n: int, window: int | None, batch_max: int | None, workdir: Pa
                 await wait(lambda: centre_stored(centre_db) > 0, "the first row at the centre", STARTUP_TIMEOUT_S)
                 t0 = time.monotonic()
                 lane = Lane("laned", emu, lane_obu, pid=daemon.pid)
+                drain_log = len(emu.log)
                 cpu0 = cpu_seconds(daemon.pid)
                 broker_pid = broker.pid
                 assert broker_pid is not None
@@ -367,6 +375,7 @@ async def measure(n: int, window: int | None, batch_max: int | None, workdir: Pa
                 centre_cpu = cpu_seconds(centre.pid) - centre_cpu0
                 broker_cpu = cpu_seconds(broker_pid) - broker_cpu0
                 c6 = list(lane.samples["B4"])
+                idle_log = len(emu.log)
                 await wait(lambda: lane_drained(journal_db), "the vehicles' rows delivered too", 60)
                 backlog = lane_backlog(journal_db)
                 # The same vehicles again with nothing to drain (the link up, the centre acking
@@ -382,6 +391,8 @@ async def measure(n: int, window: int | None, batch_max: int | None, workdir: Pa
             await stop_child(centre)
             pub = await mosquitto_pub_rate(broker, pki, lines, n)
         recorded = json.loads(ticks.read_text())
+        c6_lane = lane_shares(emu.log, recorded["c6_written"], drain_log, idle_log)
+        c6_lane_idle = lane_shares(emu.log, recorded["c6_written"], idle_log, len(emu.log))
         ticked = [(gap, cpu) for at, gap, cpu in recorded["late"] if t0 <= at <= t1]
         gc_passes = [took for at, took, _ in recorded["gc"] if t0 <= at <= t1]
         late = [gap for gap, _ in ticked]
@@ -400,6 +411,9 @@ async def measure(n: int, window: int | None, batch_max: int | None, workdir: Pa
         emit("c6_samples", len(c6), "transactions")
         emit("c6_idle_p50_ms", percentile(c6_idle, 50) * 1e3, "ms")
         emit("c6_idle_p99_ms", percentile(c6_idle, 99) * 1e3, "ms")
+        emit("c6_lane_p50_ms", percentile(c6_lane, 50) * 1e3, "ms")
+        emit("c6_lane_p99_ms", percentile(c6_lane, 99) * 1e3, "ms")
+        emit("c6_lane_idle_p99_ms", percentile(c6_lane_idle, 99) * 1e3, "ms")
         emit("drain_s", span, "s")
         emit("lane_cpu_s", lane_cpu, "s")
         emit("centre_cpu_s", centre_cpu, "s")
@@ -413,6 +427,21 @@ async def measure(n: int, window: int | None, batch_max: int | None, workdir: Pa
             for stage, values in c6_stages(recorded_c6, t0, vehicles_end).items():
                 emit(f"c6_stage_{stage}_p50_ms", percentile(values, 50) * 1e3, "ms")
                 emit(f"c6_stage_{stage}_p99_ms", percentile(values, 99) * 1e3, "ms")
+
+
+def lane_shares(log: list[LogEntry], c6_written: list[float], since: int, until: int) -> list[float]:
+    """For each C6 the emulator logged from ``log[since]`` to before ``log[until]``, the
+    seconds from its B4's last byte written to laned's write of that C6 having returned
+    (``record_c6_writes``, the same clock): the turnaround without the emulator's own wake-up
+    to read the answer. The n-th C6 the emulator read is the n-th laned wrote (paired by
+    count, not by time: either process may be preempted between its write and its clock
+    read, which would pair a B4 with the next vehicle's C6)."""
+    received = [e for e in log if e.direction == "rx" and e.name == "C6"]
+    if len(received) != len(c6_written):
+        raise RuntimeError(f"the emulator read {len(received)} C6 frames, laned wrote {len(c6_written)}")
+    wanted = {id(e) for e in log[since:until]}
+    return [written - (e.at - e.turnaround) for e, written in zip(received, c6_written)
+            if id(e) in wanted and e.turnaround is not None]
 
 
 def cpu_list(text: str) -> frozenset[int]:

@@ -92,8 +92,9 @@ def serve_laned(config: str, ticks: str) -> int:
 
         asyncio.events.Handle._run = timed_run  # type: ignore[method-assign, assignment]
 
+    c6_written = record_c6_writes()
     c6_to = os.environ.get("UPLINK_BENCH_C6")  # where laned's own B4-to-C6 times go, for diagnosis
-    c6_path = time_c6_path() if c6_to else None
+    c6_path = time_c6_path(c6_written) if c6_to else None
 
     async def main() -> None:
         task = asyncio.create_task(ticker())
@@ -115,7 +116,7 @@ def serve_laned(config: str, ticks: str) -> int:
             profiler.disable()
             profiler.dump_stats(profile_to)
         # After the loop: the daemon has stopped.
-        Path(ticks).write_text(json.dumps({"late": late, "gc": gc_passes}))
+        Path(ticks).write_text(json.dumps({"late": late, "gc": gc_passes, "c6_written": c6_written}))
         if c6_to and c6_path is not None:
             Path(c6_to).write_text(json.dumps(c6_path))
         if stalls is not None and stalls_to:
@@ -187,34 +188,48 @@ def _top(frame: Any) -> str:
                       for f in reversed(traceback.extract_stack(frame)[-2:]))
 
 
-def time_c6_path() -> dict[str, list[Any]]:
+def record_c6_writes() -> list[float]:
+    """The CLOCK_MONOTONIC time each C6 had been written to the RSU's port, as laned's send
+    returned (one list append per C6). The emulated RSU stamps the B4's last byte written on
+    the same clock, so the bench can tell laned's share of a C6's turnaround from the
+    emulator's own wake-up to read it (``c6_lane_*``)."""
+    from laned.executor import LaneExecutor
+
+    written: list[float] = []
+    send = LaneExecutor._send
+
+    def noting_send(self: Any, action: Any, now: float) -> None:
+        send(self, action, now)
+        if action.message.type_name == "C6":
+            written.append(time.monotonic())
+
+    LaneExecutor._send = noting_send  # type: ignore[method-assign]
+    return written
+
+
+def time_c6_path(c6_written: list[float]) -> dict[str, list[Any]]:
     """Times along laned's B4-to-C6 path, recorded by wrapping its methods (diagnosis only,
     ``UPLINK_BENCH_C6``): each B4's arrival, each intent's submission to the journal
     writer, the start and end of its ``record_intent`` (INSERT and the commit with its
     fsync, and how long of it the writer thread waited for a core) and its result back, and
-    each C6 written. :func:`c6_stages` pairs them."""
+    each C6 written (``c6_written``, :func:`record_c6_writes`). :func:`c6_stages` pairs them."""
     from laned.drivers.rsu import RsuLink
     from laned.executor import LaneExecutor
 
-    times: dict[str, list[Any]] = {"b4": [], "c6": [], "intents": [], "ops": []}
+    times: dict[str, list[Any]] = {"b4": [], "c6": c6_written, "intents": [], "ops": []}
 
     def run_queue_wait() -> float:
         """Seconds this thread has spent runnable but waiting for a core (the kernel's schedstat)."""
         with open("/proc/thread-self/schedstat") as f:
             return int(f.read().split()[1]) / 1e9
 
-    deliver, send = RsuLink._deliver, LaneExecutor._send
+    deliver = RsuLink._deliver
     journal_intent, record_intent = LaneExecutor._journal_intent, Journal.record_intent
 
     def timed_deliver(self: Any, item: Any, arrived_at: float) -> None:
         if getattr(getattr(item, "message", None), "type_name", "") == "B4":
             times["b4"].append(arrived_at)
         deliver(self, item, arrived_at)
-
-    def timed_send(self: Any, action: Any, now: float) -> None:
-        send(self, action, now)
-        if action.message.type_name == "C6":
-            times["c6"].append(time.monotonic())
 
     def timed_journal_intent(self: Any, a: Any) -> None:
         submitted, answer = time.monotonic(), self._answer
@@ -229,14 +244,13 @@ def time_c6_path() -> dict[str, list[Any]]:
             del self._answer
 
     def timed_record_intent(self: Any, *args: Any, **kwargs: Any) -> Any:
-        started, waited = time.monotonic(), run_queue_wait()
+        started, waited, cpu = time.monotonic(), run_queue_wait(), time.thread_time()
         try:
             return record_intent(self, *args, **kwargs)
         finally:
-            times["ops"].append((started, time.monotonic(), run_queue_wait() - waited))
+            times["ops"].append((started, time.monotonic(), run_queue_wait() - waited, time.thread_time() - cpu))
 
     RsuLink._deliver = timed_deliver  # type: ignore[method-assign]
-    LaneExecutor._send = timed_send  # type: ignore[method-assign]
     LaneExecutor._journal_intent = timed_journal_intent  # type: ignore[method-assign]
     Journal.record_intent = timed_record_intent  # type: ignore[method-assign]
     return times
@@ -246,13 +260,14 @@ def c6_stages(times: dict[str, list[Any]], since: float, until: float) -> dict[s
     """Seconds per stage for each B4 answered: B4 to C6 in all, and of it the lane machine
     (B4 to the intent's submission), the wait in the journal writer's queue, the INSERT
     with its commit (fsync) and, of that, the writer thread's wait for a core
-    (``insert_commit_runq``), and the way back to the C6 written."""
+    (``insert_commit_runq``), its own CPU (``insert_commit_cpu``) and the rest, asleep in the
+    fsync or waiting for the GIL (``insert_commit_asleep``), and the way back to the C6 written."""
     c6 = sorted(times["c6"])
     intents = sorted(times["intents"])
     ops = sorted(times["ops"])
     submits, starts = [s for s, _ in intents], [op[0] for op in ops]
     out: dict[str, list[float]] = {k: [] for k in ("total", "machine", "queue", "insert_commit",
-                                                   "insert_commit_runq", "back")}
+                                                   "insert_commit_runq", "insert_commit_cpu", "insert_commit_asleep", "back")}
     for b4 in (t for t in times["b4"] if since <= t <= until):
         i, j = bisect.bisect_left(c6, b4), bisect.bisect_left(submits, b4)
         if i == len(c6) or j == len(intents):
@@ -261,9 +276,11 @@ def c6_stages(times: dict[str, list[Any]], since: float, until: float) -> dict[s
         k = bisect.bisect_left(starts, submitted)
         if k == len(ops) or ops[k][1] > done:
             continue
-        started, ended, runq = ops[k]
+        started, ended, runq, cpu = ops[k]
         for key, value in (("total", c6[i] - b4), ("machine", submitted - b4), ("queue", started - submitted),
-                           ("insert_commit", ended - started), ("insert_commit_runq", runq), ("back", c6[i] - ended)):
+                           ("insert_commit", ended - started), ("insert_commit_runq", runq),
+                           ("insert_commit_cpu", cpu), ("insert_commit_asleep", ended - started - runq - cpu),
+                           ("back", c6[i] - ended)):
             out[key].append(value)
     return out
 

@@ -16,11 +16,13 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "uplink_bench.py"
 METRICS = {"drain_tx_per_s": "tx/s", "mosquitto_pub_msgs_per_s": "msgs/s", "drain_ratio": "ratio", "backlog": "rows",
            "max_loop_block_ms": "ms", "max_loop_busy_ms": "ms", "loop_blocks_over_10ms": "ticks", "max_gc_ms": "ms", "c6_p50_ms": "ms", "c6_p99_ms": "ms", "c6_samples": "transactions",
-           "c6_idle_p50_ms": "ms", "c6_idle_p99_ms": "ms",
+           "c6_idle_p50_ms": "ms", "c6_idle_p99_ms": "ms", "c6_lane_p50_ms": "ms", "c6_lane_p99_ms": "ms",
+           "c6_lane_idle_p99_ms": "ms",
            "drain_s": "s", "lane_cpu_s": "s", "centre_cpu_s": "s", "broker_cpu_s": "s", "transactions": "transactions",
            "vehicle_gap_ms": "ms", "lane_cpus": "cpus"}
 # With UPLINK_BENCH_C6: laned's own B4-to-C6 path, stage by stage, p50 and p99 of each.
-STAGES = ("total", "machine", "queue", "insert_commit", "insert_commit_runq", "back")
+STAGES = ("total", "machine", "queue", "insert_commit", "insert_commit_runq", "insert_commit_cpu",
+          "insert_commit_asleep", "back")
 
 
 def test_the_uplink_bench_drains_a_small_backlog_to_zero_and_prints_every_metric_once(tmp_path: Path) -> None:
@@ -43,6 +45,10 @@ def test_the_uplink_bench_drains_a_small_backlog_to_zero_and_prints_every_metric
                  "c6_samples"):
         assert values[name] > 0, (name, values)
     assert values["c6_p99_ms"] >= values["c6_p50_ms"]
+    # laned's share of a turnaround: within it (laned's C6 write returns before, or at
+    # most a scheduling slip after, the emulator reads its first byte), and not nothing.
+    assert 0 < values["c6_lane_p50_ms"] <= values["c6_lane_p99_ms"]
+    assert values["c6_lane_p50_ms"] <= values["c6_p50_ms"] + 1.0, values
     # The stall sampler ran and reported (what it found depends on the machine: maybe nothing).
     stalls = (tmp_path / "stalls.txt").read_text()
     assert stalls == "" or stalls.split("\n", 1)[0].endswith(":") and "loop thread " in stalls, stalls[:500]
