@@ -353,7 +353,7 @@ async def measure(n: int, window: int | None, batch_max: int | None, workdir: Pa
                 await wait(lambda: centre_stored(centre_db) > 0, "the first row at the centre", STARTUP_TIMEOUT_S)
                 t0 = time.monotonic()
                 lane = Lane("laned", emu, lane_obu, pid=daemon.pid)
-                drain_log = len(emu.log)
+                drain_c6 = len(emu.received("C6"))
                 cpu0 = cpu_seconds(daemon.pid)
                 broker_pid = broker.pid
                 assert broker_pid is not None
@@ -375,7 +375,7 @@ async def measure(n: int, window: int | None, batch_max: int | None, workdir: Pa
                 centre_cpu = cpu_seconds(centre.pid) - centre_cpu0
                 broker_cpu = cpu_seconds(broker_pid) - broker_cpu0
                 c6 = list(lane.samples["B4"])
-                idle_log = len(emu.log)
+                idle_c6 = len(emu.received("C6"))
                 await wait(lambda: lane_drained(journal_db), "the vehicles' rows delivered too", 60)
                 backlog = lane_backlog(journal_db)
                 # The same vehicles again with nothing to drain (the link up, the centre acking
@@ -391,8 +391,9 @@ async def measure(n: int, window: int | None, batch_max: int | None, workdir: Pa
             await stop_child(centre)
             pub = await mosquitto_pub_rate(broker, pki, lines, n)
         recorded = json.loads(ticks.read_text())
-        c6_lane = lane_shares(emu.log, recorded["c6_written"], drain_log, idle_log)
-        c6_lane_idle = lane_shares(emu.log, recorded["c6_written"], idle_log, len(emu.log))
+        received_c6 = emu.received("C6")
+        c6_lane = lane_shares(received_c6, recorded["c6_written"], drain_c6, idle_c6)
+        c6_lane_idle = lane_shares(received_c6, recorded["c6_written"], idle_c6, len(received_c6))
         ticked = [(gap, cpu) for at, gap, cpu in recorded["late"] if t0 <= at <= t1]
         gc_passes = [took for at, took, _ in recorded["gc"] if t0 <= at <= t1]
         late = [gap for gap, _ in ticked]
@@ -429,19 +430,17 @@ async def measure(n: int, window: int | None, batch_max: int | None, workdir: Pa
                 emit(f"c6_stage_{stage}_p99_ms", percentile(values, 99) * 1e3, "ms")
 
 
-def lane_shares(log: list[LogEntry], c6_written: list[float], since: int, until: int) -> list[float]:
-    """For each C6 the emulator logged from ``log[since]`` to before ``log[until]``, the
-    seconds from its B4's last byte written to laned's write of that C6 having returned
+def lane_shares(received: list[LogEntry], c6_written: list[float], first: int, end: int) -> list[float]:
+    """For the C6 frames the emulator read, ``received[first:end]``, the seconds from each
+    one's B4's last byte written to laned's write of that C6 having returned
     (``record_c6_writes``, the same clock): the turnaround without the emulator's own wake-up
     to read the answer. The n-th C6 the emulator read is the n-th laned wrote (paired by
     count, not by time: either process may be preempted between its write and its clock
     read, which would pair a B4 with the next vehicle's C6)."""
-    received = [e for e in log if e.direction == "rx" and e.name == "C6"]
     if len(received) != len(c6_written):
         raise RuntimeError(f"the emulator read {len(received)} C6 frames, laned wrote {len(c6_written)}")
-    wanted = {id(e) for e in log[since:until]}
-    return [written - (e.at - e.turnaround) for e, written in zip(received, c6_written)
-            if id(e) in wanted and e.turnaround is not None]
+    return [written - (e.at - e.turnaround) for e, written in zip(received[first:end], c6_written[first:end])
+            if e.turnaround is not None]
 
 
 def cpu_list(text: str) -> frozenset[int]:
